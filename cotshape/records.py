@@ -1,0 +1,217 @@
+"""Record schema and file I/O shared by every stage.
+
+A *problem* is one dict with exactly these keys (JSONL, one per line)::
+
+    {"id": str, "task": str, "question": str, "answer": str,
+     "solution": str, "tests": list[str], "meta": dict}
+
+``answer`` is the gold final answer as a string, ``solution`` the human-written solution (the
+paper's H), ``tests`` a list of assert statements for code tasks (empty otherwise) and ``meta``
+task specifics (Countdown: ``numbers``, ``target``; MBPP: ``test_setup_code``, ``entry_point``).
+
+Every reader reports a malformed file as ``path:line: what is wrong`` (a :class:`RecordError`),
+and every writer writes to a temporary file in the same folder and renames it into place, so a
+killed process never leaves a half-written output behind. Files ending in ``.parquet`` are read
+and written with pyarrow; everything else is JSONL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+PROBLEM_FIELDS: dict[str, type | tuple[type, ...]] = {
+    "id": str,
+    "task": str,
+    "question": str,
+    "answer": str,
+    "solution": str,
+    "tests": list,
+    "meta": dict,
+}
+
+
+class RecordError(ValueError):
+    """A malformed record file; the message starts with ``path:line:``."""
+
+
+def make_problem(
+    id: str,
+    task: str,
+    question: str,
+    answer: str,
+    solution: str,
+    tests: list[str] | None = None,
+    meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Build a problem record (the one schema used everywhere) and validate it."""
+    rec = {
+        "id": str(id),
+        "task": task,
+        "question": question,
+        "answer": str(answer),
+        "solution": solution,
+        "tests": list(tests or []),
+        "meta": dict(meta or {}),
+    }
+    problem = validate_problem(rec)
+    if problem is not None:
+        raise RecordError(f"<problem {id}>: {problem}")
+    return rec
+
+
+def validate_problem(rec: Any) -> str | None:
+    """Return what is wrong with a problem record, or None when it is valid."""
+    if not isinstance(rec, dict):
+        return f"expected a JSON object, got {type(rec).__name__}"
+    missing = [k for k in PROBLEM_FIELDS if k not in rec]
+    if missing:
+        return f"missing field(s) {', '.join(missing)}"
+    extra = sorted(set(rec) - set(PROBLEM_FIELDS))
+    if extra:
+        return f"unknown field(s) {', '.join(extra)} (allowed: {', '.join(PROBLEM_FIELDS)})"
+    for key, typ in PROBLEM_FIELDS.items():
+        if not isinstance(rec[key], typ):
+            return f"field {key!r} must be {typ.__name__}, got {type(rec[key]).__name__}"
+    if not rec["id"]:
+        return "field 'id' is empty"
+    if not all(isinstance(t, str) for t in rec["tests"]):
+        return "field 'tests' must be a list of strings"
+    return None
+
+
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
+    """Yield ``(line_number, value)`` for each non-blank line; bad JSON is a RecordError."""
+    path = Path(path)
+    if not path.exists():
+        raise RecordError(f"{path}: file not found")
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise RecordError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+
+
+def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Read a JSONL file of objects; each must hold the ``required`` keys."""
+    required = tuple(required)
+    out = []
+    if str(path).endswith(".parquet"):
+        return _read_parquet(path, required)
+    for lineno, rec in iter_jsonl(path):
+        if not isinstance(rec, dict):
+            raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(rec).__name__}")
+        missing = [k for k in required if k not in rec]
+        if missing:
+            raise RecordError(f"{path}:{lineno}: missing field(s) {', '.join(missing)}")
+        out.append(rec)
+    return out
+
+
+def _read_parquet(path: str | os.PathLike, required: tuple[str, ...]) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    if not Path(path).exists():
+        raise RecordError(f"{path}: file not found")
+    rows = pq.read_table(path).to_pylist()
+    for i, rec in enumerate(rows, 1):
+        missing = [k for k in required if k not in rec]
+        if missing:
+            raise RecordError(f"{path}:{i}: missing field(s) {', '.join(missing)}")
+    return rows
+
+
+def read_problems(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read and validate a problem file; duplicate ids are an error."""
+    problems = []
+    seen: dict[str, int] = {}
+    rows = (
+        enumerate(_read_parquet(path, ()), 1)
+        if str(path).endswith(".parquet")
+        else iter_jsonl(path)
+    )
+    for lineno, rec in rows:
+        err = validate_problem(rec)
+        if err:
+            raise RecordError(f"{path}:{lineno}: {err}")
+        if rec["id"] in seen:
+            raise RecordError(f"{path}:{lineno}: duplicate id {rec['id']!r} (first on line {seen[rec['id']]})")
+        seen[rec["id"]] = lineno
+        problems.append(rec)
+    return problems
+
+
+def _atomic_target(path: str | os.PathLike) -> tuple[Path, int, str]:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    return path, fd, tmp
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
+    """Write records atomically (temp file + rename); returns the number written."""
+    if str(path).endswith(".parquet"):
+        return _write_parquet(path, list(records))
+    path, fd, tmp = _atomic_target(path)
+    n = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                n += 1
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n
+
+
+def _write_parquet(path: str | os.PathLike, records: list[dict[str, Any]]) -> int:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path, fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        pq.write_table(pa.Table.from_pylist(records), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(records)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically."""
+    path, fd, tmp = _atomic_target(path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write a JSON document atomically (sorted keys, indented: diff-friendly metrics)."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise RecordError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
