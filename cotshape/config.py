@@ -1,0 +1,282 @@
+"""Typed, validated experiment parameters (the sections of ``params.yaml``).
+
+Every key of params.yaml is a field of one of the dataclasses below, with its help text in the
+field's metadata (``cotshape params`` style docs are generated from it: see :func:`describe`).
+:func:`validate_params` turns the raw YAML dict into a :class:`Params` and refuses an unknown
+key or a bad value with one :class:`ParamsError` whose message names the file and the key, e.g.
+``params.yaml: degrade.flawed_fractions[2]: must be in [0, 1], got 1.5``.
+
+The ``sft`` section is :class:`cotshape.train.SFTParams` (it lives beside the trainer it
+configures); everything else is here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+TASKS = ("gsm8k", "math", "countdown", "mbpp")
+
+
+class ParamsError(ValueError):
+    """A bad params file: unknown key, wrong type or value out of range."""
+
+
+def _f(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
+       max: float | None = None, default_factory: Any = None):
+    meta = {"help": help, "choices": choices, "min": min, "max": max}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class BaseParams:
+    seed: int = _f(0, "One seed for every random choice of the pipeline (sampling, selection, degradation, SFT).")
+    tasks: list[str] = _f(None, "Tasks to run, any of gsm8k, math, countdown, mbpp.",
+                          default_factory=lambda: ["gsm8k", "countdown"])
+    teacher: str = _f("smollm2-135m-instruct", "Teacher model: hub id[@revision], local folder, or the offline alias smollm2-135m-instruct.")
+    student: str = _f("smollm2-135m-instruct", "Student model (fine-tuned and evaluated), same forms as teacher.")
+    device: str = _f("auto", "auto (cuda when available, else cpu), cpu or cuda.", choices=("auto", "cpu", "cuda"))
+    dtype: str = _f("auto", "Inference dtype: auto (bf16 where fast, else fp32), float32, bfloat16, float16.",
+                    choices=("auto", "float32", "bfloat16", "float16"))
+
+
+@dataclass
+class PrepareParams:
+    source: str = _f("offline", "Where problems come from: offline (generated locally), hub (each task's Hugging Face dataset), or a local dataset path in the hub layout.")
+    train_size: int = _f(24, "Training problems per task.", min=1)
+    test_size: int = _f(24, "Test problems per task.", min=1)
+
+
+@dataclass
+class SampleParams:
+    backend: str = _f("transformers", "Generation backend: transformers (CPU/GPU) or vllm (GPU, extra 'gpu').",
+                      choices=("transformers", "vllm"))
+    k: int = _f(4, "Teacher samples per training problem.", min=1)
+    max_new_tokens: int = _f(160, "Longest chain of thought sampled, in tokens.", min=1)
+    temperature: float = _f(0.8, "Sampling temperature (0 = greedy, then k must be 1).", min=0)
+    top_p: float = _f(0.95, "Nucleus sampling mass.", min=1e-9, max=1)
+    batch_size: int = _f(64, "Sequences decoded together (transformers backend).", min=1)
+    tensor_parallel_size: int = _f(1, "GPUs per vLLM engine (vllm backend).", min=1)
+    shards: list[int] = _f(None, "Shard indices [0, 1, ..., N-1]: sampling is split into N DVC stages, each can run on its own machine.",
+                           default_factory=lambda: [0], min=0)
+
+
+@dataclass
+class SelectParams:
+    balance: bool = _f(False, "Keep only problems that have both a correct (G) and a wrong (W) sample, so G and W cover the same problems and have the same size.")
+    seed_offset: int = _f(0, "Added to base.seed for the draw of G and W among a problem's samples.")
+
+
+@dataclass
+class ParaphraseParams:
+    model: str = _f("student", "Paraphrasing model: student, teacher, or any model spec.")
+    max_new_tokens: int = _f(160, "Longest paraphrase, in tokens.", min=1)
+    temperature: float = _f(0.7, "Sampling temperature of the paraphraser.", min=0)
+    retries: int = _f(1, "Extra attempts with a new seed when a paraphrase fails the verifier.", min=0)
+    on_failure: str = _f("keep_original", "When every attempt fails: keep_original (use H) or drop (leave the problem out of P).",
+                         choices=("keep_original", "drop"))
+
+
+@dataclass
+class DegradeParams:
+    flawed_fractions: list[float] = _f(None, "Fractions p of completely flawed CoTs in the mixtures (each in [0, 1]).",
+                                       default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    flawed_source: str = _f("corrupt", "Flawed CoTs: corrupt (every step programmatically perturbed) or model (teacher prompted to reason wrongly, verified wrong).",
+                            choices=("corrupt", "model"))
+    step_k: int = _f(1, "Steps corrupted per CoT in the step-degraded set.", min=1)
+
+
+@dataclass
+class EvaluateParams:
+    max_new_tokens: int = _f(192, "Longest greedy answer at evaluation, in tokens.", min=1)
+    batch_size: int = _f(32, "Sequences decoded together.", min=1)
+
+
+@dataclass
+class ClosenessParams:
+    batch_size: int = _f(8, "Examples per forward pass when scoring a set with the base student.", min=1)
+    first_steps: int = _f(3, "How many first SFT losses to average for the report.", min=1)
+
+
+@dataclass
+class TrackingParams:
+    experiment: str = _f("cotshape", "MLflow experiment name (one per pipeline).")
+    tracking_uri: str = _f("sqlite:///mlflow.db", "MLflow tracking URI; the MLFLOW_TRACKING_URI environment variable overrides it.")
+
+
+def _sft_cls():
+    from cotshape.train import SFTParams
+
+    return SFTParams
+
+
+SECTIONS: dict[str, Any] = {
+    "base": BaseParams,
+    "prepare": PrepareParams,
+    "sample": SampleParams,
+    "select": SelectParams,
+    "paraphrase": ParaphraseParams,
+    "degrade": DegradeParams,
+    "sft": _sft_cls,
+    "evaluate": EvaluateParams,
+    "closeness": ClosenessParams,
+    "tracking": TrackingParams,
+}
+
+
+@dataclass
+class Params:
+    base: BaseParams
+    prepare: PrepareParams
+    sample: SampleParams
+    select: SelectParams
+    paraphrase: ParaphraseParams
+    degrade: DegradeParams
+    sft: Any
+    evaluate: EvaluateParams
+    closeness: ClosenessParams
+    tracking: TrackingParams
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+
+def _section_cls(name: str):
+    cls = SECTIONS[name]
+    return cls() if not dataclasses.is_dataclass(cls) else cls
+
+
+def _unknown(key: str, allowed: list[str], where: str) -> ParamsError:
+    close = difflib.get_close_matches(key.split(".")[-1], allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return ParamsError(f"{where}: unknown key {key!r}{hint}; allowed: {', '.join(allowed)}")
+
+
+def _check_value(value: Any, typ: Any, key: str, meta: dict, where: str) -> Any:
+    """Coerce/validate one value against its annotated type and metadata."""
+    origin = get_origin(typ)
+    if origin is list:
+        (item_t,) = get_args(typ)
+        if not isinstance(value, list):
+            raise ParamsError(f"{where}: {key}: must be a list, got {value!r}")
+        return [_check_value(v, item_t, f"{key}[{i}]", meta, where) for i, v in enumerate(value)]
+    if typ is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"{where}: {key}: must be true or false, got {value!r}")
+    elif typ is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{where}: {key}: must be an integer, got {value!r}")
+    elif typ is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"{where}: {key}: must be a number, got {value!r}")
+        value = float(value)
+    elif typ is str:
+        if not isinstance(value, str) or not value:
+            raise ParamsError(f"{where}: {key}: must be a non-empty string, got {value!r}")
+    choices = meta.get("choices")
+    if choices and value not in choices:
+        raise ParamsError(f"{where}: {key}: must be one of {', '.join(map(str, choices))}, got {value!r}")
+    lo, hi = meta.get("min"), meta.get("max")
+    if lo is not None and value < lo:
+        raise ParamsError(f"{where}: {key}: must be >= {lo}, got {value!r}")
+    if hi is not None and value > hi:
+        raise ParamsError(f"{where}: {key}: must be <= {hi}, got {value!r}")
+    return value
+
+
+def _build_section(name: str, raw: Any, where: str):
+    cls = _section_cls(name)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{where}: {name}: must be a mapping of keys, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            raise _unknown(f"{name}.{key}", list(fields), where)
+        kwargs[key] = _check_value(value, hints[key], f"{name}.{key}", dict(fields[key].metadata), where)
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        raise ParamsError(f"{where}: {msg if msg.startswith(name + '.') else name + ': ' + msg}") from None
+
+
+def _cross_checks(p: Params, where: str) -> None:
+    for i, t in enumerate(p.base.tasks):
+        if t not in TASKS:
+            close = difflib.get_close_matches(t, TASKS, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ParamsError(f"{where}: base.tasks[{i}]: unknown task {t!r}{hint}; allowed: {', '.join(TASKS)}")
+    if not p.base.tasks:
+        raise ParamsError(f"{where}: base.tasks: must name at least one task")
+    if len(set(p.base.tasks)) != len(p.base.tasks):
+        raise ParamsError(f"{where}: base.tasks: lists a task twice: {p.base.tasks}")
+    for i, frac in enumerate(p.degrade.flawed_fractions):
+        if not 0.0 <= frac <= 1.0:
+            raise ParamsError(f"{where}: degrade.flawed_fractions[{i}]: must be in [0, 1], got {frac}")
+    if len(set(p.degrade.flawed_fractions)) != len(p.degrade.flawed_fractions):
+        raise ParamsError(f"{where}: degrade.flawed_fractions: lists a fraction twice")
+    if p.sample.shards != list(range(len(p.sample.shards))):
+        raise ParamsError(f"{where}: sample.shards: must be [0, 1, ..., N-1] for N shards, got {p.sample.shards}")
+    if p.sample.temperature == 0 and p.sample.k > 1:
+        raise ParamsError(f"{where}: sample.k: greedy sampling (sample.temperature: 0) gives k identical samples; set k: 1 or temperature > 0")
+    if p.prepare.source not in ("offline", "hub") and not Path(p.prepare.source).exists() and "/" not in p.prepare.source:
+        raise ParamsError(f"{where}: prepare.source: must be offline, hub, a hub dataset id or an existing path, got {p.prepare.source!r}")
+
+
+def validate_params(params: dict[str, Any], source: str = "params.yaml") -> Params:
+    """Validate a raw params dict (as read from YAML) and return typed :class:`Params`."""
+    if not isinstance(params, dict):
+        raise ParamsError(f"{source}: must be a mapping of sections, got {type(params).__name__}")
+    for name in params:
+        if name not in SECTIONS:
+            raise _unknown(name, list(SECTIONS), source)
+    built = {name: _build_section(name, params.get(name), source) for name in SECTIONS}
+    p = Params(**built)
+    _cross_checks(p, source)
+    return p
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> Params:
+    """Read and validate a params file."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise ParamsError(f"{path}: file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise ParamsError(f"{path}{line}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    return validate_params(raw, str(path))
+
+
+def describe() -> str:
+    """Markdown documentation of every params key (generated from the dataclasses)."""
+    lines = ["| key | default | what it does |", "|---|---|---|"]
+    for name in SECTIONS:
+        cls = _section_cls(name)
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            meta = f.metadata or {}
+            help_ = meta.get("help", "")
+            if meta.get("choices"):
+                help_ += f" One of: {', '.join(map(str, meta['choices']))}."
+            lines.append(f"| `{name}.{f.name}` | `{default}` | {help_} |")
+    return "\n".join(lines) + "\n"
+
+
+def set_name(fraction: float) -> str:
+    """The training-set name of a flawed mixture: ``mix-0.25`` (Python float repr)."""
+    return f"mix-{float(fraction)}"

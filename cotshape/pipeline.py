@@ -1,0 +1,72 @@
+"""Helpers shared by the thin stage scripts in ``stages/``.
+
+A stage script parses its paths from argv (dvc.yaml declares them), loads and validates
+params.yaml, calls into cotshape and writes its outs atomically. :func:`stage_main` turns the
+errors a user can cause (bad params, malformed input files, unknown names) into one line on
+stderr and exit code 2, with no traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cotshape.config import Params, ParamsError, load_params
+from cotshape.records import RecordError
+
+PARAMS_FILE = os.environ.get("COTSHAPE_PARAMS", "params.yaml")
+
+
+class StageError(RuntimeError):
+    """A stage cannot run with these inputs (e.g. an empty training set)."""
+
+
+def stage_main(fn: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None], int]:
+    """Wrap a stage's ``main(argv)``: user errors -> ``error: ...`` on stderr, exit 2."""
+
+    @functools.wraps(fn)
+    def wrapper(argv: list[str] | None = None) -> int:
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        t0 = time.time()
+        try:
+            fn(argv)
+        except (ParamsError, RecordError, StageError) as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except (KeyError, ValueError) as e:
+            # unknown task / model spec / bad CLI value raised by the library with a clear message
+            msg = e.args[0] if e.args else repr(e)
+            print(f"error: {msg}", file=sys.stderr)
+            return 2
+        print(f"[{Path(sys.argv[0]).stem}] done in {time.time() - t0:.1f}s", file=sys.stderr)
+        return 0
+
+    return wrapper
+
+
+def params() -> Params:
+    return load_params(PARAMS_FILE)
+
+
+def model_spec_for(p: Params, which: str) -> str:
+    """A model role (student/teacher) or a spec -> the spec string."""
+    if which == "student":
+        return p.base.student
+    if which == "teacher":
+        return p.base.teacher
+    return which
+
+
+def git_revision() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=5, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"

@@ -1,0 +1,39 @@
+"""closeness@TASK: the base student's per-token loss and perplexity on every training set (same
+masking as SFT): how close each set sits to the student's own distribution."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cotshape.pipeline import params, stage_main
+from cotshape.records import read_jsonl, write_json
+
+
+@stage_main
+def main(argv: list[str] | None = None) -> None:
+    from cotshape.closeness import completion_loss
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--task", required=True)
+    ap.add_argument("--student", required=True)
+    ap.add_argument("--sets-dir", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    p = params()
+    sets_dir = Path(args.sets_dir)
+    files = sorted(sets_dir.glob("*.jsonl")) + sorted((sets_dir / "mix").glob("*.jsonl"))
+    result = {}
+    for path in files:
+        records = read_jsonl(path, required=("prompt", "completion"))
+        if not records:
+            result[path.stem] = {"n_examples": 0}
+            continue
+        result[path.stem] = completion_loss(args.student, records, batch_size=p.closeness.batch_size,
+                                            max_length=p.sft.max_length, device=p.base.device, dtype=p.base.dtype)
+        print(f"{args.task}-{path.stem}: mean loss {result[path.stem]['mean_loss']:.3f}")
+    write_json(args.out, result)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,30 @@
+"""merge_samples@TASK: merge the sampling shards, checking every (problem, sample) is there once."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cotshape.pipeline import StageError, params, stage_main
+from cotshape.records import read_problems
+
+
+@stage_main
+def main(argv: list[str] | None = None) -> None:
+    from cotshape.sampling import merge_shards
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--problems", required=True)
+    ap.add_argument("--shards-dir", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    p = params()
+    paths = [Path(args.shards_dir) / f"shard-{i}.jsonl" for i in p.sample.shards]
+    missing = [str(x) for x in paths if not x.exists()]
+    if missing:
+        raise StageError(f"missing sampling shard(s): {', '.join(missing)}")
+    merge_shards(paths, args.out, problems=read_problems(args.problems), k=p.sample.k)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

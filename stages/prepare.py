@@ -1,0 +1,36 @@
+"""prepare@TASK: load train/test problems (with human solutions) and write the H set."""
+
+from __future__ import annotations
+
+import argparse
+
+from cotshape.pipeline import params, stage_main
+from cotshape.records import write_jsonl
+from cotshape.select import training_record
+from cotshape.tasks import get_task
+
+
+@stage_main
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--task", required=True)
+    ap.add_argument("--train-out", required=True)
+    ap.add_argument("--test-out", required=True)
+    ap.add_argument("--human-out", required=True)
+    args = ap.parse_args(argv)
+    p = params()
+    task = get_task(args.task)
+    train = task.load("train", source=p.prepare.source, limit=p.prepare.train_size, seed=p.base.seed)
+    test = task.load("test", source=p.prepare.source, limit=p.prepare.test_size, seed=p.base.seed)
+    overlap = {x["id"] for x in train} & {x["id"] for x in test}
+    if overlap:
+        raise ValueError(f"task {args.task}: train and test share problem ids, e.g. {sorted(overlap)[:3]}")
+    human = [training_record(task.name, "H", x["id"], task.chat_messages(x), task.human_completion(x)) for x in train]
+    write_jsonl(args.train_out, train)
+    write_jsonl(args.test_out, test)
+    write_jsonl(args.human_out, human)
+    print(f"{args.task}: {len(train)} train, {len(test)} test problems")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,40 @@
+"""select@TASK: one correct (G) and one wrong (W) teacher CoT per training problem."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cotshape.pipeline import params, stage_main
+from cotshape.records import read_jsonl, read_problems, write_json, write_jsonl
+from cotshape.select import select_gw, training_record
+from cotshape.tasks import get_task
+
+
+@stage_main
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--task", required=True)
+    ap.add_argument("--problems", required=True)
+    ap.add_argument("--verified", required=True)
+    ap.add_argument("--sets-dir", required=True)
+    ap.add_argument("--metrics", required=True)
+    args = ap.parse_args(argv)
+    p = params()
+    task = get_task(args.task)
+    problems = read_problems(args.problems)
+    by_id = {x["id"]: x for x in problems}
+    verified = read_jsonl(args.verified, required=("problem_id", "sample_index", "completion", "correct", "parsed"))
+    sets, counts = select_gw(verified, [x["id"] for x in problems], seed=p.base.seed + p.select.seed_offset,
+                             balance=p.select.balance)
+    for name, recs in sets.items():
+        out = [training_record(task.name, name, r["problem_id"], task.chat_messages(by_id[r["problem_id"]]),
+                               r["completion"], source_sample=r.get("id"), extracted=r.get("extracted"))
+               for r in recs]
+        write_jsonl(Path(args.sets_dir) / f"{name}.jsonl", out)
+    write_json(args.metrics, counts)
+    print(f"{args.task}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,89 @@
+"""params.yaml validation: every bad key or value is refused with the key named."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from cotshape.config import ParamsError, describe, load_params, set_name, validate_params
+
+DEFAULT = yaml.safe_load(open("params.yaml"))
+
+
+def with_change(path: str, value):
+    raw = copy.deepcopy(DEFAULT)
+    *parents, last = path.split(".")
+    node = raw
+    for key in parents:
+        node = node.setdefault(key, {})
+    node[last] = value
+    return raw
+
+
+def test_default_params_validate():
+    p = load_params("params.yaml")
+    assert p.base.tasks == ["gsm8k", "countdown"]
+    assert p.degrade.flawed_fractions == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert p.sample.k >= 1
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "match"),
+    [
+        ("degrade.flawed_fractions", [0.0, 1.5], r"degrade\.flawed_fractions\[1\]: must be in \[0, 1\]"),
+        ("degrade.flawed_fractions", [0.5, 0.5], r"degrade\.flawed_fractions: lists a fraction twice"),
+        ("sample.k", 0, r"sample\.k: must be >= 1"),
+        ("sample.k", "four", r"sample\.k: must be an integer"),
+        ("base.tasks", ["gsm8k", "gsm9k"], r"base\.tasks\[1\]: unknown task 'gsm9k' \(did you mean 'gsm8k'\?\)"),
+        ("base.tasks", [], r"base\.tasks: must name at least one task"),
+        ("sample.tempreature", 0.5, r"unknown key 'sample\.tempreature' \(did you mean 'temperature'\?\)"),
+        ("paraphrase.on_failure", "ignore", r"paraphrase\.on_failure: must be one of keep_original, drop"),
+        ("sample.shards", [1], r"sample\.shards: must be \[0, 1, \.\.\., N-1\]"),
+        ("sample.top_p", 1.5, r"sample\.top_p: must be <= 1"),
+        ("select.balance", "yes", r"select\.balance: must be true or false"),
+        ("sft.learning_rate", -1.0, r"sft\.learning_rate"),
+        ("sft.method", "qlora", r"sft\.method"),
+    ],
+)
+def test_bad_values_name_the_key(path, value, match):
+    with pytest.raises(ParamsError, match=match) as exc:
+        validate_params(with_change(path, value), "params.yaml")
+    assert str(exc.value).startswith("params.yaml: ")
+
+
+def test_unknown_section():
+    raw = copy.deepcopy(DEFAULT)
+    raw["sampel"] = {"k": 2}
+    with pytest.raises(ParamsError, match=r"unknown key 'sampel' \(did you mean 'sample'\?\)"):
+        validate_params(raw)
+
+
+def test_greedy_with_k_above_one_refused():
+    raw = with_change("sample.temperature", 0)
+    with pytest.raises(ParamsError, match=r"sample\.k: greedy sampling"):
+        validate_params(raw)
+
+
+def test_missing_sections_take_defaults():
+    p = validate_params({"base": {"tasks": ["countdown"]}})
+    assert p.base.tasks == ["countdown"] and p.sample.k == 4
+
+
+def test_invalid_yaml_names_file_and_line(tmp_path):
+    bad = tmp_path / "params.yaml"
+    bad.write_text("base:\n  seed: 0\n  tasks: [gsm8k\nsample:\n  k: 2\n")
+    with pytest.raises(ParamsError, match=rf"{bad}:\d+: invalid YAML"):
+        load_params(bad)
+
+
+def test_describe_documents_every_default_key():
+    doc = describe()
+    for section, keys in DEFAULT.items():
+        for key in keys:
+            assert f"`{section}.{key}`" in doc
+
+
+def test_set_name_matches_dvc_rendering():
+    assert [set_name(p) for p in (0, 0.25, 1)] == ["mix-0.0", "mix-0.25", "mix-1.0"]

@@ -1,0 +1,88 @@
+"""Flawed mixtures and step-level degradation on literal fixtures."""
+
+from __future__ import annotations
+
+import random
+
+from cotshape.degrade import (
+    corrupt_cot,
+    degrade_steps,
+    flawed_from_corruption,
+    make_mixtures,
+    make_step_degraded,
+    perturb_numbers,
+    split_steps,
+)
+from cotshape.tasks import get_task
+
+COT = "Tom has 3 apples.\nHe buys 4 more.\n3 + 4 = 7\nThe answer is 7."
+
+
+def rec(pid, completion=COT):
+    return {"problem_id": pid, "prompt": [{"role": "user", "content": pid}], "completion": completion}
+
+
+def test_perturb_changes_every_number():
+    out, n = perturb_numbers("12 apples cost 3.50 each, total 42", random.Random(0))
+    assert n == 3
+    nums = out.split()
+    assert nums[0] != "12" and nums[3] != "3.50" and nums[-1] != "42"
+    assert len(nums[3].split(".")[1]) == 2  # keeps the decimal form
+
+
+def test_corrupt_cot_touches_every_step_and_order():
+    out = corrupt_cot(COT, random.Random(0))
+    steps = split_steps(out)
+    assert len(steps) == 4 and steps != split_steps(COT)
+    assert sorted(steps) != sorted(split_steps(COT))  # numbers changed, not just shuffled
+    assert all(step not in split_steps(COT) for step in steps)
+
+
+def test_degrade_steps_keeps_the_answer_line_and_changes_k_steps():
+    for seed in range(10):
+        out = degrade_steps(COT, 1, random.Random(seed))
+        lines = out.split("\n")
+        assert lines[-1] == "The answer is 7."
+        changed = sum(a != b for a, b in zip(lines, COT.split("\n"), strict=False)) + abs(len(lines) - 4)
+        assert 1 <= changed <= 2  # one step perturbed (or dropped, which shifts the rest)
+
+
+def test_mixtures_same_size_nested_and_seeded():
+    good = [rec(f"p{i}") for i in range(8)]
+    flawed = {f"p{i}": f"flawed {i}" for i in range(8)}
+    mixes, m = make_mixtures(good, flawed, [0.0, 0.25, 0.5, 1.0], seed=1)
+    assert all(len(v) == 8 for v in mixes.values())
+    flawed_ids = {p: {r["problem_id"] for r in v if r["flawed"]} for p, v in mixes.items()}
+    assert [len(flawed_ids[p]) for p in (0.0, 0.25, 0.5, 1.0)] == [0, 2, 4, 8]
+    assert flawed_ids[0.25] <= flawed_ids[0.5] <= flawed_ids[1.0]
+    assert all(r["completion"].startswith("flawed") for r in mixes[1.0])
+    assert m["fractions"]["0.25"]["actual_fraction"] == 0.25
+    again, _ = make_mixtures(good, flawed, [0.25], seed=1)
+    assert again[0.25] == mixes[0.25]
+    assert any({r["problem_id"] for r in make_mixtures(good, flawed, [0.25], seed=s)[0][0.25] if r["flawed"]} != flawed_ids[0.25] for s in range(2, 8))
+
+
+def test_mixture_reports_unavailable_flawed():
+    good = [rec(f"p{i}") for i in range(4)]
+    mixes, m = make_mixtures(good, {"p0": "bad"}, [1.0], seed=0)
+    assert sum(r["flawed"] for r in mixes[1.0]) == 1
+    assert m["fractions"]["1.0"]["flawed_unavailable"] == 3
+
+
+def test_flawed_from_corruption_is_verified_wrong():
+    task = get_task("gsm8k")
+    problem = {"id": "q", "task": "gsm8k", "question": "Tom has 3 apples and buys 4.", "answer": "7",
+               "solution": "", "tests": [], "meta": {}}
+    good = [rec("q")]
+    assert task.verify(problem, COT).correct
+    flawed = flawed_from_corruption(good, lambda pid, t: not task.verify(problem, t).correct, seed=0)
+    assert not task.verify(problem, flawed["q"]).correct and task.verify(problem, flawed["q"]).parsed
+    # a CoT with no number cannot be corrupted into a wrong one: no entry
+    none = flawed_from_corruption([rec("q", "It is seven.")], lambda pid, t: False, seed=0)
+    assert none == {}
+
+
+def test_step_degraded_set():
+    out = make_step_degraded([rec("a"), rec("b")], k=2, seed=0)
+    assert [r["problem_id"] for r in out] == ["a", "b"]
+    assert all(r["completion"] != COT and r["degraded_steps"] == 2 for r in out)

@@ -1,0 +1,55 @@
+"""Paraphrase policy on literal model outputs."""
+
+from __future__ import annotations
+
+import pytest
+
+from cotshape.paraphrase import paraphrase_messages, paraphrase_set
+from cotshape.tasks import get_task
+
+TASK = get_task("gsm8k")
+
+
+def prob(pid, q, a):
+    return {"id": pid, "task": "gsm8k", "question": q, "answer": a, "solution": f"It is {a}.\n#### {a}",
+            "tests": [], "meta": {}}
+
+
+PROBLEMS = [prob("a", "2+2?", "4"), prob("b", "3+3?", "6")]
+
+
+def scripted(replies):
+    calls = []
+
+    def generate(prompts, seed):
+        calls.append(seed)
+        return [replies[(p[0]["content"].split("\n")[1], seed)] for p in prompts]
+
+    return generate, calls
+
+
+def test_prompt_contains_solution_and_format():
+    msg = paraphrase_messages(TASK, PROBLEMS[0])[0]["content"]
+    assert "2+2?" in msg and TASK.human_completion(PROBLEMS[0]) in msg and "own words" in msg
+
+
+def test_retry_then_keep_original():
+    gen, calls = scripted({("2+2?", 0): "The answer is 5.", ("3+3?", 0): "Three and three: The answer is 6.",
+                           ("2+2?", 1): "still wrong, The answer is 3."})
+    recs, m = paraphrase_set(TASK, PROBLEMS, gen, retries=1, on_failure="keep_original", seed=0)
+    assert calls == [0, 1]  # one retry, for the failed problem only
+    assert [(r["problem_id"], r["paraphrased"]) for r in recs] == [("a", False), ("b", True)]
+    assert recs[0]["completion"] == TASK.human_completion(PROBLEMS[0])
+    assert m["success_rate"] == 0.5 and m["kept_original"] == 1 and m["dropped"] == 0
+
+
+def test_drop_policy():
+    gen, _ = scripted({("2+2?", 0): "no idea", ("3+3?", 0): "The answer is 6."})
+    recs, m = paraphrase_set(TASK, PROBLEMS, gen, retries=0, on_failure="drop")
+    assert [r["problem_id"] for r in recs] == ["b"] and m["dropped"] == 1 and m["size"] == 1
+    assert recs[0]["set"] == "P" and recs[0]["prompt"] == TASK.chat_messages(PROBLEMS[1])
+
+
+def test_bad_policy():
+    with pytest.raises(ValueError, match="on_failure"):
+        paraphrase_set(TASK, PROBLEMS, lambda p, s: [], on_failure="ignore")
