@@ -273,6 +273,7 @@ def describe() -> str:
             help_ = meta.get("help", "")
             if meta.get("choices"):
                 help_ += f" One of: {', '.join(map(str, meta['choices']))}."
+            help_ = help_.replace("|", "\\|")  # a literal | would split the table cell
             lines.append(f"| `{name}.{f.name}` | `{default}` | {help_} |")
     return "\n".join(lines) + "\n"
 

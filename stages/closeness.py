@@ -12,8 +12,6 @@ from cotshape.records import read_jsonl, write_json
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    from cotshape.closeness import completion_loss
-
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--task", required=True)
     ap.add_argument("--student", required=True)
@@ -21,6 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     p = params()
+    from cotshape.closeness import completion_loss
     sets_dir = Path(args.sets_dir)
     files = sorted(sets_dir.glob("*.jsonl")) + sorted((sets_dir / "mix").glob("*.jsonl"))
     result = {}

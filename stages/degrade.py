@@ -37,8 +37,6 @@ def model_flawed(task, good, by_id, teacher_dir, p) -> dict[str, str]:
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    from cotshape.degrade import flawed_from_corruption, make_mixtures, make_step_degraded
-
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--task", required=True)
     ap.add_argument("--problems", required=True)
@@ -49,6 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", required=True)
     args = ap.parse_args(argv)
     p = params()
+    from cotshape.degrade import flawed_from_corruption, make_mixtures, make_step_degraded
     d = p.degrade
     task = get_task(args.task)
     by_id = {x["id"]: x for x in read_problems(args.problems)}

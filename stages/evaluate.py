@@ -15,9 +15,6 @@ SKIPPED = "SKIPPED.json"
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    from cotshape.evaluate import evaluate
-    from cotshape.generation import get_backend
-
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--task", required=True)
     ap.add_argument("--set", required=True)
@@ -27,6 +24,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", required=True)
     args = ap.parse_args(argv)
     p = params()
+    from cotshape.evaluate import evaluate
+    from cotshape.generation import get_backend
     task = get_task(args.task)
     problems = read_problems(args.problems)
     model_dir = Path(args.model)

@@ -11,14 +11,13 @@ from cotshape.records import read_problems
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    from cotshape.sampling import merge_shards
-
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--problems", required=True)
     ap.add_argument("--shards-dir", required=True)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     p = params()
+    from cotshape.sampling import merge_shards
     paths = [Path(args.shards_dir) / f"shard-{i}.jsonl" for i in p.sample.shards]
     missing = [str(x) for x in paths if not x.exists()]
     if missing:

@@ -9,13 +9,12 @@ from cotshape.pipeline import params, stage_main
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    from cotshape.models import materialize
-
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--teacher-out", required=True)
     ap.add_argument("--student-out", required=True)
     args = ap.parse_args(argv)
     p = params()
+    from cotshape.models import materialize
     materialize(p.base.teacher, args.teacher_out)
     materialize(p.base.student, args.student_out)
 

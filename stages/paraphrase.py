@@ -11,10 +11,6 @@ from cotshape.tasks import get_task
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    from cotshape.generation import get_backend
-    from cotshape.generation.base import SamplingParams
-    from cotshape.paraphrase import paraphrase_set
-
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--task", required=True)
     ap.add_argument("--problems", required=True)
@@ -24,6 +20,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", required=True)
     args = ap.parse_args(argv)
     p = params()
+    from cotshape.generation import get_backend
+    from cotshape.generation.base import SamplingParams
+    from cotshape.paraphrase import paraphrase_set
     pp = p.paraphrase
     task = get_task(args.task)
     problems = read_problems(args.problems)

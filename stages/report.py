@@ -11,14 +11,13 @@ SETS = ["H", "G", "W", "P", "step"]
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    from cotshape.report import build_report
-
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--metrics-dir", required=True)
     ap.add_argument("--plots-dir", required=True)
     ap.add_argument("--out-dir", required=True)
     args = ap.parse_args(argv)
     p = params()
+    from cotshape.report import build_report
     path = build_report(args.metrics_dir, args.plots_dir, args.out_dir, tasks=p.base.tasks, sets=SETS,
                         fractions=p.degrade.flawed_fractions)
     print(f"report written to {path}")

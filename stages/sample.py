@@ -11,10 +11,6 @@ from cotshape.tasks import get_task
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    from cotshape.generation import get_backend
-    from cotshape.generation.base import SamplingParams
-    from cotshape.sampling import run_sampling
-
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--task", required=True)
     ap.add_argument("--shard", type=int, required=True)
@@ -23,6 +19,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     p = params()
+    from cotshape.generation import get_backend
+    from cotshape.generation.base import SamplingParams
+    from cotshape.sampling import run_sampling
     task = get_task(args.task)
     problems = read_problems(args.problems)
     sp = SamplingParams(n=p.sample.k, temperature=p.sample.temperature, top_p=p.sample.top_p,

@@ -29,8 +29,6 @@ def write_loss_csv(path: str, log: list[dict]) -> None:
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    from cotshape.train import SFTParams, launch_command, train_sft
-
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--task", required=True)
     ap.add_argument("--set", required=True)
@@ -41,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--loss-plot", required=True)
     args = ap.parse_args(argv)
     p = params()
+    from cotshape.train import SFTParams, launch_command, train_sft
     sft: SFTParams = p.sft
     records = read_jsonl(args.data, required=("prompt", "completion"))
     out = Path(args.out)

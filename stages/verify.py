@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from cotshape.pipeline import stage_main
+from cotshape.pipeline import params, stage_main
 from cotshape.records import read_jsonl, read_problems, write_json, write_jsonl
 from cotshape.tasks import get_task
 
 
 @stage_main
 def main(argv: list[str] | None = None) -> None:
-    from cotshape.verify import verify_records
-
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--task", required=True)
     ap.add_argument("--problems", required=True)
@@ -20,6 +18,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--metrics", required=True)
     args = ap.parse_args(argv)
+    params()  # validated even though verify reads none of them: bad params stop every stage
+    from cotshape.verify import verify_records
     task = get_task(args.task)
     problems = {x["id"]: x for x in read_problems(args.problems)}
     samples = read_jsonl(args.samples, required=("problem_id", "sample_index", "completion"))

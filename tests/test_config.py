@@ -87,3 +87,10 @@ def test_describe_documents_every_default_key():
 
 def test_set_name_matches_dvc_rendering():
     assert [set_name(p) for p in (0, 0.25, 1)] == ["mix-0.0", "mix-0.25", "mix-1.0"]
+
+
+def test_readme_documents_every_param():
+    """README's params table is generated (scripts/update_readme_params.py); keep it current."""
+    readme = open("README.md").read()
+    start, end = readme.index("<!-- params-table -->"), readme.index("<!-- /params-table -->")
+    assert readme[start:end].strip().removeprefix("<!-- params-table -->").strip() == describe().strip()

@@ -1,4 +1,8 @@
-"""select@TASK: one correct (G) and one wrong (W) teacher CoT per training problem."""
+"""select@TASK: one correct (G) and one wrong (W) teacher CoT per training problem.
+
+(Named select_gw.py, not select.py: a script's folder comes first on sys.path, and a
+stages/select.py would shadow the standard library's `select` module.)
+"""
 
 from __future__ import annotations
 
