@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> None:
 
     backend = get_backend("transformers", str(model_dir), device=p.base.device, dtype=p.base.dtype,
                           batch_size=p.evaluate.batch_size)
-    records, metrics = evaluate(task, problems, backend, max_new_tokens=p.evaluate.max_new_tokens,
-                                batch_size=p.evaluate.batch_size)
+    # all prompts in one call: the backend batches (and refills) internally
+    records, metrics = evaluate(task, problems, backend, max_new_tokens=p.evaluate.max_new_tokens)
     write_jsonl(args.out, records)
     write_json(args.metrics, metrics)
 

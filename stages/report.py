@@ -19,7 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     p = params()
     from cotshape.report import build_report
     path = build_report(args.metrics_dir, args.plots_dir, args.out_dir, tasks=p.base.tasks, sets=SETS,
-                        fractions=p.degrade.flawed_fractions)
+                        fractions=p.degrade.flawed_fractions,
+                        context={"teacher": p.base.teacher, "student": p.base.student})
     print(f"report written to {path}")
 
 

@@ -1,0 +1,644 @@
+"""The experiment report: the tables and plots a researcher came for, built from the metrics
+the stages wrote.
+
+:func:`build_report` reads this layout (every file is optional; a missing one shows as "—" in
+the tables and as a gap in the plots, so a partly-run pipeline still gets a report)::
+
+    metrics/eval/{task}-{set}.json      score() of cotshape.evaluate; set in H, G, W, P, step,
+                                        mix-{p} (p as a Python float: mix-0.0 ... mix-1.0), base
+    metrics/sft/{task}-{set}.json       train_loss, first_loss, final_loss, steps, train_tokens,
+                                        tokens_per_second, examples
+    metrics/closeness/{task}.json       {set: {mean_loss, perplexity, n_tokens, n_examples}}
+    metrics/select/{task}.json          problems, with_correct, with_wrong, with_both,
+                                        selected_G, selected_W
+    metrics/paraphrase/{task}.json      success_rate, ...
+    metrics/verify/{task}.json          the teacher's accuracy on its own samples
+    plots/loss/{task}-{set}.csv         step,loss
+
+and writes, each file atomically: ``summary.md`` (tables and a how-to-read note, with the plots
+embedded), ``accuracy.png``, ``mixture_curve.png``, ``loss_curves.png``, ``closeness.png`` in
+``out_dir``, and ``plots/mixture/{task}.csv`` (``fraction,accuracy,accuracy_parsed``) for
+``dvc plots``. A file that exists but is malformed is an error naming it (a
+:class:`~cotshape.records.RecordError`): a silently wrong report is worse than none.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cotshape.records import RecordError, read_json, write_text
+
+DASH = "—"
+#: shown for a set whose stage ran but had nothing to do (an empty training set is recorded
+#: as ``{"skipped": 1}`` by the sft and evaluate stages)
+NA = "n/a"
+BASE_SET = "base"
+
+#: what each training set is, for the table captions and the how-to-read note
+SET_DESCRIPTIONS = {
+    "base": "the untrained student",
+    "H": "human-written solutions",
+    "G": "teacher CoTs with a correct final answer",
+    "W": "teacher CoTs with a wrong final answer",
+    "P": "human solutions paraphrased by a model",
+    "step": "CoTs with some steps corrupted",
+}
+
+HOW_TO_READ = """\
+## How to read this
+
+- **H vs G.** H is what humans wrote, G what the teacher model wrote (and got right). The
+  paper's finding is that a student often learns more from G than from H: model-written
+  reasoning is closer to the student's own distribution, so it is easier to imitate.
+- **G vs W.** W holds teacher CoTs whose *final answer is wrong*. If W trains the student
+  about as well as G, the shape of the reasoning matters more than its correctness.
+- **P.** P is H rewritten by a model with the answer kept. If P beats H, the gain comes
+  from the *style* (the distribution) of the text, not from new content.
+- **Mixture curve.** A fraction p of correct CoTs is replaced by completely flawed ones. A
+  flat curve means the student tolerates wrong reasoning in its training data; a drop only
+  near p = 100 % means a few correct examples are enough.
+- **Closeness.** The untrained student's mean per-token loss on each training set (lower =
+  closer to what the student would write itself) and the first SFT losses. The paper's
+  evidence: model-written sets (G, W, P) sit lower than H.
+- **Two accuracies.** *accuracy* = correct / all test problems; *accuracy (parsed)* =
+  correct / answers that parsed, the definition of the paper's released scripts (they drop
+  unparsed answers). A big gap means the student often fails to give a final answer at all.
+"""
+
+
+# ---- reading ----------------------------------------------------------------------------
+def mix_set(fraction: float) -> str:
+    """The set name of a flawed mixture: ``mix-{p}`` with p written as a Python float."""
+    return f"mix-{float(fraction)}"
+
+
+def _read_optional(path: Path) -> dict[str, Any] | None:
+    """A metrics JSON object, or None when the file does not exist (the stage has not run)."""
+    if not path.exists():
+        return None
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise RecordError(f"{path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def read_loss_csv(path: str | os.PathLike) -> list[tuple[float, float]] | None:
+    """``(step, loss)`` pairs of a loss log (header ``step,loss``), or None when it is missing."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    rows: list[tuple[float, float]] = []
+    with open(path, encoding="utf-8", newline="") as fh:
+        reader = csv.reader(fh)
+        header = next(reader, None)
+        if header is None or [h.strip() for h in header[:2]] != ["step", "loss"]:
+            raise RecordError(f"{path}:1: expected the header 'step,loss', got {','.join(header or [])!r}")
+        for lineno, row in enumerate(reader, 2):
+            if not row or not "".join(row).strip():
+                continue
+            try:
+                rows.append((float(row[0]), float(row[1])))
+            except (ValueError, IndexError):
+                raise RecordError(f"{path}:{lineno}: expected 'step,loss' numbers, got {','.join(row)!r}") from None
+    return rows
+
+
+class _Metrics:
+    """Every metrics file of the report, read once."""
+
+    def __init__(self, metrics_dir: Path, plots_dir: Path, tasks: Sequence[str], eval_sets: Sequence[str]):
+        self.eval = {
+            (t, s): _read_optional(metrics_dir / "eval" / f"{t}-{s}.json") for t in tasks for s in eval_sets
+        }
+        trained = [s for s in eval_sets if s != BASE_SET]
+        self.sft = {(t, s): _read_optional(metrics_dir / "sft" / f"{t}-{s}.json") for t in tasks for s in trained}
+        self.loss = {(t, s): read_loss_csv(plots_dir / "loss" / f"{t}-{s}.csv") for t in tasks for s in trained}
+        self.closeness = {t: _read_optional(metrics_dir / "closeness" / f"{t}.json") for t in tasks}
+        self.select = {t: _read_optional(metrics_dir / "select" / f"{t}.json") for t in tasks}
+        self.paraphrase = {t: _read_optional(metrics_dir / "paraphrase" / f"{t}.json") for t in tasks}
+        self.verify = {t: _read_optional(metrics_dir / "verify" / f"{t}.json") for t in tasks}
+
+    def eval_skipped(self, task: str, set_: str) -> bool:
+        return _skipped(self.eval.get((task, set_)))
+
+    def eval_value(self, task: str, set_: str, key: str) -> Any:
+        """A value of an eval metrics file; None when the file is missing or was skipped."""
+        m = self.eval.get((task, set_))
+        return None if m is None or _skipped(m) else m.get(key)
+
+
+def _skipped(m: dict[str, Any] | None) -> bool:
+    return bool(m and m.get("skipped"))
+
+
+def _num(x: Any) -> float | None:
+    """A finite number, or None (missing, non-numeric or NaN values are gaps, not zeros)."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
+# ---- formatting -------------------------------------------------------------------------
+def _pct(x: Any) -> str:
+    v = _num(x)
+    return DASH if v is None else f"{100 * v:.1f} %"
+
+
+def _flt(x: Any, digits: int = 3) -> str:
+    v = _num(x)
+    return DASH if v is None else f"{v:.{digits}f}"
+
+
+def _int(x: Any) -> str:
+    v = _num(x)
+    return DASH if v is None else f"{int(v):d}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None) -> str:
+    """A GitHub-flavoured markdown table; ``align`` is one of l/r per column (default: first
+    column left, the rest right, because they hold numbers)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _set_label(s: str) -> str:
+    if s.startswith("mix-"):
+        try:
+            return f"{s} ({100 * float(s[4:]):g} % flawed)"
+        except ValueError:
+            return s
+    return s
+
+
+# ---- tables -----------------------------------------------------------------------------
+def _accuracy_section(m: _Metrics, tasks: Sequence[str], sets: Sequence[str]) -> str:
+    parts = ["## Accuracy (greedy decoding on the test problems)", ""]
+    for t in tasks:
+        rows_sets = [BASE_SET, *sets]
+        has_pass = any(m.eval_value(t, s, "pass@1") is not None for s in rows_sets)
+        header = ["set", "accuracy", "accuracy (parsed)", "parse rate", "correct", "parsed", "n"]
+        if has_pass:
+            header.insert(3, "pass@1")
+        base_acc = _num(m.eval_value(t, BASE_SET, "accuracy"))
+        header.append("Δ accuracy vs base")
+        rows = []
+        for s in rows_sets:
+            label = f"{s} — {SET_DESCRIPTIONS[s]}" if s in SET_DESCRIPTIONS else _set_label(s)
+            if m.eval_skipped(t, s):
+                rows.append([f"{label} (skipped: empty training set)"] + [NA] * (len(header) - 1))
+                continue
+            g = (m.eval.get((t, s)) or {}).get
+            row = [
+                label,
+                _pct(g("accuracy")),
+                _pct(g("accuracy_parsed")) + (" (none parsed)" if g("no_parsed_answers") is True else ""),
+                _pct(g("parse_rate")),
+                _int(g("n_correct")),
+                _int(g("n_parsed")),
+                _int(g("n")),
+            ]
+            if has_pass:
+                row.insert(3, _pct(g("pass@1")))
+            acc = _num(g("accuracy"))
+            delta = DASH if acc is None or base_acc is None or s == BASE_SET else f"{100 * (acc - base_acc):+.1f} pts"
+            row.append(delta)
+            rows.append(row)
+        parts += [f"### {t}", "", _table(header, rows), ""]
+    return "\n".join(parts)
+
+
+def _mixture_section(m: _Metrics, tasks: Sequence[str], fractions: Sequence[float]) -> str:
+    header = ["flawed fraction"]
+    for t in tasks:
+        header += [f"{t} accuracy", f"{t} accuracy (parsed)"]
+    rows = []
+    for p in fractions:
+        row = [f"{100 * float(p):g} %"]
+        for t in tasks:
+            if m.eval_skipped(t, mix_set(p)):
+                row += [NA, NA]
+                continue
+            row += [_pct(m.eval_value(t, mix_set(p), "accuracy")), _pct(m.eval_value(t, mix_set(p), "accuracy_parsed"))]
+        rows.append(row)
+    return "\n".join(
+        [
+            "## Flawed mixtures (accuracy vs fraction of completely flawed CoTs)",
+            "",
+            _table(header, rows),
+            "",
+            "![mixture curve](mixture_curve.png)",
+            "",
+        ]
+    )
+
+
+def _closeness_section(m: _Metrics, tasks: Sequence[str], trained: Sequence[str]) -> str:
+    parts = [
+        "## Distributional closeness (the untrained student on each training set)",
+        "",
+        "Lower loss = closer to the student's own distribution. *first SFT loss* is the mean of the "
+        "first logged training losses when the student is fine-tuned on the set.",
+        "",
+    ]
+    for t in tasks:
+        close = m.closeness[t] or {}
+        order = list(trained) + [s for s in close if s not in trained]
+        rows = []
+        for s in order:
+            c = close.get(s) if isinstance(close.get(s), dict) else {}
+            sft = m.sft.get((t, s)) or {}
+            rows.append(
+                [
+                    _set_label(s),
+                    _flt(c.get("mean_loss")),
+                    _flt(c.get("perplexity"), 2),
+                    _flt(sft.get("first_loss")),
+                    _int(c.get("n_tokens")),
+                    _int(c.get("n_examples")),
+                ]
+            )
+        header = ["set", "mean loss / token", "perplexity", "first SFT loss", "tokens", "examples"]
+        parts += [f"### {t}", "", _table(header, rows), ""]
+    parts += ["![closeness](closeness.png)", ""]
+    return "\n".join(parts)
+
+
+def _training_section(m: _Metrics, tasks: Sequence[str], trained: Sequence[str]) -> str:
+    parts = ["## Fine-tuning runs", ""]
+    header = ["set", "examples", "steps", "first loss", "final loss", "train tokens", "tokens/s"]
+    for t in tasks:
+        rows = []
+        for s in trained:
+            sft = m.sft.get((t, s)) or {}
+            if _skipped(sft):
+                rows.append([f"{_set_label(s)} (skipped: empty training set)", "0"] + [NA] * (len(header) - 2))
+                continue
+            rows.append(
+                [
+                    _set_label(s),
+                    _int(sft.get("examples")),
+                    _int(sft.get("steps")),
+                    _flt(sft.get("first_loss")),
+                    _flt(sft.get("final_loss")),
+                    _int(sft.get("train_tokens")),
+                    _flt(sft.get("tokens_per_second"), 1),
+                ]
+            )
+        parts += [f"### {t}", "", _table(header, rows), ""]
+    parts += ["![loss curves](loss_curves.png)", ""]
+    return "\n".join(parts)
+
+
+def _data_section(m: _Metrics, tasks: Sequence[str]) -> str:
+    header = [
+        "task",
+        "problems",
+        "with a correct sample",
+        "with a wrong sample",
+        "with both",
+        "G selected",
+        "W selected",
+        "teacher accuracy",
+        "paraphrase success",
+    ]
+    rows = []
+    for t in tasks:
+        sel = m.select[t] or {}
+        ver = m.verify[t] or {}
+        par = m.paraphrase[t] or {}
+        rows.append(
+            [
+                t,
+                _int(sel.get("problems")),
+                _int(sel.get("with_correct")),
+                _int(sel.get("with_wrong")),
+                _int(sel.get("with_both")),
+                _int(sel.get("selected_G")),
+                _int(sel.get("selected_W")),
+                _pct(ver.get("teacher_accuracy", ver.get("accuracy"))),
+                _pct(par.get("success_rate")),
+            ]
+        )
+    return "\n".join(
+        [
+            "## Training data",
+            "",
+            "Teacher samples per training problem, split by the verifier into correct (G) and wrong (W); "
+            "the paraphrase success rate is the share of paraphrases that kept the final answer.",
+            "",
+            _table(header, rows),
+            "",
+        ]
+    )
+
+
+def _headlines(m: _Metrics, tasks: Sequence[str], sets: Sequence[str]) -> list[str]:
+    """One line per task: the best trained set against the base student."""
+    lines = []
+    for t in tasks:
+        scored = [(s, _num(m.eval_value(t, s, "accuracy"))) for s in sets]
+        scored = [(s, a) for s, a in scored if a is not None]
+        base = _num(m.eval_value(t, BASE_SET, "accuracy"))
+        if not scored:
+            lines.append(f"- **{t}**: no trained student evaluated yet.")
+            continue
+        best, acc = max(scored, key=lambda x: x[1])
+        vs = f" (base student: {_pct(base)})" if base is not None else ""
+        lines.append(f"- **{t}**: best set {best} with accuracy {_pct(acc)}{vs}.")
+    return lines
+
+
+# ---- plots ------------------------------------------------------------------------------
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # a bare Figure on the Agg canvas: no pyplot global state, no display needed
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _save_png(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _no_data(ax, what: str) -> None:
+    ax.text(0.5, 0.5, f"no {what} yet", ha="center", va="center", transform=ax.transAxes, color="0.4")
+
+
+def _task_colors(tasks: Sequence[str]) -> dict[str, Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10"]
+    return {t: cmap(i % 10) for i, t in enumerate(tasks)}
+
+
+#: one colour per named set in every plot, so a set is recognisable across figures
+_SET_PALETTE = {
+    "base": "#7f7f7f",
+    "H": "#1f77b4",
+    "G": "#2ca02c",
+    "W": "#d62728",
+    "P": "#9467bd",
+    "step": "#8c564b",
+}
+
+
+def _set_colors(sets: Sequence[str]) -> dict[str, Any]:
+    """Fixed colours for the named sets, a sequential map for the mixtures (light = few
+    flawed), tab10 for any other set."""
+    from matplotlib import colormaps
+
+    mixes = [s for s in sets if s.startswith("mix-")]
+    seq, other = colormaps["viridis"], colormaps["tab10"]
+    colors: dict[str, Any] = {}
+    k = 0
+    for s in sets:
+        if s in _SET_PALETTE:
+            colors[s] = _SET_PALETTE[s]
+        elif s in mixes:
+            # viridis runs dark to light; 0 % flawed gets the light end
+            colors[s] = seq(0.9 - 0.75 * mixes.index(s) / max(1, len(mixes) - 1))
+        else:
+            colors[s] = other((6 + k) % 10)  # tab10 0-5 are the named sets
+            k += 1
+    return colors
+
+
+def _pct_ylim(ax, values: Sequence[float]) -> None:
+    """Percent axis from 0 with head room, not always 0-100: small accuracies stay readable."""
+    top = max(values, default=0.0)
+    ax.set_ylim(0, min(100.0, max(10.0, top * 1.2 + 2)))
+
+
+def _plot_accuracy(m: _Metrics, tasks: Sequence[str], sets: Sequence[str], path: Path) -> None:
+    from matplotlib.patches import Patch
+
+    rows_sets = [BASE_SET, *sets]
+    colors = _set_colors(rows_sets)
+    fig = _new_figure(max(7.0, 1.2 + 1.6 * len(tasks) * 2), 4.2)
+    axes = fig.subplots(1, 2, sharey=True)
+    width = 0.8 / len(rows_sets)
+    any_data = False
+    all_ys: list[float] = []
+    for ax, key, title in (
+        (axes[0], "accuracy", "accuracy = correct / all"),
+        (axes[1], "accuracy_parsed", "accuracy (parsed) = correct / parsed"),
+    ):
+        for j, s in enumerate(rows_sets):
+            xs, ys = [], []
+            for i, t in enumerate(tasks):
+                v = _num(m.eval_value(t, s, key))
+                if v is not None:
+                    xs.append(i - 0.4 + width * (j + 0.5))
+                    ys.append(100 * v)
+            any_data |= bool(ys)
+            bars = ax.bar(xs, ys, width=width, color=colors[s], edgecolor="white", linewidth=0.5)
+            # value labels: a 0 % bar is otherwise indistinguishable from a missing one
+            ax.bar_label(bars, labels=[f"{y:.0f}" for y in ys], fontsize=7, padding=1, color="0.25")
+            all_ys.extend(ys)
+        ax.set_xticks(range(len(tasks)), list(tasks))
+        ax.set_title(title)
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_xlabel("task")
+    axes[0].set_ylabel("accuracy (%)")
+    _pct_ylim(axes[0], all_ys)
+    if not any_data:
+        _no_data(axes[0], "evaluation results")
+    for ax in axes:
+        ax.set_xlim(-0.5, len(tasks) - 0.5)
+    # explicit handles: a set with no bars at all would otherwise get a default-coloured entry
+    handles = [Patch(facecolor=colors[s], label=s) for s in rows_sets]
+    axes[1].legend(handles=handles, title="training set", loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
+    fig.suptitle("Student accuracy per training set (greedy, test problems)")
+    _save_png(fig, path)
+
+
+def _plot_mixture(m: _Metrics, tasks: Sequence[str], fractions: Sequence[float], path: Path) -> None:
+    colors = _task_colors(tasks)
+    fig = _new_figure(7.0, 4.5)
+    ax = fig.subplots()
+    any_data = False
+    all_ys: list[float] = []
+    for t in tasks:
+        for key, style, label in (("accuracy", "-o", "correct / all"), ("accuracy_parsed", "--s", "correct / parsed")):
+            pts = [(100 * float(p), _num(m.eval_value(t, mix_set(p), key))) for p in fractions]
+            pts = [(x, 100 * y) for x, y in pts if y is not None]
+            if pts:
+                any_data = True
+                all_ys.extend(y for _, y in pts)
+                ax.plot(*zip(*pts, strict=True), style, color=colors[t], label=f"{t}: {label}", markersize=5)
+        base = _num(m.eval_value(t, BASE_SET, "accuracy"))
+        if base is not None:
+            all_ys.append(100 * base)
+            ax.axhline(100 * base, color=colors[t], linestyle=":", linewidth=1, label=f"{t}: base student")
+    if not any_data:
+        _no_data(ax, "mixture results")
+    ax.set_xlabel("flawed CoTs in the training set (%)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_xticks([100 * float(p) for p in fractions] or [0, 100])
+    _pct_ylim(ax, all_ys)
+    ax.grid(alpha=0.3)
+    ax.set_title("Accuracy vs fraction of flawed chains of thought")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small", loc="best")
+    _save_png(fig, path)
+
+
+def _plot_losses(m: _Metrics, tasks: Sequence[str], trained: Sequence[str], path: Path) -> None:
+    colors = _set_colors(trained)
+    fig = _new_figure(max(6.0, 5.0 * len(tasks)) + 1.5, 4.2)
+    axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+    for ax, t in zip(axes, tasks, strict=True):
+        drawn = False
+        for s in trained:
+            pts = m.loss.get((t, s))
+            if pts:
+                drawn = True
+                steps, losses = zip(*pts, strict=True)
+                ax.plot(steps, losses, color=colors[s], label=s, linewidth=1.5, marker="." if len(pts) < 30 else None)
+        if not drawn:
+            _no_data(ax, "loss logs")
+        ax.set_title(t)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("training loss (completion tokens)")
+        ax.grid(alpha=0.3)
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    if handles:
+        fig.legend(handles, labels, title="training set", loc="outside right upper", fontsize="small")
+    fig.suptitle("SFT loss curves per training set")
+    _save_png(fig, path)
+
+
+def _plot_closeness(m: _Metrics, tasks: Sequence[str], trained: Sequence[str], path: Path) -> None:
+    fig = _new_figure(max(6.0, 5.0 * len(tasks)), 4.2)
+    axes = fig.subplots(1, len(tasks), squeeze=False)[0]
+    colors = _set_colors(trained)
+    for ax, t in zip(axes, tasks, strict=True):
+        close = m.closeness[t] or {}
+        order = list(trained) + [s for s in close if s not in trained]
+        names, values = [], []
+        for s in order:
+            c = close.get(s)
+            v = _num(c.get("mean_loss")) if isinstance(c, dict) else None
+            if v is not None:
+                names.append(s)
+                values.append(v)
+        if not names:
+            _no_data(ax, "closeness results")
+        else:
+            bars = ax.bar(
+                range(len(names)), values, color=[colors.get(s, "0.5") for s in names], edgecolor="white"
+            )
+            ax.bar_label(bars, labels=[f"{v:.2f}" for v in values], fontsize="small", padding=2)
+            ax.set_xticks(range(len(names)), names, rotation=30 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
+            ax.margins(y=0.12)
+        ax.set_title(t)
+        ax.set_xlabel("training set")
+        ax.set_ylabel("base student loss per token (lower = closer)")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("Distributional closeness: the untrained student's loss on each training set")
+    _save_png(fig, path)
+
+
+def _mixture_csv(m: _Metrics, task: str, fractions: Sequence[float]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["fraction", "accuracy", "accuracy_parsed"])
+    for p in fractions:
+        acc = _num(m.eval_value(task, mix_set(p), "accuracy"))
+        acc_p = _num(m.eval_value(task, mix_set(p), "accuracy_parsed"))
+        if acc is not None and acc_p is not None:  # a row per evaluated mixture; gaps are left out
+            w.writerow([float(p), acc, acc_p])
+    return buf.getvalue()
+
+
+# ---- entry point ------------------------------------------------------------------------
+def build_report(
+    metrics_dir: str | os.PathLike,
+    plots_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    tasks: Sequence[str],
+    sets: Sequence[str],
+    fractions: Sequence[float],
+    context: dict[str, Any] | None = None,
+) -> Path:
+    """Write the report (see the module docstring) and return the path of ``summary.md``.
+
+    ``sets`` are the non-mixture training sets (e.g. ``["H", "G", "W", "P", "step"]``); the
+    mixture sets ``mix-{p}`` come from ``fractions`` and the base student is always included.
+    ``context`` (e.g. ``{"teacher": ..., "student": ...}``) is listed in the intro.
+    """
+    if not tasks:
+        raise ValueError("tasks is empty: nothing to report")
+    for p in fractions:
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"flawed fraction {p!r} is outside [0, 1]")
+    metrics_dir, plots_dir, out_dir = Path(metrics_dir), Path(plots_dir), Path(out_dir)
+    sets = [s for s in sets if s != BASE_SET]
+    mixes = [mix_set(p) for p in fractions if mix_set(p) not in sets]
+    trained = [*sets, *mixes]
+    m = _Metrics(metrics_dir, plots_dir, tasks, [BASE_SET, *trained])
+
+    intro = [
+        "# cotshape report",
+        "",
+        "A student fine-tuned on different kinds of chains of thought for the same problems — human "
+        "solutions (H), teacher CoTs with correct (G) and wrong (W) answers, paraphrased human "
+        "solutions (P), step-corrupted CoTs and mixtures with flawed CoTs — and evaluated with "
+        "greedy decoding, after *Shape of Thought: When Distribution Matters More than Correctness "
+        "in Reasoning Tasks*. A dash (—) marks a result that has not been produced.",
+        "",
+    ]
+    if context:
+        intro += [f"- **{k}**: {v}" for k, v in context.items()] + [""]
+    intro += ["**Headlines**", "", *_headlines(m, tasks, trained), "", "![accuracy](accuracy.png)", ""]
+
+    text = "\n".join(
+        [
+            "\n".join(intro),
+            _accuracy_section(m, tasks, trained),
+            _mixture_section(m, tasks, fractions),
+            _closeness_section(m, tasks, trained),
+            _training_section(m, tasks, trained),
+            _data_section(m, tasks),
+            HOW_TO_READ,
+        ]
+    )
+
+    # plots and CSVs first, summary last: a summary on disk means the whole report was written
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _plot_accuracy(m, tasks, sets, out_dir / "accuracy.png")
+    _plot_mixture(m, tasks, fractions, out_dir / "mixture_curve.png")
+    _plot_losses(m, tasks, trained, out_dir / "loss_curves.png")
+    _plot_closeness(m, tasks, trained, out_dir / "closeness.png")
+    for t in tasks:
+        write_text(plots_dir / "mixture" / f"{t}.csv", _mixture_csv(m, t, fractions))
+    summary = out_dir / "summary.md"
+    write_text(summary, text)
+    return summary
