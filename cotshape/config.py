@@ -246,6 +246,27 @@ def validate_params(params: dict[str, Any], source: str = "params.yaml") -> Para
     return p
 
 
+def _yaml12_loader():
+    """A SafeLoader that reads floats the YAML 1.2 way, as DVC (ruamel) writes them.
+
+    PyYAML follows YAML 1.1, where ``1e-06`` (no dot) is a *string*; ``dvc exp run -S
+    sft.learning_rate=1e-06`` writes exactly that, so we add the 1.2 float pattern.
+    """
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
+    return Loader
+
+
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     """Read and validate a params file."""
     import yaml
@@ -254,7 +275,7 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     if not path.exists():
         raise ParamsError(f"{path}: file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml12_loader()) or {}  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

@@ -94,3 +94,11 @@ def test_readme_documents_every_param():
     readme = open("README.md").read()
     start, end = readme.index("<!-- params-table -->"), readme.index("<!-- /params-table -->")
     assert readme[start:end].strip().removeprefix("<!-- params-table -->").strip() == describe().strip()
+
+
+def test_yaml12_floats_as_dvc_writes_them(tmp_path):
+    # `dvc exp run -S sft.learning_rate=1e-06` writes 1e-06: a float in YAML 1.2, a string in 1.1
+    f = tmp_path / "params.yaml"
+    f.write_text("sft:\n  learning_rate: 1e-06\n  weight_decay: 5E+0\n")
+    p = load_params(f)
+    assert p.sft.learning_rate == 1e-06 and p.sft.weight_decay == 5.0

@@ -9,12 +9,94 @@ the G/W split.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 Problem = dict[str, Any]
 Messages = list[dict[str, str]]
+
+#: file types read from a dataset folder in the Hugging Face hub layout
+HUB_FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
+
+
+def stable_bucket(key: str, buckets: int = 1000) -> int:
+    """A bucket in ``[0, buckets)`` that depends only on ``key`` (not on PYTHONHASHSEED), used to
+    split generated or single-split data into train/test so that the two can never overlap."""
+    return int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big") % buckets
+
+
+def is_test_key(key: str, test_fraction: float) -> bool:
+    """True when ``key`` falls in the test part of a deterministic train/test split."""
+    return stable_bucket(key) < round(test_fraction * 1000)
+
+
+def hub_files(source: str, config: str | None, split: str) -> list[Path]:
+    """The data files of ``split`` (and ``config``) of a dataset in the hub layout.
+
+    ``source`` is a local folder laid out like a hub dataset repository
+    (``CONFIG/SPLIT-00000-of-00001.parquet``, or ``data/SPLIT-*.parquet`` for datasets without
+    configs; ``.jsonl``/``.json`` files are accepted too), or a hub id, which is first
+    downloaded (only the files of that config and split) with ``huggingface_hub`` into its
+    cache - so a pre-filled cache also works with ``HF_HUB_OFFLINE=1``.
+    """
+    root = Path(source)
+    if not root.is_dir():
+        if not re.fullmatch(r"[\w.-]+/[\w.-]+", source):
+            raise ValueError(
+                f"unknown source {source!r}: not a folder; use 'offline', 'hub', a hub id "
+                "'owner/name' or a local folder in the hub layout"
+            )
+        from huggingface_hub import snapshot_download
+
+        sub = config or "*"
+        patterns = [f"{sub}/{split}-*", f"{sub}/{split}/*", f"{split}-*", f"data/{split}-*"]
+        try:
+            root = Path(snapshot_download(source, repo_type="dataset", allow_patterns=patterns))
+        except Exception as e:  # offline, unknown repo, network: one clear message
+            raise FileNotFoundError(
+                f"hub dataset {source!r} ({config or 'default'}/{split}) could not be fetched: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} - use source "
+                "'offline', or a local folder in the hub layout"
+            ) from e
+    candidates = [root / config] if config else []
+    candidates += [root / "data", root]
+    for folder in candidates:
+        files = sorted(
+            f
+            for f in folder.glob(f"{split}*")
+            if f.is_file() and f.name.endswith(HUB_FILE_SUFFIXES)
+            and re.match(rf"{re.escape(split)}([-._]|$)", f.name)
+        )
+        if not files and (folder / split).is_dir():
+            files = sorted(f for f in (folder / split).iterdir() if f.name.endswith(HUB_FILE_SUFFIXES))
+        if files:
+            return files
+    where = f"{root}/{config}/" if config else f"{root}/"
+    raise FileNotFoundError(f"{source}: no {split!r} data files (.parquet/.jsonl/.json) under {where}")
+
+
+def read_hub_rows(source: str, config: str | None, split: str) -> list[dict[str, Any]]:
+    """All rows of ``split`` (and ``config``) of a hub-layout dataset, in file order."""
+    import json
+
+    rows: list[dict[str, Any]] = []
+    for f in hub_files(source, config, split):
+        if f.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows.extend(pq.read_table(f).to_pylist())
+        else:
+            text = f.read_text(encoding="utf-8")
+            if f.suffix == ".json" and text.lstrip().startswith("["):
+                rows.extend(json.loads(text))
+            else:
+                from cotshape.records import read_jsonl
+
+                rows.extend(read_jsonl(f))
+    return rows
 
 
 @dataclass(frozen=True)
@@ -103,6 +185,24 @@ class Task:
     def check(self, problem: Problem, extracted: str, completion: str) -> Verdict:
         """Grade an extracted answer; may raise (``verify`` catches it)."""
         raise NotImplementedError
+
+    def check_many(
+        self, items: list[tuple[Problem, str]], workers: int | None = None, progress: bool = True
+    ) -> list[Verdict]:
+        """Grade many ``(problem, extracted)`` pairs (the batch path of :mod:`cotshape.verify`);
+        never raises. The default grades one after another; tasks with costly checks (math,
+        code) override it with a process pool."""
+        from tqdm import tqdm
+
+        bar = tqdm(items, desc=f"grade {self.name}", unit="ans", disable=not progress or len(items) < 1000)
+        return [self.safe_check(problem, extracted) for problem, extracted in bar]
+
+    def safe_check(self, problem: Problem, extracted: str, completion: str | None = None) -> Verdict:
+        """:meth:`check` with every exception turned into a wrong verdict."""
+        try:
+            return self.check(problem, extracted, extracted if completion is None else completion)
+        except Exception as e:  # noqa: BLE001 - a verifier must never crash on model output
+            return Verdict(False, True, extracted, f"verifier error: {type(e).__name__}: {e}")
 
     def verify(self, problem: Problem, completion: str) -> Verdict:
         """Grade one completion. Never raises."""

@@ -1,0 +1,297 @@
+"""Countdown: combine the given numbers with + - * / to reach a target.
+
+Sources:
+
+* ``hub`` - ``Jiayi-Pan/Countdown-Tasks-3to4`` (``nums``, ``target``; one ``train`` split). The
+  data holds no solution: :func:`solve` finds one by a small exact search, and problems without
+  one are skipped. Train/test are split by a hash of (numbers, target), so they never overlap.
+* ``offline`` - reasoning-gym's ``countdown`` with 3-4 numbers (numbers, target and one solution
+  expression), split the same way.
+
+Neither source has a human rationale, so H is a step-by-step derivation *written from the
+solution expression* (:func:`derivation`: one line per operation, innermost first) ending in
+``<answer>EXPR</answer>``. It is a faithful, deterministic rendering of a correct solution, not
+human prose - keep that in mind when reading the H results of this task.
+
+Grading takes the last ``<answer>...</answer>``, parses it with :mod:`ast` and accepts only
+numbers, ``+ - * /``, unary minus and parentheses (no names, calls, ``**``, attributes...),
+checks that every given number is used exactly once, and evaluates it with exact
+:class:`~fractions.Fraction` arithmetic; division by zero is a wrong answer. Nothing is ``eval``-ed.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections import Counter
+from fractions import Fraction
+from itertools import combinations
+
+from cotshape.records import make_problem
+from cotshape.tasks import register
+from cotshape.tasks.base import Problem, Task, Verdict, is_test_key, read_hub_rows
+
+OFFLINE_SIZES = {"train": 2000, "test": 500}
+TEST_FRACTION = 0.2
+SEED_STRIDE = 1_000_003
+MAX_EXPR_CHARS = 200
+_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
+_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/"}
+
+
+class ExpressionError(ValueError):
+    """An answer expression that is not a plain arithmetic expression over numbers."""
+
+
+def extract_answer(completion: str) -> str | None:
+    """The content of the last ``<answer>...</answer>`` (stripped), or None."""
+    if not isinstance(completion, str):
+        return None
+    found = _ANSWER_RE.findall(completion[-100_000:])
+    if not found:
+        return None
+    expr = found[-1].strip()
+    # "expr = target" is a common way of writing the answer; grade the left side
+    if expr.count("=") == 1:
+        expr = expr.split("=")[0].strip()
+    return expr or None
+
+
+def parse_expression(expr: str) -> ast.expr:
+    """Parse ``expr`` and check that it only holds numbers, + - * /, unary -/+ and parentheses."""
+    if len(expr) > MAX_EXPR_CHARS:
+        raise ExpressionError(f"expression longer than {MAX_EXPR_CHARS} characters")
+    expr = expr.replace("×", "*").replace("÷", "/").replace("−", "-")
+    try:
+        tree = ast.parse(expr.strip(), mode="eval")
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as e:
+        raise ExpressionError(f"not an expression: {type(e).__name__}") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Expression | ast.operator | ast.unaryop):
+            if isinstance(node, ast.operator) and type(node) not in _OPS:
+                raise ExpressionError(f"operator {type(node).__name__} is not allowed (only + - * /)")
+            if isinstance(node, ast.unaryop) and not isinstance(node, ast.USub | ast.UAdd):
+                raise ExpressionError(f"unary operator {type(node).__name__} is not allowed")
+            continue
+        if isinstance(node, ast.BinOp | ast.UnaryOp):
+            continue
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            continue
+        raise ExpressionError(f"{type(node).__name__} is not allowed (only integers, + - * /, parentheses)")
+    return tree.body
+
+
+def _numbers(node: ast.expr) -> list[int]:
+    if isinstance(node, ast.Constant):
+        return [node.value]
+    if isinstance(node, ast.UnaryOp):
+        return _numbers(node.operand)
+    return _numbers(node.left) + _numbers(node.right)
+
+
+def _evaluate(node: ast.expr) -> Fraction:
+    if isinstance(node, ast.Constant):
+        return Fraction(node.value)
+    if isinstance(node, ast.UnaryOp):
+        v = _evaluate(node.operand)
+        return -v if isinstance(node.op, ast.USub) else v
+    left, right = _evaluate(node.left), _evaluate(node.right)
+    op = type(node.op)
+    if op is ast.Add:
+        return left + right
+    if op is ast.Sub:
+        return left - right
+    if op is ast.Mult:
+        return left * right
+    if right == 0:
+        raise ZeroDivisionError("division by zero")
+    return left / right
+
+
+def evaluate_expression(expr: str) -> tuple[Fraction, list[int]]:
+    """Exact value of a whitelisted expression and the numbers it uses (never ``eval``)."""
+    node = parse_expression(expr)
+    return _evaluate(node), _numbers(node)
+
+
+def grade(expr: str, numbers: list[int], target: int) -> tuple[bool, str]:
+    """``(correct, reason)`` for an answer expression."""
+    try:
+        node = parse_expression(expr)
+    except ExpressionError as e:
+        return False, str(e)
+    used = Counter(_numbers(node))
+    given = Counter(numbers)
+    if used != given:
+        extra, missing = used - given, given - used
+        parts = []
+        if extra:
+            parts.append(f"uses {sorted(extra.elements())} not given (or more often than given)")
+        if missing:
+            parts.append(f"does not use {sorted(missing.elements())}")
+        return False, "; ".join(parts)
+    try:
+        value = _evaluate(node)
+    except ZeroDivisionError:
+        return False, "division by zero"
+    if value != target:
+        return False, f"evaluates to {value}, not {target}"
+    return True, f"= {target}, each number used once"
+
+
+def solve(numbers: list[int], target: int) -> str | None:
+    """An expression using every number exactly once that equals ``target``, or None.
+
+    Exact search over all ways of combining two values (Fraction arithmetic, so 3/4 stays
+    exact); fine for the 3-6 numbers of Countdown.
+    """
+
+    def rec(items: list[tuple[Fraction, str]]) -> str | None:
+        if len(items) == 1:
+            return items[0][1] if items[0][0] == target else None
+        for i, j in combinations(range(len(items)), 2):
+            (a, ea), (b, eb) = items[i], items[j]
+            rest = [items[k] for k in range(len(items)) if k not in (i, j)]
+            cands = [(a + b, f"{ea} + {eb}"), (a * b, f"{_wrap(ea)} * {_wrap(eb)}"),
+                     (a - b, f"{ea} - {_wrap(eb)}"), (b - a, f"{eb} - {_wrap(ea)}")]
+            if b != 0:
+                cands.append((a / b, f"{_wrap(ea)} / {_wrap(eb, True)}"))
+            if a != 0:
+                cands.append((b / a, f"{_wrap(eb)} / {_wrap(ea, True)}"))
+            for value, text in cands:
+                found = rec(rest + [(value, text)])
+                if found:
+                    return found
+        return None
+
+    return rec([(Fraction(n), str(n)) for n in numbers])
+
+
+def _wrap(expr: str, strict: bool = False) -> str:
+    """Parenthesise a sub-expression when precedence needs it."""
+    if re.fullmatch(r"-?\d+", expr):
+        return expr
+    depth = 0
+    for ch in expr:
+        depth += ch == "("
+        depth -= ch == ")"
+        if depth == 0 and (ch in "+-" or (strict and ch in "*/")):
+            return f"({expr})"
+    return expr
+
+
+def derivation(expr: str, numbers: list[int], target: int) -> str:
+    """H for Countdown: a step-by-step derivation written from a solution expression."""
+    node = parse_expression(expr)
+    steps: list[str] = []
+
+    def walk(n: ast.expr) -> tuple[Fraction, str]:
+        if isinstance(n, ast.Constant):
+            return Fraction(n.value), str(n.value)
+        if isinstance(n, ast.UnaryOp):
+            v, _ = walk(n.operand)
+            v = -v if isinstance(n.op, ast.USub) else v
+            return v, _fmt(v)
+        (a, ta), (b, tb) = walk(n.left), walk(n.right)
+        sym = _OPS[type(n.op)]
+        v = {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[sym]
+        steps.append(f"Step {len(steps) + 1}: {ta} {sym} {tb} = {_fmt(v)}")
+        return v, _fmt(v)
+
+    walk(node)
+    nums = ", ".join(str(n) for n in numbers)
+    return (
+        f"We need to reach {target} using {nums}, each exactly once.\n"
+        + "\n".join(steps)
+        + f"\nThis uses every number once and gives {target}.\n<answer>{expr}</answer>"
+    )
+
+
+def _fmt(v: Fraction) -> str:
+    return str(v.numerator) if v.denominator == 1 else f"{v.numerator}/{v.denominator}"
+
+
+def _question(numbers: list[int], target: int) -> str:
+    return f"Using the numbers {list(numbers)}, make {target}."
+
+
+@register
+class Countdown(Task):
+    name = "countdown"
+    hub_id = "Jiayi-Pan/Countdown-Tasks-3to4"
+    instruction = (
+        "Use each number exactly once, with + - * / and parentheses. "
+        "Think step by step, then give the expression in <answer> </answer>."
+    )
+
+    def user_prompt(self, problem: Problem) -> str:
+        m = problem["meta"]
+        return (
+            f"Using the numbers {list(m['numbers'])} each exactly once, with + - * / make "
+            f"{m['target']}. Think step by step, then give the expression in <answer> </answer>."
+        )
+
+    def _problem(self, split: str, i: int, numbers: list[int], target: int, expr: str, meta: dict) -> Problem:
+        return make_problem(
+            id=f"countdown-{split}-{i:05d}",
+            task=self.name,
+            question=_question(numbers, target),
+            answer=expr,
+            solution=derivation(expr, numbers, target),
+            meta={"numbers": list(numbers), "target": int(target), **meta},
+        )
+
+    def load_hub(self, split: str, source: str, limit: int | None, seed: int) -> list[Problem]:
+        # the hub data has only a train split; our test split is carved out of it by hash
+        rows = read_hub_rows(source, None, "train")
+        out: list[Problem] = []
+        for idx, row in enumerate(rows):
+            numbers, target = [int(n) for n in row["nums"]], int(row["target"])
+            if is_test_key(f"{sorted(numbers)}->{target}", TEST_FRACTION) != (split == "test"):
+                continue
+            expr = solve(numbers, target)
+            if expr is None:
+                continue
+            out.append(self._problem(split, len(out), numbers, target, expr, {"source": source, "index": idx}))
+            if limit and len(out) >= limit:
+                break
+        return out
+
+    def load_offline(self, split: str, limit: int | None, seed: int) -> list[Problem]:
+        import reasoning_gym
+
+        want = limit or OFFLINE_SIZES[split]
+        # items are generated lazily (item i is seeded with seed + i): spread the seeds apart
+        pool = 64 + 50 * want
+        ds = reasoning_gym.create_dataset(
+            "countdown", size=pool, seed=seed * SEED_STRIDE, min_numbers=3, max_numbers=4,
+            min_target=10, max_target=100,
+        )
+        out: list[Problem] = []
+        seen: set[str] = set()
+        for idx in range(pool):
+            item = ds[idx]
+            numbers, target = list(item["metadata"]["numbers"]), int(item["metadata"]["target"])
+            key = f"{sorted(numbers)}->{target}"
+            if key in seen or is_test_key(key, TEST_FRACTION) != (split == "test"):
+                continue
+            expr = item["metadata"]["expression"]
+            if not grade(expr, numbers, target)[0]:  # reasoning-gym allows "at most once"
+                expr = solve(numbers, target)
+                if expr is None:
+                    continue
+            seen.add(key)
+            meta = {"source": "reasoning_gym/countdown", "seed": seed, "index": idx}
+            out.append(self._problem(split, len(out), numbers, target, expr, meta))
+            if len(out) >= want:
+                break
+        if limit and len(out) < limit:
+            raise ValueError(f"countdown offline: only {len(out)} distinct {split} problems for limit={limit}")
+        return out
+
+    def extract_answer(self, completion: str) -> str | None:
+        return extract_answer(completion)
+
+    def check(self, problem: Problem, extracted: str, completion: str) -> Verdict:
+        ok, reason = grade(extracted, problem["meta"]["numbers"], problem["meta"]["target"])
+        return Verdict(ok, True, extracted, reason)
