@@ -20,6 +20,8 @@ from cotshape.config import Params, ParamsError, load_params
 from cotshape.records import RecordError
 
 PARAMS_FILE = os.environ.get("COTSHAPE_PARAMS", "params.yaml")
+#: written into an SFT output folder instead of a model when the training set was empty
+SKIPPED = "SKIPPED.json"
 
 
 class StageError(RuntimeError):

@@ -6,11 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cotshape.pipeline import git_revision, params, stage_main
+from cotshape.pipeline import SKIPPED, git_revision, params, stage_main
 from cotshape.records import read_json, read_problems, write_json, write_jsonl
 from cotshape.tasks import get_task
-
-SKIPPED = "SKIPPED.json"
+from cotshape.train import MARKER as SFT_MARKER
 
 
 @stage_main
@@ -36,8 +35,17 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{args.task}-{args.set}: not evaluated ({reason})")
         return
 
+    kw = {}
+    if (model_dir / SFT_MARKER).exists():
+        # an SFT output folder: a LoRA adapter is merged onto its base model here
+        from cotshape.models import load_tokenizer, resolve_device
+        from cotshape.train import load_trained
+
+        kw["model"] = load_trained(model_dir, device=resolve_device(p.base.device), dtype=p.base.dtype)
+        # SFT does not change the tokenizer; a LoRA folder has no config.json, so take the base's
+        kw["tokenizer"] = load_tokenizer(read_json(model_dir / SFT_MARKER)["base_model"])
     backend = get_backend("transformers", str(model_dir), device=p.base.device, dtype=p.base.dtype,
-                          batch_size=p.evaluate.batch_size)
+                          batch_size=p.evaluate.batch_size, **kw)
     # all prompts in one call: the backend batches (and refills) internally
     records, metrics = evaluate(task, problems, backend, max_new_tokens=p.evaluate.max_new_tokens)
     write_jsonl(args.out, records)

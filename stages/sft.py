@@ -16,10 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cotshape.pipeline import git_revision, params, stage_main
+from cotshape.pipeline import SKIPPED, git_revision, params, stage_main
 from cotshape.records import read_jsonl, write_json, write_text
-
-SKIPPED = "SKIPPED.json"
 
 
 def write_loss_csv(path: str, log: list[dict]) -> None:
