@@ -1,10 +1,26 @@
-"""models: materialise the teacher and the student as plain Hugging Face folders (DVC outs)."""
+"""models: materialise the teacher and the student as plain Hugging Face folders (DVC outs).
+
+When teacher and student are the same spec (the offline default), the model is converted once
+and the folder copied: the conversion (GGUF -> safetensors plus a logits check) is the slow part.
+"""
 
 from __future__ import annotations
 
 import argparse
+import shutil
+from pathlib import Path
 
 from cotshape.pipeline import params, stage_main
+
+
+def copy_dir(src: Path, dst: Path) -> None:
+    """Copy a folder to ``dst`` atomically (temp copy, then rename)."""
+    tmp = dst.parent / f".{dst.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    if dst.exists():
+        shutil.rmtree(dst)
+    tmp.rename(dst)
 
 
 @stage_main
@@ -15,8 +31,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = params()
     from cotshape.models import materialize
+
     materialize(p.base.teacher, args.teacher_out)
-    materialize(p.base.student, args.student_out)
+    if p.base.student == p.base.teacher:
+        copy_dir(Path(args.teacher_out), Path(args.student_out))
+    else:
+        materialize(p.base.student, args.student_out)
 
 
 if __name__ == "__main__":

@@ -3,15 +3,32 @@
 Prompts in (chat messages or plain text), for each prompt ``n`` completions out, each with its
 text, token count and finish reason. Backends: ``transformers`` (CPU and GPU) and ``vllm``
 (GPU, optional extra ``gpu``).
+
+Seeds: sample ``j`` of prompt ``i`` draws its random numbers from its own generator seeded with
+``derive_seed(seeds[i], j)``, where ``seeds`` defaults to ``derive_seed(params.seed, i)``. A
+caller that wants samples independent of the order and grouping of prompts (the resumable
+sampling job) passes ``seeds`` keyed by something stable, such as the problem id.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
 Prompt = list[dict[str, str]] | str  # chat messages or raw text
 FinishReason = Literal["stop", "length"]
+ProgressFn = Callable[[int], None]
+ResultFn = Callable[[int, list["Completion"]], None]
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed that depends only on ``parts`` (stable across runs, machines and Python
+    versions, unlike ``hash``)."""
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 @dataclass
@@ -34,6 +51,8 @@ class SamplingParams:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}")
 
     @property
     def greedy(self) -> bool:
@@ -47,15 +66,42 @@ class Completion:
     finish_reason: FinishReason  # "stop": EOS or a stop string; "length": hit max_new_tokens
 
 
+def prompt_seeds(params: SamplingParams, n_prompts: int, seeds: list[int] | None) -> list[int]:
+    """The per-prompt seeds: ``seeds`` as given, or derived from ``params.seed`` and the index."""
+    if seeds is None:
+        return [derive_seed(params.seed, i) for i in range(n_prompts)]
+    if len(seeds) != n_prompts:
+        raise ValueError(f"got {len(seeds)} seeds for {n_prompts} prompts")
+    return [int(s) for s in seeds]
+
+
+def truncate_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
+    """Cut ``text`` before the earliest stop string; returns ``(text, stopped)``."""
+    cut = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
 class Backend:
     """A loaded model that generates. Subclasses implement :meth:`generate`."""
 
     name: str = ""
 
-    def generate(self, prompts: list[Prompt], params: SamplingParams, progress=None) -> list[list[Completion]]:
+    def generate(
+        self,
+        prompts: list[Prompt],
+        params: SamplingParams,
+        progress: ProgressFn | None = None,
+        seeds: list[int] | None = None,
+        on_result: ResultFn | None = None,
+    ) -> list[list[Completion]]:
         """Return, for each prompt, ``params.n`` completions (in order).
 
         ``progress``, if given, is called as ``progress(n_new_tokens)`` while generating so
-        callers can drive a progress bar.
+        callers can drive a progress bar. ``seeds`` (one per prompt) see the module docstring.
+        ``on_result(prompt_index, completions)``, if given, is called as soon as all ``n``
+        completions of a prompt are done (so a caller can save them before the call returns).
         """
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Free the model (GPU memory); the backend cannot generate afterwards."""

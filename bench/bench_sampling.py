@@ -1,0 +1,174 @@
+"""Benchmark: real (non-padding) tokens/s of the cotshape sampler against stock ``model.generate``.
+
+In one run, on the same offline GSM8K prompts (the gsm8k task's offline source), SmolLM2-135M-
+Instruct (the offline alias, materialised once into ``--cache``), k samples per prompt:
+
+* stock ``model.generate`` with batch 16 (``--stock-dtype``, fp32 by default: the baseline of
+  issue 3) and with batch 1 (on ``--batch1-prompts`` prompts, one sample each);
+* the cotshape transformers backend (continuous batching, ``--dtype``, ``--batch-size``);
+* a compute ceiling: tokens/s of one large prefill forward (pure matmul work, no decode overhead)
+  in the sampler's dtype.
+
+Real tokens are the generated tokens up to and including EOS (padding after EOS is not counted).
+``--check-accuracy N``: greedy answers of N problems in fp32 and bf16, graded by the task.
+
+    python bench/bench_sampling.py                       # full: 32 prompts, k=4, 256 tokens
+    python bench/bench_sampling.py --prompts 8 --k 2     # a short check
+    python bench/bench_sampling.py --check-accuracy 32 --skip-speed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def real_tokens(seqs, prompt_width: int, eos_ids: set[int], pad_id: int) -> int:
+    """Generated tokens per row up to and including the first EOS."""
+    n = 0
+    for row in seqs[:, prompt_width:].tolist():
+        for t in row:
+            n += 1
+            if t in eos_ids:
+                break
+    return n
+
+
+def stock_generate(model, tok, prompts, k, max_new, batch, temperature, top_p, seed) -> tuple[int, float]:
+    """Stock HF ``generate`` over ``prompts`` x ``k`` in batches of ``batch``; (tokens, seconds)."""
+    import torch
+    from tqdm import tqdm
+
+    texts = [tok.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in prompts]
+    rows = [t for t in texts for _ in range(k)]
+    eos = {tok.eos_token_id}
+    torch.manual_seed(seed)
+    total, t0 = 0, time.perf_counter()
+    bar = tqdm(range(0, len(rows), batch), desc=f"stock generate b={batch}", unit="batch")
+    for s in bar:
+        enc = tok(rows[s:s + batch], return_tensors="pt", padding=True, add_special_tokens=False)
+        with torch.inference_mode():
+            out = model.generate(
+                **enc, max_new_tokens=max_new, do_sample=temperature > 0, temperature=temperature or None,
+                top_p=top_p if temperature > 0 else None, top_k=None, pad_token_id=tok.pad_token_id,
+            )
+        total += real_tokens(out, enc["input_ids"].shape[1], eos, tok.pad_token_id)
+        bar.set_postfix(tok_s=f"{total / (time.perf_counter() - t0):.0f}")
+    return total, time.perf_counter() - t0
+
+
+def ceiling(model, tok, dtype_name: str) -> float:
+    """Tokens/s of one [16, 128] forward: the matmul throughput decode can at best approach."""
+    import torch
+
+    ids = torch.randint(100, 20000, (16, 128))
+    with torch.inference_mode():
+        model(input_ids=ids[:2, :32])  # warm-up
+        t0 = time.perf_counter()
+        model(input_ids=ids, logits_to_keep=1)
+        dt = time.perf_counter() - t0
+    return ids.numel() / dt
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cache", default=os.path.expanduser("~/.cache/cotshape/smollm2-135m-instruct"))
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--k", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=256)
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--top-p", type=float, default=0.95)
+    ap.add_argument("--batch-size", type=int, default=64, help="cotshape sampler rows per step")
+    ap.add_argument("--dtype", default="auto", help="cotshape sampler dtype")
+    ap.add_argument("--stock-dtype", default="float32")
+    ap.add_argument("--batch1-prompts", type=int, default=2)
+    ap.add_argument("--skip-stock", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--check-accuracy", type=int, default=0, metavar="N")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", default=None, help="also write the numbers to this file")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from cotshape.generation import SamplingParams, get_backend
+    from cotshape.models import load_model, load_tokenizer, materialize, resolve_dtype
+    from cotshape.tasks import get_task
+
+    cache = Path(args.cache)
+    if not (cache / "config.json").exists():
+        print(f"materialising smollm2-135m-instruct into {cache} (once)")
+        materialize("smollm2-135m-instruct", cache)
+    task = get_task("gsm8k")
+    n_load = max(args.prompts, args.check_accuracy)
+    problems = task.load("test", source="offline", limit=n_load, seed=args.seed)
+    prompts = [task.chat_messages(p) for p in problems[: args.prompts]]
+    tok = load_tokenizer(cache)
+    res: dict[str, float] = {"threads": torch.get_num_threads()}
+
+    if not args.skip_speed:
+        sampler_dtype = resolve_dtype(args.dtype, "cpu")
+        if not args.skip_stock:
+            model = load_model(cache, device="cpu", dtype=args.stock_dtype)
+            n16, t16 = stock_generate(model, tok, prompts, args.k, args.max_new_tokens, 16, args.temperature, args.top_p, args.seed)
+            n1, t1 = stock_generate(model, tok, prompts[: args.batch1_prompts], 1, args.max_new_tokens, 1, args.temperature, args.top_p, args.seed)
+            res.update(stock_b16_tok_s=n16 / t16, stock_b1_tok_s=n1 / t1)
+            del model
+        backend = get_backend("transformers", cache, device="cpu", dtype=args.dtype, batch_size=args.batch_size)
+        res["ceiling_tok_s"] = ceiling(backend.model, tok, str(sampler_dtype))
+        from tqdm import tqdm
+
+        bar = tqdm(desc=f"cotshape sampler ({str(sampler_dtype).replace('torch.', '')}, b={args.batch_size})", unit="tok", mininterval=5)
+        params = SamplingParams(n=args.k, temperature=args.temperature, top_p=args.top_p,
+                                max_new_tokens=args.max_new_tokens, seed=args.seed)
+        t0 = time.perf_counter()
+        out = backend.generate(prompts, params, progress=bar.update)
+        dt = time.perf_counter() - t0
+        bar.close()
+        ntok = sum(c.num_tokens for cs in out for c in cs)
+        res.update(sampler_tok_s=ntok / dt, sampler_tokens=ntok, sampler_seconds=dt,
+                   sampler_length_finished=sum(c.finish_reason == "length" for cs in out for c in cs) / (len(out) * args.k))
+        print(f"\nSmolLM2-135M, {len(prompts)} prompts x k={args.k}, max_new_tokens={args.max_new_tokens}, "
+              f"{torch.get_num_threads()} threads")
+        if "stock_b16_tok_s" in res:
+            print(f"  stock generate batch 1  ({args.stock_dtype}): {res['stock_b1_tok_s']:8.1f} real tok/s")
+            print(f"  stock generate batch 16 ({args.stock_dtype}): {res['stock_b16_tok_s']:8.1f} real tok/s")
+        print(f"  cotshape sampler ({sampler_dtype}, batch {args.batch_size}): {res['sampler_tok_s']:8.1f} real tok/s "
+              f"({ntok} tokens in {dt:.1f} s)")
+        if "stock_b16_tok_s" in res:
+            res["speedup_vs_b16"] = res["sampler_tok_s"] / res["stock_b16_tok_s"]
+            print(f"  speed-up vs stock batch 16: {res['speedup_vs_b16']:.2f}x (goal >= 5x)")
+        res["fraction_of_ceiling"] = res["sampler_tok_s"] / res["ceiling_tok_s"]
+        print(f"  compute ceiling (prefill forward, {sampler_dtype}): {res['ceiling_tok_s']:.0f} tok/s; "
+              f"sampler at {100 * res['fraction_of_ceiling']:.0f}% of it")
+
+    if args.check_accuracy:
+        greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=args.max_new_tokens)
+        probs = problems[: args.check_accuracy]
+        msgs = [task.chat_messages(p) for p in probs]
+        for dt_name in ("float32", "bfloat16"):
+            b = get_backend("transformers", cache, device="cpu", dtype=dt_name, batch_size=args.batch_size)
+            outs = b.generate(msgs, greedy)
+            verdicts = [task.verify(p, o[0].text) for p, o in zip(probs, outs, strict=True)]
+            acc = sum(v.correct for v in verdicts) / len(verdicts)
+            parsed = sum(v.parsed for v in verdicts) / len(verdicts)
+            res[f"greedy_acc_{dt_name}"] = acc
+            res[f"greedy_parsed_{dt_name}"] = parsed
+            print(f"  greedy {dt_name}: accuracy {acc:.3f}, parsed {parsed:.3f} on {len(probs)} problems")
+        # binomial standard error of the difference, as the noise yardstick
+        p = (res["greedy_acc_float32"] + res["greedy_acc_bfloat16"]) / 2
+        se = (2 * p * (1 - p) / len(probs)) ** 0.5
+        print(f"  |fp32 - bf16| = {abs(res['greedy_acc_float32'] - res['greedy_acc_bfloat16']):.3f} (noise ~ {se:.3f})")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,114 @@
+"""The ``vllm`` generation backend (GPU; optional extra ``gpu``: ``pip install 'cotshape[gpu]'``).
+
+vLLM is imported only when this backend is built: it is a CUDA build that pins its own torch and
+transformers, so it can never be a core dependency (DESIGN.md §5). Chat prompts are rendered with
+the model's chat template here and handed to vLLM as token ids (``{"prompt_token_ids": ...}``), so
+a template that already emits BOS does not get a second one. Each prompt gets its own
+``vllm.SamplingParams`` carrying its seed, which makes a prompt's ``n`` samples independent of
+which other prompts share the call (vLLM's per-request seeded generators).
+"""
+
+from __future__ import annotations
+
+import os
+
+from cotshape.generation.base import (
+    Backend,
+    Completion,
+    ProgressFn,
+    Prompt,
+    ResultFn,
+    SamplingParams,
+    prompt_seeds,
+    truncate_at_stop,
+)
+
+MISSING_VLLM = "the vllm backend needs vLLM on a CUDA machine: pip install 'cotshape[gpu]'"
+
+
+def import_vllm():
+    """Import vllm or raise an ImportError that names the extra to install."""
+    try:
+        import vllm
+    except ImportError as e:
+        raise ImportError(f"{MISSING_VLLM} ({e})") from None
+    return vllm
+
+
+class VLLMBackend(Backend):
+    """Generation with ``vllm.LLM`` (tensor parallelism over ``tensor_parallel_size`` GPUs)."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        dtype: str = "auto",
+        tensor_parallel_size: int = 1,
+        seed: int = 0,
+        gpu_memory_utilization: float = 0.9,
+        max_model_len: int | None = None,
+        **llm_kwargs,
+    ) -> None:
+        vllm = import_vllm()
+        from cotshape.models import _model_dir
+
+        if tensor_parallel_size < 1:
+            raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
+        self._vllm = vllm
+        self.llm = vllm.LLM(
+            model=_model_dir(model_path),
+            tensor_parallel_size=tensor_parallel_size,
+            seed=seed,
+            dtype={"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(dtype, dtype),
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            **llm_kwargs,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        tok = self.tokenizer
+        if isinstance(prompt, str):
+            return tok(prompt, add_special_tokens=False)["input_ids"]
+        text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    def generate(
+        self,
+        prompts: list[Prompt],
+        params: SamplingParams,
+        progress: ProgressFn | None = None,
+        seeds: list[int] | None = None,
+        on_result: ResultFn | None = None,
+    ) -> list[list[Completion]]:
+        pseeds = prompt_seeds(params, len(prompts), seeds)
+        sps = [
+            self._vllm.SamplingParams(
+                n=params.n,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                max_tokens=params.max_new_tokens,
+                stop=list(params.stop) or None,
+                seed=s % (2**31),
+            )
+            for s in pseeds
+        ]
+        inputs = [{"prompt_token_ids": self.encode(p)} for p in prompts]
+        outputs = self.llm.generate(inputs, sps, use_tqdm=progress is None)
+        results = []
+        for out in outputs:
+            comps = []
+            for o in out.outputs:
+                text, _ = truncate_at_stop(o.text, params.stop)
+                reason = "length" if o.finish_reason == "length" else "stop"
+                comps.append(Completion(text=text, num_tokens=len(o.token_ids), finish_reason=reason))
+                if progress is not None:
+                    progress(len(o.token_ids))
+            results.append(comps)
+            if on_result is not None:
+                on_result(len(results) - 1, comps)
+        return results
+
+    def close(self) -> None:
+        self.llm = None

@@ -1,0 +1,277 @@
+"""The resumable, shardable teacher-sampling job (``cotshape sample``).
+
+For every problem, ``k`` completions of the task's chat prompt. One output record per sample::
+
+    {"id": "<problem_id>#<j>", "problem_id", "sample_index": j, "task", "prompt" (the chat
+     messages), "completion", "num_tokens", "finish_reason", "teacher", "seed"}
+
+Determinism: sample ``j`` of problem ``p`` draws from its own generator seeded with
+``derive_seed(derive_seed(seed, p), j)`` (stored as ``seed``), so a resumed or sharded run draws
+the same random numbers as an uninterrupted one.
+
+Resume: records are appended to ``OUT.partial`` (next to the output) as soon as each problem's
+``k`` samples are done, flushed and fsynced. Its first line is a fingerprint of everything that
+determines the samples (task, teacher, decoding settings, k, shard, the problems); a rerun with
+the same arguments keeps the finished problems and samples only the rest; a different
+fingerprint discards the partial file; a torn last line (kill -9 during a write) is dropped. At
+the end the output is written atomically (problem order, then sample index) and the partial
+file removed.
+
+Sharding: shard ``I/N`` takes the problems whose index in the problem file satisfies
+``index % N == I``; :func:`merge_shards` joins the shard outputs and checks that every
+(problem, sample) is present exactly once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from cotshape.generation.base import Backend, Completion, SamplingParams, derive_seed
+from cotshape.records import RecordError, read_jsonl, write_jsonl
+from cotshape.tasks.base import Problem, Task
+
+log = logging.getLogger(__name__)
+
+SAMPLE_FIELDS = ("id", "problem_id", "sample_index", "task", "prompt", "completion",
+                 "num_tokens", "finish_reason", "teacher", "seed")
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """Parse ``"I/N"`` (0 <= I < N) into ``(I, N)``; ``None`` stays ``None``."""
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    return check_shard((i, n))
+
+
+def check_shard(shard: tuple[int, int] | None) -> tuple[int, int] | None:
+    if shard is None:
+        return None
+    i, n = shard
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"shard must satisfy 0 <= I < N, got {i}/{n}")
+    return (i, n)
+
+
+def shard_problems(problems: list[Problem], shard: tuple[int, int] | None) -> list[Problem]:
+    """Shard ``I/N``: the problems whose index ``idx`` satisfies ``idx % N == I``."""
+    if shard is None:
+        return list(problems)
+    i, n = check_shard(shard)
+    return [p for idx, p in enumerate(problems) if idx % n == i]
+
+
+def problem_seed(seed: int, problem_id: str) -> int:
+    return derive_seed(seed, problem_id)
+
+
+def fingerprint(task: str, teacher: str, k: int, params: SamplingParams, shard: tuple[int, int] | None,
+                problems: list[Problem]) -> str:
+    """Hash of everything that determines the samples (not the batch size or device)."""
+    p = asdict(params)
+    p.pop("n", None)
+    h = hashlib.sha256()
+    h.update(json.dumps({"task": task, "teacher": teacher, "k": k, "params": p, "shard": shard},
+                        sort_keys=True).encode())
+    for prob in problems:
+        h.update(json.dumps([prob["id"], prob["question"]]).encode())
+    return h.hexdigest()[:32]
+
+
+def partial_path(out_path: str | os.PathLike) -> Path:
+    return Path(f"{out_path}.partial")
+
+
+def _load_partial(path: Path, fp: str) -> list[dict[str, Any]]:
+    """Records of a previous run with the same fingerprint; drops a torn last line (rewriting
+    the file without it, so that appends start on a fresh line)."""
+    if not path.exists():
+        return []
+    lines = path.read_bytes().split(b"\n")
+    try:
+        header = json.loads(lines[0])
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        header = None
+    if not isinstance(header, dict) or header.get("fingerprint") != fp:
+        log.warning("%s: from a run with other arguments; starting over", path)
+        path.unlink()
+        return []
+    recs, torn = [], False
+    body = [ln for ln in lines[1:]]
+    while body and not body[-1].strip():
+        body.pop()
+    for lineno, raw in enumerate(body, 2):
+        try:
+            rec = json.loads(raw)
+            if not isinstance(rec, dict) or any(f not in rec for f in SAMPLE_FIELDS):
+                raise ValueError("incomplete record")
+        except (json.JSONDecodeError, UnicodeDecodeError, ValueError):
+            if lineno == len(body) + 1:  # only the last line may be torn (kill during a write)
+                torn = True
+                break
+            raise RecordError(f"{path}:{lineno}: corrupt record in the partial file; delete it to start over") from None
+        recs.append(rec)
+    if torn or not lines[-1] == b"":
+        _write_partial(path, fp, header.get("args", {}), recs)
+    return recs
+
+
+def _write_partial(path: Path, fp: str, args: dict[str, Any], recs: list[dict[str, Any]]) -> None:
+    write_jsonl(path, [{"fingerprint": fp, "args": args}, *recs])
+
+
+def _record(task: Task, problem: Problem, j: int, c: Completion, teacher: str, pseed: int) -> dict[str, Any]:
+    return {
+        "id": f"{problem['id']}#{j}",
+        "problem_id": problem["id"],
+        "sample_index": j,
+        "task": task.name,
+        "prompt": task.chat_messages(problem),
+        "completion": c.text,
+        "num_tokens": c.num_tokens,
+        "finish_reason": c.finish_reason,
+        "teacher": teacher,
+        "seed": derive_seed(pseed, j),
+    }
+
+
+def run_sampling(
+    task: Task,
+    problems: list[Problem],
+    backend: Backend,
+    k: int,
+    params: SamplingParams,
+    out_path: str | os.PathLike,
+    teacher: str,
+    shard: tuple[int, int] | None = None,
+    chunk_size: int = 256,
+    show_progress: bool = True,
+) -> int:
+    """Sample ``k`` completions per problem (of shard ``shard``) into ``out_path``; resumes from
+    ``OUT.partial``. ``chunk_size`` problems go to the backend per call (each problem is saved
+    as soon as its samples are done, whatever the chunk size). Returns the number of records."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if not problems:
+        raise ValueError("no problems to sample (the problem file is empty)")
+    shard = check_shard(shard)
+    mine = shard_problems(problems, shard)
+    params = SamplingParams(**{**asdict(params), "n": k})
+    fp = fingerprint(task.name, teacher, k, params, shard, mine)
+    out_path = Path(out_path)
+    part = partial_path(out_path)
+    args = {"task": task.name, "teacher": teacher, "k": k, "shard": shard, **asdict(params)}
+    done = _load_partial(part, fp)
+    have: dict[str, set[int]] = {}
+    for r in done:
+        have.setdefault(r["problem_id"], set()).add(r["sample_index"])
+    todo = [p for p in mine if len(have.get(p["id"], ())) < k]
+    if done:
+        log.info("%s: resuming, %d of %d problems already sampled", part, len(mine) - len(todo), len(mine))
+    if not part.exists():
+        _write_partial(part, fp, args, [])
+
+    if todo:
+        _sample_into(task, todo, backend, k, params, part, teacher, have, chunk_size, show_progress, len(mine))
+
+    recs = _load_partial(part, fp)
+    order = {p["id"]: i for i, p in enumerate(mine)}
+    final: dict[tuple[str, int], dict[str, Any]] = {}
+    for r in recs:
+        final.setdefault((r["problem_id"], r["sample_index"]), r)  # first write wins
+    missing = [(p["id"], j) for p in mine for j in range(k) if (p["id"], j) not in final]
+    if missing:
+        raise RuntimeError(f"{len(missing)} samples missing after sampling (first: {missing[0]}); rerun to resume")
+    ordered = sorted((r for key, r in final.items() if key[0] in order and key[1] < k),
+                     key=lambda r: (order[r["problem_id"]], r["sample_index"]))
+    n = write_jsonl(out_path, ordered)
+    part.unlink(missing_ok=True)
+    return n
+
+
+def _sample_into(task, todo, backend, k, params, part, teacher, have, chunk_size, show_progress, total):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=total - len(todo), desc=f"sample {task.name}", unit="problem",
+               disable=not show_progress, dynamic_ncols=True)
+    tokens, t0 = 0, time.perf_counter()
+
+    def on_tokens(n: int) -> None:
+        nonlocal tokens
+        tokens += n
+        bar.set_postfix(tok_s=f"{tokens / max(time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
+
+    with open(part, "a", encoding="utf-8") as fh:
+        for start in range(0, len(todo), chunk_size):
+            chunk = todo[start:start + chunk_size]
+            seeds = [problem_seed(params.seed, p["id"]) for p in chunk]
+
+            def on_result(i: int, comps: list[Completion], chunk=chunk, seeds=seeds) -> None:
+                p = chunk[i]
+                lines = [
+                    json.dumps(_record(task, p, j, c, teacher, seeds[i]), ensure_ascii=False)
+                    for j, c in enumerate(comps)
+                    if j not in have.get(p["id"], ())
+                ]
+                # one write per problem, then fsync: a kill can tear at most this last line
+                fh.write("".join(line + "\n" for line in lines))
+                fh.flush()
+                os.fsync(fh.fileno())
+                bar.update(1)
+
+            backend.generate([task.chat_messages(p) for p in chunk], params, progress=on_tokens,
+                             seeds=seeds, on_result=on_result)
+    bar.close()
+
+
+def merge_shards(paths: list[str | os.PathLike], out: str | os.PathLike, problems: list[Problem] | None = None,
+                 k: int | None = None) -> int:
+    """Join shard outputs into ``out`` (atomically). Every (problem, sample) must be present
+    exactly once; with ``problems`` and ``k`` given, every problem must have samples 0..k-1,
+    and the output follows the problem order. Returns the number of records."""
+    if not paths:
+        raise ValueError("merge_shards: no shard files given")
+    seen: dict[tuple[str, int], str] = {}
+    recs = []
+    for path in paths:
+        for lineno, rec in enumerate(read_jsonl(path, required=SAMPLE_FIELDS), 1):
+            key = (rec["problem_id"], rec["sample_index"])
+            if key in seen:
+                raise RecordError(f"{path}:{lineno}: sample {key[0]}#{key[1]} already in {seen[key]}")
+            seen[key] = f"{path}:{lineno}"
+            recs.append(rec)
+    if problems is not None:
+        order = {p["id"]: i for i, p in enumerate(problems)}
+        unknown = sorted({r["problem_id"] for r in recs} - set(order))
+        if unknown:
+            raise RecordError(f"{seen[(unknown[0], next(r['sample_index'] for r in recs if r['problem_id'] == unknown[0]))]}: "
+                              f"problem {unknown[0]!r} is not in the problem file")
+        if k is not None:
+            missing = [f"{p['id']}#{j}" for p in problems for j in range(k) if (p["id"], j) not in seen]
+            if missing:
+                raise RecordError(f"{len(missing)} samples missing from the shards (first: {missing[0]})")
+        recs.sort(key=lambda r: (order[r["problem_id"]], r["sample_index"]))
+    else:
+        recs.sort(key=lambda r: (r["problem_id"], r["sample_index"]))
+    return write_jsonl(out, recs)
+
+
+def read_samples(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """Read a sample file, checking every record has the sample fields."""
+    return read_jsonl(path, required=SAMPLE_FIELDS)
+
+
+__all__ = ["SAMPLE_FIELDS", "fingerprint", "merge_shards", "parse_shard", "partial_path",
+           "read_samples", "run_sampling", "shard_problems"]

@@ -1,0 +1,138 @@
+"""The transformers backend on a tiny random Llama (real SmolLM2 tokenizer and chat template):
+greedy correctness against stock ``generate``, left padding, stop strings, n > 1, seeds."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from cotshape.generation import SamplingParams, get_backend
+
+CHAT = [{"role": "user", "content": "What is 12 + 30? Think step by step."}]
+PROMPTS = [
+    CHAT,
+    "Once upon a time, in a land far away, there lived a",
+    "Hi",
+    [{"role": "user", "content": "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May."}],
+]
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_model_dir):
+    return get_backend("transformers", tiny_model_dir, device="cpu", dtype="float32", batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def backend1(tiny_model_dir):
+    return get_backend("transformers", tiny_model_dir, device="cpu", dtype="float32", batch_size=1)
+
+
+def test_greedy_matches_stock_generate(backend):
+    import torch
+
+    ids = backend.encode(CHAT)
+    with torch.inference_mode():
+        ref = backend.model.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
+                                     attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+    ref_text = backend.tokenizer.decode(ref[0, len(ids):], skip_special_tokens=True)
+    [[c]] = backend.generate([CHAT], SamplingParams(max_new_tokens=12))
+    assert c.text == ref_text
+
+
+def test_greedy_is_deterministic(backend):
+    p = SamplingParams(max_new_tokens=16)
+    assert backend.generate(PROMPTS, p) == backend.generate(PROMPTS, p)
+
+
+def test_left_padding_batched_equals_unbatched(backend, backend1):
+    p = SamplingParams(max_new_tokens=16)
+    assert backend.generate(PROMPTS, p) == backend1.generate(PROMPTS, p)
+
+
+def test_length_finish(backend):
+    [[c]] = backend.generate(["Hello"], SamplingParams(max_new_tokens=5))
+    assert c.finish_reason == "length" and c.num_tokens == 5
+
+
+def test_stop_string_truncates_and_finishes_with_stop(backend):
+    [[free]] = backend.generate(["Once upon a time"], SamplingParams(max_new_tokens=24))
+    stop = free.text[6:9]
+    assert stop.strip(), "the tiny model's text is expected to have characters here"
+    [[c]] = backend.generate(["Once upon a time"], SamplingParams(max_new_tokens=24, stop=[stop]))
+    assert c.finish_reason == "stop"
+    assert c.text == free.text[: free.text.find(stop)]
+    assert c.num_tokens < 24
+
+
+def test_n_samples_per_prompt(backend):
+    out = backend.generate(PROMPTS[:2], SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=0))
+    assert [len(cs) for cs in out] == [3, 3]
+    assert len({c.text for c in out[0]}) > 1  # a random model at T=1 does not repeat itself
+
+
+def test_same_seed_same_samples_other_seed_other_samples(backend):
+    p = SamplingParams(n=2, temperature=1.0, top_p=0.9, max_new_tokens=12, seed=7)
+    a, b = backend.generate(PROMPTS, p), backend.generate(PROMPTS, p)
+    c = backend.generate(PROMPTS, SamplingParams(n=2, temperature=1.0, top_p=0.9, max_new_tokens=12, seed=8))
+    assert a == b and a != c
+
+
+def test_sample_does_not_depend_on_batch_company(backend, backend1):
+    """With per-prompt seeds, a prompt's samples are the same alone or among other prompts."""
+    p = SamplingParams(n=2, temperature=1.0, max_new_tokens=12)
+    together = backend.generate(PROMPTS, p, seeds=[11, 12, 13, 14])
+    alone = backend1.generate([PROMPTS[2]], p, seeds=[13])
+    assert together[2] == alone[0]
+
+
+def test_on_result_reports_each_prompt_once(backend):
+    got = []
+    out = backend.generate(PROMPTS, SamplingParams(n=2, temperature=1.0, max_new_tokens=8),
+                           on_result=lambda i, cs: got.append((i, cs)))
+    assert sorted(i for i, _ in got) == [0, 1, 2, 3]
+    assert all(out[i] == cs for i, cs in got)
+
+
+def test_progress_counts_generated_tokens(backend):
+    counted = []
+    out = backend.generate(PROMPTS, SamplingParams(max_new_tokens=10), progress=counted.append)
+    assert sum(counted) == sum(c.num_tokens for cs in out for c in cs)
+
+
+def test_chat_prompt_uses_the_chat_template(backend):
+    text = backend.tokenizer.decode(backend.encode(CHAT))
+    assert text.endswith("<|im_start|>assistant\n") and "<|im_start|>user" in text
+
+
+def test_bad_prompt_is_refused(backend):
+    with pytest.raises(ValueError, match="prompt must be a string or a list"):
+        backend.generate([[{"text": "no role"}]], SamplingParams())
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="unknown backend 'vlm'"):
+        get_backend("vlm", "x")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_missing_vllm_names_the_extra(tiny_model_dir):
+    with pytest.raises(ImportError, match=r"pip install 'cotshape\[gpu\]'"):
+        get_backend("vllm", tiny_model_dir)
+
+
+def test_bad_sampling_params():
+    with pytest.raises(ValueError, match="stop must be a list of non-empty strings"):
+        SamplingParams(stop=[""])
+
+
+def test_refilled_batches_equal_one_at_a_time(tiny_model_dir, backend1):
+    """Rows stop at different steps (a common stop letter), so finished rows leave, waiting
+    rows are prefilled and merged into the running batch and padding columns are trimmed;
+    the samples must still equal those decoded one row at a time."""
+    small = get_backend("transformers", tiny_model_dir, device="cpu", dtype="float32", batch_size=3, refill=1)
+    prompts = PROMPTS * 3
+    p = SamplingParams(n=2, temperature=1.0, max_new_tokens=20, stop=["e"])
+    got = small.generate(prompts, p, seeds=list(range(len(prompts))))
+    assert len({c.num_tokens for cs in got for c in cs}) > 3  # rows really finished at different steps
+    assert got == backend1.generate(prompts, p, seeds=list(range(len(prompts))))
