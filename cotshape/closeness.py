@@ -1,0 +1,92 @@
+"""Distributional closeness of a training set to a model: the model's mean per-token loss (and
+perplexity) on the set's completions.
+
+This is the paper's evidence that model-written CoTs (G, W, P) sit closer to the student's own
+distribution than human solutions (H): the untrained student's loss on them is lower. The loss is
+measured exactly as SFT measures it: the same chat-template tokenization and completion mask
+(:func:`cotshape.train.tokenize_records`), the same ``max_length`` cut, and TRL's fused LM head
+for the per-token log-probabilities, so ``mean_loss`` equals SFT's first-step loss on the same
+batch (a test checks it). Batched (sorted by length to limit padding), no gradients.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+
+def _load(model_path_or_model, device: str, dtype: str, tokenizer):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cotshape.train import MARKER, load_trained, resolve_dtype
+
+    if isinstance(model_path_or_model, (str, os.PathLike)):
+        path = str(model_path_or_model)
+        if os.path.exists(os.path.join(path, MARKER)):  # a train_sft output (maybe a LoRA adapter)
+            model = load_trained(path, device=device, dtype=dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, resolve_dtype(dtype)))
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
+    else:
+        model = model_path_or_model
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(model.name_or_path)
+    return model.to(device).eval(), tokenizer
+
+
+def completion_loss(model_path_or_model, records: list[dict[str, Any]], batch_size: int = 8,
+                    max_length: int | None = 512, device: str = "cpu", dtype: str = "float32",
+                    tokenizer=None) -> dict[str, float | int]:
+    """Mean negative log-likelihood per completion token of ``records`` (training-set records:
+    ``prompt`` messages + ``completion`` text) under the model, over all tokens of the set.
+
+    Returns ``mean_loss``, ``perplexity`` (``exp(mean_loss)``), ``n_tokens`` (completion tokens
+    scored) and ``n_examples`` (records kept after the ``max_length`` cut). An empty set is an
+    error: there is nothing to measure.
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from trl.trainer.utils import add_fused_lm_head
+
+    from cotshape.train import tokenize_records
+
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"closeness.batch_size: got {batch_size!r}, expected an integer >= 1")
+    if not records:
+        raise ValueError("completion_loss: the set is empty (0 records); nothing to measure")
+    model, tokenizer = _load(model_path_or_model, device, dtype, tokenizer)
+    examples = tokenize_records(tokenizer, records, max_length)
+    if not examples:
+        raise ValueError(f"completion_loss: every record loses its completion at max_length={max_length}")
+    if not getattr(model, "_cotshape_fused_lm_head", False):
+        # the log-probabilities SFTTrainer computes, without materialising (batch, len, vocab) logits
+        add_fused_lm_head(model.get_base_model() if hasattr(model, "get_base_model") else model)
+        model._cotshape_fused_lm_head = True
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
+    total_nll, total_tokens = 0.0, 0
+    bar = tqdm(total=sum(sum(e["completion_mask"]) for e in examples), unit="tok", desc="completion loss")
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            batch = [examples[i] for i in order[start:start + batch_size]]
+            width = max(len(e["input_ids"]) for e in batch)
+            ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attn = torch.zeros((len(batch), width), dtype=torch.long)
+            labels = torch.full((len(batch), width), -100, dtype=torch.long)
+            for row, e in enumerate(batch):
+                n = len(e["input_ids"])
+                ids[row, :n] = torch.tensor(e["input_ids"])
+                attn[row, :n] = 1
+                labels[row, :n] = torch.tensor([t if m else -100 for t, m in zip(e["input_ids"], e["completion_mask"], strict=True)])
+            out = model(input_ids=ids.to(device), attention_mask=attn.to(device), labels=labels.to(device),
+                        fused_lm_head=True, use_cache=False)
+            total_nll += float(-out.log_probs.double().sum())
+            n_tok = int(out.label_mask.sum())
+            total_tokens += n_tok
+            bar.update(n_tok)
+    bar.close()
+    mean = total_nll / total_tokens
+    return {"mean_loss": mean, "perplexity": math.exp(mean), "n_tokens": total_tokens, "n_examples": len(examples)}

@@ -1,0 +1,493 @@
+"""Supervised fine-tuning of the student on one training set (H, G, W, P, a mixture, ...).
+
+The paper's SFT: prompt/completion pairs in the student's chat template, loss on the completion
+tokens only. We use TRL's ``SFTTrainer`` (no hand-written loop) with an ``SFTConfig`` built
+deliberately from the ``sft:`` params section:
+
+* dtype: TRL defaults to ``bf16=True``; we resolve ``auto`` to bf16 autocast only where bf16 is
+  fast (CUDA with bf16, or a CPU with AVX512-BF16/AMX), fp32 elsewhere. Master weights stay fp32.
+* gradient checkpointing: TRL defaults to on; we set it from params (off by default: the small
+  default student fits easily and checkpointing costs ~30% compute).
+* padding-free batches: the examples of a batch are concatenated into one row with per-example
+  position ids (TRL's collator), so no padding is computed. Flash attention has varlen kernels for
+  this; plain sdpa would build a dense block-diagonal mask over the whole row (correct, but ~5x the
+  attention cost on CPU), so sdpa models train with :data:`VARLEN_SDPA`, one causal sdpa call
+  per example. Tests check both give the padded loss on a fixed batch (no token attends across
+  examples).
+
+Records are tokenized here, the way TRL tokenizes a conversational prompt/completion example
+(:func:`tokenize_example`; a test checks it is identical to TRL's own preparation), because the
+padding-free collator cannot enforce ``max_length`` itself and because closeness.py must use the
+very same masks. The checkpoint folder is written atomically; :func:`load_trained` is what the
+evaluate stage loads (LoRA adapters are merged on load).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+#: Written in every checkpoint folder; says how to load it (see :func:`load_trained`).
+MARKER = "cotshape_sft.json"
+TRAIN_LOG = "train_log.json"
+
+# peft's "all-linear": every Linear but the output head, i.e. the attention and MLP projections
+# of a decoder (q/k/v/o, gate/up/down on Llama, Gemma, Qwen, Mistral), whatever their names.
+LORA_TARGET_MODULES = "all-linear"
+
+_METHODS = ("lora", "full")
+_DTYPES = ("auto", "float32", "bfloat16")
+_LAUNCHERS = ("none", "ddp", "fsdp", "deepspeed")
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class SFTParams:
+    """The ``sft:`` section of params.yaml (plus ``seed``, taken from ``base.seed``)."""
+
+    method: str = _f("lora", "lora (peft adapters on attention + MLP projections) | full (all weights)")
+    epochs: float = _f(2.0, "passes over the training set (fractions allowed)")
+    learning_rate: float = _f(2e-4, "peak AdamW learning rate (linear decay after warmup)")
+    batch_size: int = _f(8, "examples per device per micro-step")
+    grad_accum: int = _f(1, "micro-steps accumulated per optimizer step")
+    max_length: int = _f(512, "prompt + completion tokens kept per example (the rest is cut)")
+    warmup_ratio: float = _f(0.1, "fraction of the optimizer steps spent warming the learning rate up, in [0, 1)")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    lora_r: int = _f(16, "LoRA rank (method=lora)")
+    lora_alpha: int = _f(32, "LoRA scaling numerator (method=lora)")
+    lora_dropout: float = _f(0.0, "dropout on the LoRA path, in [0, 1) (method=lora)")
+    dtype: str = _f("auto", "auto (bf16 autocast where the hardware runs it fast, else fp32) | float32 | bfloat16")
+    gradient_checkpointing: bool = _f(False, "recompute activations in backward: less memory, ~30% more compute")
+    padding_free: bool = _f(True, "concatenate a batch into one row with per-example position ids (no padding)")
+    launcher: str = _f("none", "none (plain python) | ddp | fsdp | deepspeed (accelerate launch with configs/accelerate/<launcher>.yaml)")
+    num_processes: int = _f(1, "processes (GPUs) in total for accelerate launch")
+    num_machines: int = _f(1, "machines for accelerate launch")
+    logging_steps: int = _f(1, "optimizer steps between two loss log entries")
+    max_steps: int = _f(-1, "stop after this many optimizer steps (-1: run the full epochs)")
+    seed: int = _f(0, "seed of the data order and of the LoRA initialisation")
+
+    def __post_init__(self) -> None:
+        def bad(key: str, allowed: str) -> ValueError:
+            return ValueError(f"sft.{key}: got {getattr(self, key)!r}, expected {allowed}")
+
+        if self.method not in _METHODS:
+            raise bad("method", " | ".join(_METHODS))
+        if self.dtype not in _DTYPES:
+            raise bad("dtype", " | ".join(_DTYPES))
+        if self.launcher not in _LAUNCHERS:
+            raise bad("launcher", " | ".join(_LAUNCHERS))
+        for key in ("gradient_checkpointing", "padding_free"):
+            if not isinstance(getattr(self, key), bool):
+                raise bad(key, "true or false")
+        ints = ("batch_size", "grad_accum", "max_length", "lora_r", "lora_alpha", "num_processes",
+                "num_machines", "logging_steps")
+        for key in ints:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(key, "an integer >= 1")
+        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps == 0 or self.max_steps < -1:
+            raise bad("max_steps", "-1 (use epochs) or an integer >= 1")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise bad("seed", "an integer")
+        if not _is_number(self.epochs) or self.epochs <= 0:
+            raise bad("epochs", "a number > 0")
+        if not _is_number(self.learning_rate) or self.learning_rate <= 0:
+            raise bad("learning_rate", "a number > 0")
+        if not _is_number(self.weight_decay) or self.weight_decay < 0:
+            raise bad("weight_decay", "a number >= 0")
+        # transformers reads warmup values >= 1 as a step count, so a ratio must stay below 1
+        if not _is_number(self.warmup_ratio) or not 0 <= self.warmup_ratio < 1:
+            raise bad("warmup_ratio", "a number in [0, 1)")
+        if not _is_number(self.lora_dropout) or not 0 <= self.lora_dropout < 1:
+            raise bad("lora_dropout", "a number in [0, 1)")
+        if self.launcher == "none" and (self.num_processes > 1 or self.num_machines > 1):
+            raise ValueError(
+                f"sft.launcher: 'none' runs one process, but sft.num_processes={self.num_processes} and "
+                f"sft.num_machines={self.num_machines}; choose ddp | fsdp | deepspeed"
+            )
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """Help text of each key (for the CLI and docs)."""
+        return {f.name: f.metadata["help"] for f in fields(cls)}
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+# --------------------------------------------------------------------------------------------
+# dtype / device
+
+
+def resolve_dtype(dtype: str) -> str:
+    """``auto`` -> ``bfloat16`` where bf16 compute is fast on this machine, else ``float32``."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+    from cotshape.models import cpu_has_fast_bf16
+
+    # AVX512-BF16/AMX: bf16 autocast ~1.6x fp32 (measured); without them bf16 is emulated, slower
+    return "bfloat16" if cpu_has_fast_bf16() else "float32"
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+def to_conversational(record: dict[str, Any], index: int = 0) -> tuple[list[dict[str, str]], str]:
+    """Validate a training record and return ``(prompt messages, completion text)``."""
+    where = f"record {index}" + (f" (id {record['id']!r})" if isinstance(record, dict) and "id" in record else "")
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a dict, got {type(record).__name__}")
+    prompt, completion = record.get("prompt"), record.get("completion")
+    if not isinstance(prompt, list) or not prompt or not all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in prompt
+    ):
+        raise ValueError(f"{where}: 'prompt' must be a non-empty list of {{'role', 'content'}} messages")
+    if not isinstance(completion, str) or not completion:
+        raise ValueError(f"{where}: 'completion' must be a non-empty string")
+    return prompt, completion
+
+
+def tokenize_example(tokenizer, prompt: list[dict[str, str]], completion: str,
+                     max_length: int | None = None) -> dict[str, list[int]]:
+    """Token ids and completion mask of one example, exactly as TRL's ``SFTTrainer`` prepares a
+    conversational prompt/completion example: the prompt rendered with the generation prompt, the
+    full conversation with the completion as the assistant turn (so the end-of-turn token is
+    trained), the completion starting where the two token sequences diverge. Cut to
+    ``max_length`` from the end (TRL's ``keep_start``)."""
+    prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
+    ids = _chat_ids(tokenizer, prompt + [{"role": "assistant", "content": completion}])
+    n = 0
+    for a, b in zip(prompt_ids, ids, strict=False):
+        if a != b:
+            break
+        n += 1
+    mask = [0] * n + [1] * (len(ids) - n)
+    if max_length is not None:
+        ids, mask = ids[:max_length], mask[:max_length]
+    return {"input_ids": ids, "completion_mask": mask}
+
+
+def _chat_ids(tokenizer, messages: list[dict[str, str]], **kw: Any) -> list[int]:
+    out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kw)
+    return list(out["input_ids"])
+
+
+def tokenize_records(tokenizer, records: Sequence[dict[str, Any]], max_length: int | None) -> list[dict[str, Any]]:
+    """Tokenize training records; examples whose completion was cut away entirely are dropped
+    (they carry no loss), as TRL does."""
+    pairs = [to_conversational(rec, i) for i, rec in enumerate(records)]  # all checked before any work
+    out = []
+    for prompt, completion in pairs:
+        ex = tokenize_example(tokenizer, prompt, completion, max_length)
+        if any(ex["completion_mask"]):
+            out.append(ex)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# padding-free attention on CPU
+
+VARLEN_SDPA = "cotshape_varlen_sdpa"
+
+
+def _varlen_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                         is_causal=None, **kwargs):
+    """sdpa over a padding-free row, one causal call per example (the flash-style varlen path).
+
+    Plain sdpa is correct on a padding-free row (transformers builds a block-diagonal mask from
+    the position ids) but computes the full (tokens x tokens) masked attention: ~5x the padded
+    cost on CPU. Cutting the row at TRL's ``cu_seq_lens_q`` and calling sdpa with
+    ``is_causal=True`` per example uses the fused causal kernel on exactly the real tokens. Any
+    other call (padded batches, generation with a cache) is plain sdpa.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    import torch
+
+    rest = {k: v for k, v in kwargs.items() if not k.startswith(("cu_seq_lens", "max_length"))}
+    bounds = cu.tolist()
+    outs = [
+        sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
+                               dropout=dropout, scaling=scaling, is_causal=is_causal, **rest)[0]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    return torch.cat(outs, dim=1), None
+
+
+def use_varlen_sdpa(model) -> str | None:
+    """Switch an sdpa model to :data:`VARLEN_SDPA` for padding-free training; returns the
+    implementation to restore (None when the model was left alone: flash attention has its own
+    varlen kernels, eager keeps the correct but dense block-diagonal mask)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    current = model.config._attn_implementation
+    if current != "sdpa":
+        return None
+    AttentionInterface.register(VARLEN_SDPA, _varlen_sdpa_forward)
+    # the mask for the fallback (padded) calls; ignored on padding-free rows
+    ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN_SDPA, sdpa_mask)
+    model.set_attn_implementation(VARLEN_SDPA)
+    return current
+
+
+# --------------------------------------------------------------------------------------------
+# config
+
+
+def build_sft_config(params: SFTParams, out_dir: str | os.PathLike):
+    """The ``trl.SFTConfig`` for ``params``; every setting that matters is set explicitly."""
+    import torch
+    from trl import SFTConfig
+
+    dtype = resolve_dtype(params.dtype)
+    extra: dict[str, Any] = {}
+    # transformers >= 5.2x renamed gradient_checkpointing (kept as an alias that warns); TRL
+    # defaults the old name to True, so both are set
+    if "activation_checkpointing" in SFTConfig.__dataclass_fields__:
+        extra["activation_checkpointing"] = params.gradient_checkpointing
+    return SFTConfig(
+        **extra,
+        output_dir=str(out_dir),
+        num_train_epochs=float(params.epochs),
+        max_steps=params.max_steps,
+        per_device_train_batch_size=params.batch_size,
+        gradient_accumulation_steps=params.grad_accum,
+        learning_rate=params.learning_rate,
+        lr_scheduler_type="linear",
+        warmup_steps=params.warmup_ratio,  # < 1: a ratio of the total steps (transformers 5)
+        weight_decay=params.weight_decay,
+        # TRL defaults bf16=True; bf16 here is autocast over fp32 master weights
+        bf16=dtype == "bfloat16",
+        fp16=False,
+        use_cpu=not torch.cuda.is_available(),  # transformers refuses CPU bf16 autocast otherwise
+        gradient_checkpointing=params.gradient_checkpointing,
+        completion_only_loss=True,
+        padding_free=params.padding_free,
+        # padding-free batches cannot be cut by the collator: tokenize_records cuts to max_length
+        max_length=None if params.padding_free else params.max_length,
+        packing=False,  # packing would change the number of examples per step (and the loss curve)
+        logging_strategy="steps",
+        logging_steps=params.logging_steps,
+        logging_first_step=True,
+        save_strategy="no",  # train_sft saves the final model itself, atomically
+        eval_strategy="no",
+        report_to="none",  # MLflow is fed by cotshape.tracking's callback
+        seed=params.seed,
+        data_seed=params.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+
+
+def launch_command(params: SFTParams, script_args: list[str],
+                   accelerate_config_dir: str = "configs/accelerate") -> list[str]:
+    """How a stage runs a training script: plain python, or ``accelerate launch`` with the
+    launcher's config file (configs/accelerate/<launcher>.yaml)."""
+    if params.launcher == "none":
+        return [sys.executable, *script_args]
+    return [
+        "accelerate", "launch",
+        "--config_file", f"{accelerate_config_dir}/{params.launcher}.yaml",
+        "--num_processes", str(params.num_processes),
+        "--num_machines", str(params.num_machines),
+        *script_args,
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# training
+
+
+def _loss_recorder():
+    from transformers import TrainerCallback
+
+    class LossRecorder(TrainerCallback):
+        """Keeps every training log entry (loss per step) for train_log.json."""
+
+        def __init__(self) -> None:
+            self.entries: list[dict[str, float]] = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                entry = {"step": int(state.global_step)}
+                for key in ("loss", "learning_rate", "grad_norm", "num_tokens", "epoch"):
+                    if key in logs:
+                        entry[key] = float(logs[key])
+                self.entries.append(entry)
+
+    return LossRecorder()
+
+
+def train_sft(model_path: str | os.PathLike, records: list[dict[str, Any]], out_dir: str | os.PathLike,
+              params: SFTParams, seed: int | None = None, callbacks: Iterable = (),
+              tracker=None) -> dict[str, Any]:
+    """Fine-tune ``model_path`` on ``records`` (``prompt`` messages + ``completion`` text), loss
+    on the completion only, and save the result to ``out_dir`` (replaced atomically).
+
+    ``tracker`` is an active run from :meth:`cotshape.tracking.Tracker.run` (or anything with a
+    ``callback()`` returning a ``TrainerCallback``): the step-wise loss goes to it.
+
+    The folder holds the tokenizer, ``train_log.json`` and ``cotshape_sft.json``, and either the
+    full model (method=full) or the LoRA adapter (method=lora; :func:`load_trained` merges it
+    onto the base model recorded in the marker). Returns ``train_loss`` (mean over the run),
+    ``first_loss``, ``final_loss``, ``steps``, ``train_tokens`` (real tokens processed, prompts
+    included, no padding), ``tokens_per_second`` and ``examples``.
+    """
+    import torch
+    from accelerate import PartialState
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    if seed is not None:
+        params = replace(params, seed=seed)
+    if not records:
+        raise ValueError("train_sft: the training set is empty (0 records); nothing to train on")
+    out_dir = Path(out_dir)
+    model_path = str(model_path)
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    examples = tokenize_records(tokenizer, records, params.max_length)
+    if not examples:
+        raise ValueError(
+            f"train_sft: all {len(records)} records lose their whole completion at "
+            f"sft.max_length={params.max_length}; raise sft.max_length"
+        )
+    dataset = Dataset.from_list(examples)
+
+    # A fixed, deterministic temp folder (not mkdtemp): under accelerate every process must agree
+    # on where trainer.save_model writes.
+    tmp_dir = out_dir.parent / f".{out_dir.name}.tmp"
+    config = build_sft_config(params, tmp_dir / "trainer")
+    # fp32 weights: with bf16 autocast the optimizer keeps fp32 master weights
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    restore_attn = use_varlen_sdpa(model) if params.padding_free else None
+
+    peft_config = None
+    if params.method == "lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=params.lora_r, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
+            target_modules=LORA_TARGET_MODULES, task_type="CAUSAL_LM", bias="none",
+        )
+
+    recorder = _loss_recorder()
+    cbs = [recorder, *callbacks]
+    if tracker is not None:
+        cbs.append(tracker.callback())
+    main = PartialState().is_main_process
+    if main and tmp_dir.exists():
+        shutil.rmtree(tmp_dir)  # left by a killed run
+    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config, callbacks=cbs)
+    main = trainer.is_world_process_zero()
+
+    start = time.perf_counter()
+    result = trainer.train()
+    train_time = time.perf_counter() - start
+    # TRL counts the real (unpadded) tokens of every batch, across processes
+    train_tokens = int(getattr(trainer, "_total_train_tokens", 0)) or sum(
+        len(e["input_ids"]) for e in examples) * int(trainer.state.num_train_epochs)
+
+    losses = [e["loss"] for e in recorder.entries]
+    metrics = {
+        "train_loss": float(result.training_loss),
+        "first_loss": losses[0] if losses else float("nan"),
+        "final_loss": losses[-1] if losses else float("nan"),
+        "steps": int(trainer.state.global_step),
+        "train_tokens": train_tokens,
+        "tokens_per_second": train_tokens / train_time if train_time > 0 else 0.0,
+        "examples": len(examples),
+    }
+
+    if restore_attn is not None:  # the saved config must not name an attention only we register
+        model.set_attn_implementation(restore_attn)  # the base model, under any peft wrapper
+    # save_model runs on every process (FSDP/DeepSpeed gather there); only the main one writes
+    trainer.save_model(str(tmp_dir))
+    trainer.accelerator.wait_for_everyone()
+    if main:
+        tokenizer.save_pretrained(tmp_dir)
+        shutil.rmtree(tmp_dir / "trainer", ignore_errors=True)
+        for leftover in ("training_args.bin", "README.md"):
+            (tmp_dir / leftover).unlink(missing_ok=True)
+        log = {
+            **metrics,
+            "train_time_s": train_time,
+            "dtype": resolve_dtype(params.dtype),
+            "records": len(records),
+            "dropped_by_max_length": len(records) - len(examples),
+            "params": asdict(params),
+            "log": recorder.entries,
+        }
+        (tmp_dir / TRAIN_LOG).write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
+        marker = {"method": params.method, "base_model": model_path, "merged": params.method == "full"}
+        (tmp_dir / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        _replace_dir(tmp_dir, out_dir)
+    trainer.accelerator.wait_for_everyone()
+    return metrics
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    """Move ``src`` to ``dst``, replacing an existing ``dst`` with at most an instant without it."""
+    old = None
+    if dst.exists():
+        old = dst.parent / f".{dst.name}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(dst, old)
+    os.replace(src, dst)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_trained(out_dir: str | os.PathLike, device: str = "cpu", dtype: str = "float32",
+                 base_model: str | os.PathLike | None = None):
+    """The model in a train_sft folder, ready for generation/evaluation (eval mode, on
+    ``device``, in ``dtype``). A LoRA adapter is applied to its base model (``base_model``, or
+    the one recorded at training time) and merged, so callers get a plain transformers model.
+    The tokenizer is in the same folder: ``AutoTokenizer.from_pretrained(out_dir)``."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out_dir = Path(out_dir)
+    marker_path = out_dir / MARKER
+    if not marker_path.exists():
+        raise FileNotFoundError(f"{marker_path}: not a cotshape SFT checkpoint (no {MARKER})")
+    marker = json.loads(marker_path.read_text(encoding="utf-8"))
+    torch_dtype = getattr(torch, resolve_dtype(dtype))
+    if marker["method"] == "full":
+        model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch_dtype)
+    else:
+        from peft import PeftModel
+
+        base = str(base_model or marker["base_model"])
+        if not Path(base).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+            raise FileNotFoundError(f"{marker_path}: base model {base!r} not found (pass base_model=...)")
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
+        model = PeftModel.from_pretrained(model, out_dir).merge_and_unload()
+    return model.to(device).eval()

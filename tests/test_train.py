@@ -1,0 +1,249 @@
+"""SFT (cotshape.train) on the tiny test model: masking, padding-free equivalence, training,
+saving and reloading (full and LoRA), params validation and the launch command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cotshape.train import (
+    MARKER,
+    TRAIN_LOG,
+    SFTParams,
+    build_sft_config,
+    launch_command,
+    load_trained,
+    tokenize_example,
+    tokenize_records,
+    train_sft,
+    use_varlen_sdpa,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+RECORDS = [
+    {"id": "a", "problem_id": "p1", "task": "gsm8k", "set": "H",
+     "prompt": [{"role": "user", "content": "What is 2 + 3?"}],
+     "completion": "2 + 3 = 5.\n#### 5"},
+    {"id": "b", "problem_id": "p2", "task": "gsm8k", "set": "H",
+     "prompt": [{"role": "user", "content": "Tom has 4 apples and eats one. How many are left?"}],
+     "completion": "He had 4 and ate 1, so 4 - 1 = 3 apples are left.\n#### 3"},
+    {"id": "c", "problem_id": "p3", "task": "gsm8k", "set": "H",
+     "prompt": [{"role": "user", "content": "A box holds 6 eggs. How many eggs are in 7 boxes?"}],
+     "completion": "Each box holds 6 eggs, so 7 boxes hold 7 * 6 = 42 eggs.\n#### 42"},
+]
+
+FAST = dict(epochs=2, learning_rate=1e-2, batch_size=2, warmup_ratio=0.0, dtype="float32", seed=0)
+
+
+def _tok(path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+# ---------------------------------------------------------------- params
+
+
+def test_params_yaml_section_builds_sftparams():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    p = SFTParams(**params["sft"], seed=params["base"]["seed"])
+    assert p.method in ("lora", "full") and p.batch_size >= 1
+
+
+@pytest.mark.parametrize(
+    "kw, key",
+    [({"method": "qlora"}, "sft.method"), ({"dtype": "fp8"}, "sft.dtype"), ({"batch_size": 0}, "sft.batch_size"),
+     ({"warmup_ratio": 1.0}, "sft.warmup_ratio"), ({"launcher": "slurm"}, "sft.launcher"),
+     ({"padding_free": "yes"}, "sft.padding_free"), ({"epochs": 0}, "sft.epochs"),
+     ({"num_processes": 2}, "sft.launcher")],
+)
+def test_params_bad_value_names_the_key(kw, key):
+    with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+        SFTParams(**kw)
+
+
+def test_params_every_field_has_help():
+    assert all(text for text in SFTParams.help().values())
+
+
+def test_sft_config_sets_dtype_checkpointing_and_loss_explicitly(tmp_path):
+    cfg = build_sft_config(SFTParams(dtype="float32", padding_free=True, max_length=300), tmp_path)
+    assert cfg.bf16 is False and cfg.fp16 is False
+    assert cfg.gradient_checkpointing is False
+    assert cfg.completion_only_loss is True
+    assert cfg.padding_free is True and cfg.max_length is None  # cut by tokenize_records instead
+    assert cfg.report_to in ([], "none", ["none"])
+    assert cfg.save_strategy == "no"
+    padded = build_sft_config(SFTParams(dtype="bfloat16", padding_free=False, max_length=300), tmp_path)
+    assert padded.bf16 is True and padded.max_length == 300
+
+
+# ---------------------------------------------------------------- tokenization / masking
+
+
+def test_prompt_tokens_are_masked(tiny_model_dir):
+    tok = _tok(tiny_model_dir)
+    ex = tokenize_example(tok, RECORDS[0]["prompt"], RECORDS[0]["completion"])
+    mask = ex["completion_mask"]
+    n_prompt = mask.index(1)
+    assert set(mask[:n_prompt]) == {0} and set(mask[n_prompt:]) == {1}
+    prompt_text = tok.decode(ex["input_ids"][:n_prompt])
+    completion_text = tok.decode(ex["input_ids"][n_prompt:])
+    assert "What is 2 + 3?" in prompt_text and "2 + 3" not in completion_text.replace("2 + 3 = 5", "")
+    assert completion_text.startswith("2 + 3 = 5.\n#### 5<|im_end|>")
+
+
+def test_tokenization_matches_trl_preparation(tiny_model_dir, tmp_path):
+    """Our ids and labels are exactly what SFTTrainer builds from the conversational records."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    tok = _tok(tiny_model_dir)
+    data = Dataset.from_list([
+        {"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["completion"]}]} for r in RECORDS
+    ])
+    cfg = SFTConfig(output_dir=str(tmp_path), bf16=False, use_cpu=True, report_to="none",
+                    completion_only_loss=True, max_length=1024)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model_dir), args=cfg,
+                         train_dataset=data, processing_class=tok)
+    ours = tokenize_records(tok, RECORDS, 1024)
+    for row, mine in zip(trainer.train_dataset, ours, strict=True):
+        assert row["input_ids"] == mine["input_ids"]
+        assert row["labels"] == [t if m else -100 for t, m in zip(mine["input_ids"], mine["completion_mask"], strict=True)]
+
+
+def test_max_length_cuts_and_drops_examples_without_completion(tiny_model_dir):
+    tok = _tok(tiny_model_dir)
+    full = tokenize_records(tok, RECORDS[:1], None)[0]
+    n_prompt = full["completion_mask"].index(1)
+    cut = tokenize_records(tok, RECORDS[:1], n_prompt + 2)[0]
+    assert cut["input_ids"] == full["input_ids"][: n_prompt + 2]
+    assert tokenize_records(tok, RECORDS[:1], n_prompt) == []
+
+
+def test_bad_record_names_the_record():
+    bad = dict(RECORDS[0], completion=7)
+    with pytest.raises(ValueError, match=r"record 1 \(id 'a'\): 'completion'"):
+        tokenize_records(None, [RECORDS[1], bad], None)
+
+
+@pytest.mark.parametrize("varlen", [False, True], ids=["sdpa-block-mask", "varlen-sdpa"])
+def test_padding_free_loss_equals_padded_loss(tiny_model_dir, varlen, monkeypatch):
+    """A padding-free batch (one row, per-example position ids) gives the padded loss: no token
+    attends across examples, with plain sdpa (dense block-diagonal mask) and with the per-example
+    causal sdpa train_sft uses."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    tok = _tok(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    if varlen:
+        assert use_varlen_sdpa(model) == "sdpa"
+    import transformers.integrations.sdpa_attention as sdpa_mod
+
+    seen = []  # query lengths reaching sdpa: per example on the varlen path
+    real_sdpa = sdpa_mod.sdpa_attention_forward
+
+    def spy(module, query, *a, **kw):
+        seen.append(query.shape[2])
+        return real_sdpa(module, query, *a, **kw)
+
+    monkeypatch.setattr(sdpa_mod, "sdpa_attention_forward", spy)
+    examples = []
+    for ex in tokenize_records(tok, RECORDS, None):
+        labels = [t if m else -100 for t, m in zip(ex["input_ids"], ex["completion_mask"], strict=True)]
+        examples.append({"input_ids": ex["input_ids"], "labels": labels})
+    assert len({len(e["input_ids"]) for e in examples}) == 3  # different lengths: real padding
+    padded = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id)(examples)
+    flat = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)(examples)
+    assert flat["input_ids"].shape[0] == 1 and "attention_mask" not in flat
+    with torch.no_grad():
+        loss_padded = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"],
+                            labels=padded["labels"]).loss
+        # use_cache=False as SFTTrainer.compute_loss sets it: with a cache, transformers does not
+        # derive the block-diagonal mask from the position ids and examples attend to each other
+        flat_kw = {k: flat[k] for k in ("position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k")}
+        seen.clear()
+        loss_flat = model(input_ids=flat["input_ids"], labels=flat["labels"], use_cache=False, **flat_kw).loss
+        lengths = [len(e["input_ids"]) for e in examples]
+        if varlen:
+            assert seen == lengths * model.config.num_hidden_layers
+        # The same row without per-example positions attends across examples: a different loss,
+        # so the equality above is a real check.
+        loss_leaky = model(input_ids=flat["input_ids"], labels=flat["labels"], use_cache=False).loss
+    assert torch.allclose(loss_padded, loss_flat, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(loss_padded, loss_leaky, atol=1e-4)
+
+
+# ---------------------------------------------------------------- training
+
+
+def _params_equal(a, b) -> bool:
+    import torch
+
+    sa, sb = a.state_dict(), b.state_dict()
+    return all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_full_sft_changes_weights_and_reloads(tiny_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "ckpt"
+    metrics = train_sft(tiny_model_dir, RECORDS, out, SFTParams(method="full", **FAST))
+    assert set(metrics) == {"train_loss", "first_loss", "final_loss", "steps", "train_tokens",
+                            "tokens_per_second", "examples"}
+    assert metrics["steps"] == 4 and metrics["examples"] == 3 and metrics["train_tokens"] > 0
+    assert metrics["final_loss"] < metrics["first_loss"]
+    trained = load_trained(out)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert not _params_equal(trained, base)
+    log = json.loads((out / TRAIN_LOG).read_text())
+    assert [e["step"] for e in log["log"]] == [1, 2, 3, 4]
+    assert json.loads((out / MARKER).read_text())["merged"] is True
+    assert _tok(out).chat_template  # tokenizer saved with its chat template
+    assert json.loads((out / "config.json").read_text()).get("_attn_implementation") in (None, "sdpa")
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]  # no temp folder left behind
+
+
+def test_lora_sft_saves_adapter_and_load_merges(tiny_model_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "lora"
+    train_sft(tiny_model_dir, RECORDS, out, SFTParams(method="lora", lora_r=4, lora_alpha=8, **FAST))
+    assert (out / "adapter_config.json").exists() and not (out / "model.safetensors").exists()
+    assert json.loads((out / MARKER).read_text())["merged"] is False
+    merged = load_trained(out)
+    assert not hasattr(merged, "peft_config")  # a plain transformers model
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged.state_dict()[q], base.state_dict()[q])
+    assert torch.equal(merged.state_dict()["model.embed_tokens.weight"], base.state_dict()["model.embed_tokens.weight"])
+
+
+def test_one_example_trains_and_rerun_replaces_folder(tiny_model_dir, tmp_path):
+    out = tmp_path / "one"
+    out.mkdir()
+    (out / "stale.txt").write_text("from an older run")
+    metrics = train_sft(tiny_model_dir, RECORDS[:1], out, SFTParams(method="full", **FAST))
+    assert metrics["examples"] == 1 and metrics["steps"] == 2
+    assert not (out / "stale.txt").exists() and (out / MARKER).exists()
+
+
+def test_empty_training_set_is_a_clear_error(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="empty"):
+        train_sft(tiny_model_dir, [], tmp_path / "x", SFTParams())
+    assert not (tmp_path / "x").exists()
+
+
+def test_launch_command():
+    assert launch_command(SFTParams(), ["stages/sft.py", "--task", "gsm8k"])[1:] == ["stages/sft.py", "--task", "gsm8k"]
+    cmd = launch_command(SFTParams(launcher="fsdp", num_processes=4, num_machines=2), ["s.py"], "cfg")
+    assert cmd == ["accelerate", "launch", "--config_file", "cfg/fsdp.yaml", "--num_processes", "4",
+                   "--num_machines", "2", "s.py"]
