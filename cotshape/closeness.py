@@ -16,7 +16,7 @@ import os
 from typing import Any
 
 
-def _load(model_path_or_model, device: str, dtype: str, tokenizer):
+def load_scorer(model_path_or_model, device: str, dtype: str, tokenizer):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -56,7 +56,10 @@ def completion_loss(model_path_or_model, records: list[dict[str, Any]], batch_si
         raise ValueError(f"closeness.batch_size: got {batch_size!r}, expected an integer >= 1")
     if not records:
         raise ValueError("completion_loss: the set is empty (0 records); nothing to measure")
-    model, tokenizer = _load(model_path_or_model, device, dtype, tokenizer)
+    from cotshape.models import resolve_device
+
+    device = resolve_device(device)  # "auto" -> cuda or cpu
+    model, tokenizer = load_scorer(model_path_or_model, device, dtype, tokenizer)
     examples = tokenize_records(tokenizer, records, max_length)
     if not examples:
         raise ValueError(f"completion_loss: every record loses its completion at max_length={max_length}")

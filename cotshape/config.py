@@ -49,8 +49,8 @@ class BaseParams:
 @dataclass
 class PrepareParams:
     source: str = _f("offline", "Where problems come from: offline (generated locally), hub (each task's Hugging Face dataset), or a local dataset path in the hub layout.")
-    train_size: int = _f(24, "Training problems per task.", min=1)
-    test_size: int = _f(24, "Test problems per task.", min=1)
+    train_size: int = _f(16, "Training problems per task.", min=1)
+    test_size: int = _f(16, "Test problems per task.", min=1)
 
 
 @dataclass
@@ -58,7 +58,7 @@ class SampleParams:
     backend: str = _f("transformers", "Generation backend: transformers (CPU/GPU) or vllm (GPU, extra 'gpu').",
                       choices=("transformers", "vllm"))
     k: int = _f(4, "Teacher samples per training problem.", min=1)
-    max_new_tokens: int = _f(160, "Longest chain of thought sampled, in tokens.", min=1)
+    max_new_tokens: int = _f(128, "Longest chain of thought sampled, in tokens.", min=1)
     temperature: float = _f(0.8, "Sampling temperature (0 = greedy, then k must be 1).", min=0)
     top_p: float = _f(0.95, "Nucleus sampling mass.", min=1e-9, max=1)
     batch_size: int = _f(64, "Sequences decoded together (transformers backend).", min=1)
@@ -75,8 +75,9 @@ class SelectParams:
 
 @dataclass
 class ParaphraseParams:
-    model: str = _f("student", "Paraphrasing model: student, teacher, or any model spec.")
-    max_new_tokens: int = _f(160, "Longest paraphrase, in tokens.", min=1)
+    model: str = _f("student", "Paraphrasing model: the student or the teacher (both are materialised, DVC-tracked folders).",
+                    choices=("student", "teacher"))
+    max_new_tokens: int = _f(128, "Longest paraphrase, in tokens.", min=1)
     temperature: float = _f(0.7, "Sampling temperature of the paraphraser.", min=0)
     retries: int = _f(1, "Extra attempts with a new seed when a paraphrase fails the verifier.", min=0)
     on_failure: str = _f("keep_original", "When every attempt fails: keep_original (use H) or drop (leave the problem out of P).",
@@ -90,18 +91,19 @@ class DegradeParams:
     flawed_source: str = _f("corrupt", "Flawed CoTs: corrupt (every step programmatically perturbed) or model (teacher prompted to reason wrongly, verified wrong).",
                             choices=("corrupt", "model"))
     step_k: int = _f(1, "Steps corrupted per CoT in the step-degraded set.", min=1)
+    base_set: str = _f("H", "The correct CoTs that mixtures and the step-degraded set are built from: G (teacher CoTs, as in the paper), H or P. The offline default uses H because the 135M offline teacher yields almost no correct CoT; the paper presets use G.",
+                       choices=("G", "H", "P"))
 
 
 @dataclass
 class EvaluateParams:
-    max_new_tokens: int = _f(192, "Longest greedy answer at evaluation, in tokens.", min=1)
+    max_new_tokens: int = _f(128, "Longest greedy answer at evaluation, in tokens.", min=1)
     batch_size: int = _f(32, "Sequences decoded together.", min=1)
 
 
 @dataclass
 class ClosenessParams:
     batch_size: int = _f(8, "Examples per forward pass when scoring a set with the base student.", min=1)
-    first_steps: int = _f(3, "How many first SFT losses to average for the report.", min=1)
 
 
 @dataclass
@@ -145,6 +147,10 @@ class Params:
 
     def to_dict(self) -> dict[str, Any]:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+
+#: dataclass fields that the pipeline sets itself and params.yaml may not (SFT is seeded with base.seed)
+INTERNAL = {("sft", "seed")}
 
 
 def _section_cls(name: str):
@@ -196,7 +202,7 @@ def _build_section(name: str, raw: Any, where: str):
         raw = {}
     if not isinstance(raw, dict):
         raise ParamsError(f"{where}: {name}: must be a mapping of keys, got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls) if (name, f.name) not in INTERNAL}
     hints = get_type_hints(cls)
     kwargs = {}
     for key, value in raw.items():
@@ -240,6 +246,12 @@ def validate_params(params: dict[str, Any], source: str = "params.yaml") -> Para
     for name in params:
         if name not in SECTIONS:
             raise _unknown(name, list(SECTIONS), source)
+    fracs = (params.get("degrade") or {}).get("flawed_fractions") if isinstance(params.get("degrade"), dict) else None
+    for i, frac in enumerate(fracs if isinstance(fracs, list) else []):
+        if isinstance(frac, int) and not isinstance(frac, bool):
+            # DVC names the sft_mix/evaluate_mix stages and files from the literal value: 1 and
+            # 1.0 would give mix-1 in dvc.yaml but mix-1.0 from the stages
+            raise ParamsError(f"{source}: degrade.flawed_fractions[{i}]: write fractions as floats ({frac}.0), got {frac}")
     built = {name: _build_section(name, params.get(name), source) for name in SECTIONS}
     p = Params(**built)
     _cross_checks(p, source)
@@ -289,6 +301,8 @@ def describe() -> str:
     for name in SECTIONS:
         cls = _section_cls(name)
         for f in dataclasses.fields(cls):
+            if (name, f.name) in INTERNAL:
+                continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
             meta = f.metadata or {}
             help_ = meta.get("help", "")

@@ -33,6 +33,7 @@ neighbour. The final answer line is never among the chosen steps, so the set iso
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from collections.abc import Callable
@@ -154,7 +155,7 @@ def make_mixtures(
     mixtures: dict[float, list[dict[str, Any]]] = {}
     metrics: dict[str, Any] = {"size": len(good), "flawed_available": len(flawed), "fractions": {}}
     for p in fractions:
-        want = round(p * len(good))
+        want = math.floor(p * len(good) + 0.5)  # round half up (round() would round 2.5 to 2)
         target = set(order[:want])
         recs, n_flawed, missing = [], 0, 0
         for r in good:

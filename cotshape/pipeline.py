@@ -53,22 +53,3 @@ def stage_main(fn: Callable[[list[str] | None], Any]) -> Callable[[list[str] | N
 
 def params() -> Params:
     return load_params(PARAMS_FILE)
-
-
-def model_spec_for(p: Params, which: str) -> str:
-    """A model role (student/teacher) or a spec -> the spec string."""
-    if which == "student":
-        return p.base.student
-    if which == "teacher":
-        return p.base.teacher
-    return which
-
-
-def git_revision() -> str:
-    import subprocess
-
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              timeout=5, check=True).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"

@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cotshape.config import set_name
 from cotshape.records import RecordError, read_json, write_text
 
 DASH = "—"
@@ -74,10 +75,6 @@ HOW_TO_READ = """\
 
 
 # ---- reading ----------------------------------------------------------------------------
-def mix_set(fraction: float) -> str:
-    """The set name of a flawed mixture: ``mix-{p}`` with p written as a Python float."""
-    return f"mix-{float(fraction)}"
-
 
 def _read_optional(path: Path) -> dict[str, Any] | None:
     """A metrics JSON object, or None when the file does not exist (the stage has not run)."""
@@ -226,10 +223,10 @@ def _mixture_section(m: _Metrics, tasks: Sequence[str], fractions: Sequence[floa
     for p in fractions:
         row = [f"{100 * float(p):g} %"]
         for t in tasks:
-            if m.eval_skipped(t, mix_set(p)):
+            if m.eval_skipped(t, set_name(p)):
                 row += [NA, NA]
                 continue
-            row += [_pct(m.eval_value(t, mix_set(p), "accuracy")), _pct(m.eval_value(t, mix_set(p), "accuracy_parsed"))]
+            row += [_pct(m.eval_value(t, set_name(p), "accuracy")), _pct(m.eval_value(t, set_name(p), "accuracy_parsed"))]
         rows.append(row)
     return "\n".join(
         [
@@ -482,7 +479,7 @@ def _plot_mixture(m: _Metrics, tasks: Sequence[str], fractions: Sequence[float],
     all_ys: list[float] = []
     for t in tasks:
         for key, style, label in (("accuracy", "-o", "correct / all"), ("accuracy_parsed", "--s", "correct / parsed")):
-            pts = [(100 * float(p), _num(m.eval_value(t, mix_set(p), key))) for p in fractions]
+            pts = [(100 * float(p), _num(m.eval_value(t, set_name(p), key))) for p in fractions]
             pts = [(x, 100 * y) for x, y in pts if y is not None]
             if pts:
                 any_data = True
@@ -571,8 +568,8 @@ def _mixture_csv(m: _Metrics, task: str, fractions: Sequence[float]) -> str:
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["fraction", "accuracy", "accuracy_parsed"])
     for p in fractions:
-        acc = _num(m.eval_value(task, mix_set(p), "accuracy"))
-        acc_p = _num(m.eval_value(task, mix_set(p), "accuracy_parsed"))
+        acc = _num(m.eval_value(task, set_name(p), "accuracy"))
+        acc_p = _num(m.eval_value(task, set_name(p), "accuracy_parsed"))
         if acc is not None and acc_p is not None:  # a row per evaluated mixture; gaps are left out
             w.writerow([float(p), acc, acc_p])
     return buf.getvalue()
@@ -601,7 +598,7 @@ def build_report(
             raise ValueError(f"flawed fraction {p!r} is outside [0, 1]")
     metrics_dir, plots_dir, out_dir = Path(metrics_dir), Path(plots_dir), Path(out_dir)
     sets = [s for s in sets if s != BASE_SET]
-    mixes = [mix_set(p) for p in fractions if mix_set(p) not in sets]
+    mixes = [set_name(p) for p in fractions if set_name(p) not in sets]
     trained = [*sets, *mixes]
     m = _Metrics(metrics_dir, plots_dir, tasks, [BASE_SET, *trained])
 

@@ -9,7 +9,10 @@ Policy (documented in the README too):
 * **G** candidates are samples the verifier graded ``correct``.
 * **W** candidates are samples with a *parsed, wrong* final answer. Samples where no final answer
   could be found (``parsed=False``, typically cut at ``max_new_tokens``) are not "wrong answers"
-  and are used for neither set.
+  and are used for neither set; nor are samples whose grading failed (reason starting with
+  ``verifier error``: the verifier raised, the gold answer was unusable, the sandbox was down).
+  Among W candidates, CoTs that ended on their own are preferred to ones cut at
+  ``max_new_tokens`` (whose answer was only found by a fallback such as the last number).
 * A problem with no G candidate is absent from G; with no W candidate, absent from W.
 * ``balance=True`` keeps only problems that have both, so G and W cover exactly the same
   problems and have the same size.
@@ -33,6 +36,8 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from typing import Any
+
+from cotshape.tasks.base import VERIFIER_ERROR
 
 
 def problem_rng(seed: int, problem_id: str, salt: str = "") -> random.Random:
@@ -66,21 +71,23 @@ def select_gw(
     for pid in problem_ids:
         samples = sorted(by_problem.get(pid, []), key=lambda r: r["sample_index"])
         good = [r for r in samples if r["correct"]]
-        bad = [r for r in samples if not r["correct"] and r["parsed"]]
+        bad = [r for r in samples if not r["correct"] and r["parsed"]
+               and not str(r.get("reason", "")).startswith(VERIFIER_ERROR)]
+        # a CoT that ended on its own is a genuine wrong answer; one cut at max_new_tokens only
+        # "parsed" through the last-number fallback, so it is used only when nothing else is there
+        finished = [r for r in bad if r.get("finish_reason") != "length"]
+        bad = finished or bad
         counts["with_correct"] += bool(good)
         counts["with_wrong"] += bool(bad)
         counts["with_both"] += bool(good and bad)
         counts["with_unparsed_only"] += bool(samples and not good and not bad)
         if balance and not (good and bad):
             continue
-        rng = problem_rng(seed, pid, "select")
-        # draw both every time so that the W pick does not depend on whether G existed
-        g_pick = rng.randrange(len(good)) if good else None
-        w_pick = rng.randrange(len(bad)) if bad else None
-        if g_pick is not None:
-            out["G"].append(good[g_pick])
-        if w_pick is not None:
-            out["W"].append(bad[w_pick])
+        # one generator per set, so the W pick never depends on the G candidates
+        if good:
+            out["G"].append(good[problem_rng(seed, pid, "G").randrange(len(good))])
+        if bad:
+            out["W"].append(bad[problem_rng(seed, pid, "W").randrange(len(bad))])
     counts["selected_G"] = len(out["G"])
     counts["selected_W"] = len(out["W"])
     return out, counts

@@ -57,9 +57,9 @@ class SFTParams:
     """The ``sft:`` section of params.yaml (plus ``seed``, taken from ``base.seed``)."""
 
     method: str = _f("lora", "lora (peft adapters on attention + MLP projections) | full (all weights)")
-    epochs: float = _f(2.0, "passes over the training set (fractions allowed)")
+    epochs: float = _f(1.0, "passes over the training set (fractions allowed)")
     learning_rate: float = _f(2e-4, "peak AdamW learning rate (linear decay after warmup)")
-    batch_size: int = _f(8, "examples per device per micro-step")
+    batch_size: int = _f(4, "examples per device per micro-step")
     grad_accum: int = _f(1, "micro-steps accumulated per optimizer step")
     max_length: int = _f(512, "prompt + completion tokens kept per example (the rest is cut)")
     warmup_ratio: float = _f(0.1, "fraction of the optimizer steps spent warming the learning rate up, in [0, 1)")

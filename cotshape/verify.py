@@ -28,7 +28,7 @@ from typing import Any
 
 from cotshape.records import RecordError, read_jsonl, read_problems, write_jsonl
 from cotshape.tasks import get_task
-from cotshape.tasks.base import Problem, Task, Verdict
+from cotshape.tasks.base import VERIFIER_ERROR, Problem, Task, Verdict
 
 VERDICT_FIELDS = ("correct", "parsed", "extracted", "reason")
 
@@ -209,7 +209,7 @@ def verify_records(
     try:
         graded = task.check_many(pairs, workers=workers, progress=progress)
     except Exception as e:  # noqa: BLE001 - e.g. the sandbox is unavailable: grade wrong, say why
-        graded = [Verdict(False, True, ex, f"verifier error: {type(e).__name__}: {e}") for _, ex in pairs]
+        graded = [Verdict(False, True, ex, f"{VERIFIER_ERROR}: {type(e).__name__}: {e}") for _, ex in pairs]
     out = []
     for i, rec in enumerate(records):
         v = verdicts[i] if slot_of[i] < 0 else graded[slot_of[i]]

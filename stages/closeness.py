@@ -21,6 +21,12 @@ def main(argv: list[str] | None = None) -> None:
     p = params()
     from cotshape.closeness import completion_loss
     sets_dir = Path(args.sets_dir)
+    # load the base student once for every set
+    from cotshape.closeness import load_scorer
+    from cotshape.models import resolve_device
+
+    device = resolve_device(p.base.device)
+    model, tokenizer = load_scorer(args.student, device, p.base.dtype, None)
     files = sorted(sets_dir.glob("*.jsonl")) + sorted((sets_dir / "mix").glob("*.jsonl"))
     result = {}
     for path in files:
@@ -28,8 +34,9 @@ def main(argv: list[str] | None = None) -> None:
         if not records:
             result[path.stem] = {"n_examples": 0}
             continue
-        result[path.stem] = completion_loss(args.student, records, batch_size=p.closeness.batch_size,
-                                            max_length=p.sft.max_length, device=p.base.device, dtype=p.base.dtype)
+        result[path.stem] = completion_loss(model, records, batch_size=p.closeness.batch_size,
+                                            max_length=p.sft.max_length, device=device, dtype=p.base.dtype,
+                                            tokenizer=tokenizer)
         print(f"{args.task}-{path.stem}: mean loss {result[path.stem]['mean_loss']:.3f}")
     write_json(args.out, result)
 

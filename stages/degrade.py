@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--task", required=True)
     ap.add_argument("--problems", required=True)
-    ap.add_argument("--good", required=True, help="the G set")
+    ap.add_argument("--good", required=True, help="the correct CoTs (degrade.base_set: G, H or P)")
     ap.add_argument("--teacher", required=True)
     ap.add_argument("--mix-dir", required=True)
     ap.add_argument("--step-out", required=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cotshape.pipeline import SKIPPED, git_revision, params, stage_main
+from cotshape.pipeline import SKIPPED, params, stage_main
 from cotshape.records import read_json, read_problems, write_json, write_jsonl
 from cotshape.tasks import get_task
 from cotshape.train import MARKER as SFT_MARKER
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
 
     tracker = Tracker(p.tracking.experiment, p.tracking.tracking_uri)
     tags = {"stage": "evaluate", "task": args.task, "set": args.set, "student": p.base.student,
-            "teacher": p.base.teacher, "git_revision": git_revision()}
+            "teacher": p.base.teacher}
     with tracker.run(f"evaluate-{args.task}-{args.set}", tags=tags,
                      params={"evaluate.max_new_tokens": p.evaluate.max_new_tokens}) as run:
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

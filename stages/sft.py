@@ -9,6 +9,7 @@ evaluate/report show the set as "n/a" instead of silently evaluating the untrain
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cotshape.pipeline import SKIPPED, git_revision, params, stage_main
+from cotshape.pipeline import SKIPPED, params, stage_main
 from cotshape.records import read_jsonl, write_json, write_text
 
 
@@ -58,13 +59,19 @@ def main(argv: list[str] | None = None) -> None:
         print("launching:", " ".join(cmd), file=sys.stderr)
         raise SystemExit(subprocess.call(cmd))
 
+    sft = dataclasses.replace(sft, seed=p.base.seed)  # SFT is seeded with base.seed
+    # under accelerate every rank trains; only the main one writes metrics and talks to MLflow
+    if int(os.environ.get("RANK", "0")) != 0:
+        train_sft(args.student, records, out, sft)
+        return
+
     from cotshape.tracking import Tracker
 
     tracker = Tracker(p.tracking.experiment, p.tracking.tracking_uri)
-    tags = {"stage": "sft", "task": args.task, "set": args.set, "student": p.base.student,
-            "teacher": p.base.teacher, "git_revision": git_revision()}
-    with tracker.run(f"sft-{args.task}-{args.set}", tags=tags, params={f"sft.{k}": v for k, v in vars(sft).items()}) as run:
-        metrics = train_sft(args.student, records, out, sft, seed=p.base.seed, tracker=run)
+    tags = {"stage": "sft", "task": args.task, "set": args.set, "student": p.base.student, "teacher": p.base.teacher}
+    with tracker.run(f"sft-{args.task}-{args.set}", tags=tags,
+                     params={f"sft.{k}": v for k, v in dataclasses.asdict(sft).items()}) as run:
+        metrics = train_sft(args.student, records, out, sft, tracker=run)
         log = json.loads((out / "train_log.json").read_text())["log"]
         write_loss_csv(args.loss_plot, log)
         write_json(args.metrics, metrics)

@@ -102,3 +102,24 @@ def test_yaml12_floats_as_dvc_writes_them(tmp_path):
     f.write_text("sft:\n  learning_rate: 1e-06\n  weight_decay: 5E+0\n")
     p = load_params(f)
     assert p.sft.learning_rate == 1e-06 and p.sft.weight_decay == 5.0
+
+
+def test_params_yaml_equals_the_documented_defaults():
+    """params.yaml spells out every key with its dataclass default (what README documents)."""
+    import dataclasses
+
+    from cotshape.config import INTERNAL, SECTIONS, _section_cls
+
+    for name in SECTIONS:
+        for f in dataclasses.fields(_section_cls(name)):
+            if (name, f.name) in INTERNAL:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            assert DEFAULT[name][f.name] == default, f"{name}.{f.name}"
+
+
+def test_sft_seed_is_refused_and_integer_fractions_too():
+    with pytest.raises(ParamsError, match=r"unknown key 'sft\.seed'"):
+        validate_params(with_change("sft.seed", 3))
+    with pytest.raises(ParamsError, match=r"degrade\.flawed_fractions\[1\]: write fractions as floats \(1\.0\)"):
+        validate_params(with_change("degrade.flawed_fractions", [0.0, 1]))

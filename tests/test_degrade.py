@@ -86,3 +86,10 @@ def test_step_degraded_set():
     out = make_step_degraded([rec("a"), rec("b")], k=2, seed=0)
     assert [r["problem_id"] for r in out] == ["a", "b"]
     assert all(r["completion"] != COT and r["degraded_steps"] == 2 for r in out)
+
+
+def test_mixture_counts_round_half_up():
+    good = [rec(f"p{i}") for i in range(6)]
+    flawed = {f"p{i}": "bad" for i in range(6)}
+    mixes, _ = make_mixtures(good, flawed, [0.25, 0.75], seed=0)
+    assert [sum(r["flawed"] for r in mixes[p]) for p in (0.25, 0.75)] == [2, 5]  # 1.5 -> 2, 4.5 -> 5

@@ -6,8 +6,9 @@ import json
 
 import pytest
 
+from cotshape.config import set_name as mix_set
 from cotshape.records import RecordError
-from cotshape.report import build_report, mix_set, read_loss_csv
+from cotshape.report import build_report, read_loss_csv
 
 TASKS = ["gsm8k", "countdown"]
 SETS = ["H", "G", "W", "P", "step"]

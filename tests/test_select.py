@@ -54,3 +54,20 @@ def test_seeded_and_independent_of_other_problems():
 def test_unknown_problem_is_an_error():
     with pytest.raises(ValueError, match="unknown problem 'zzz'"):
         select_gw([s("zzz", 0, True)], IDS)
+
+
+def test_grading_failures_are_never_w():
+    broken = dict(s("e", 0, False), reason="verifier error: TimeoutError: took too long")
+    genuine = dict(s("e", 1, False), reason="5 != gold 4")
+    sets, _ = select_gw([broken, genuine], ["e"], seed=0)
+    assert [r["completion"] for r in sets["W"]] == ["e-1"]
+    sets, counts = select_gw([broken], ["e"], seed=0)
+    assert sets["W"] == [] and counts["with_wrong"] == 0
+
+
+def test_w_prefers_cots_that_finished():
+    cut = dict(s("f", 0, False), finish_reason="length")
+    done = dict(s("f", 1, False), finish_reason="stop")
+    for seed in range(5):
+        assert select_gw([cut, done], ["f"], seed=seed)[0]["W"][0]["completion"] == "f-1"
+    assert select_gw([cut], ["f"], seed=0)[0]["W"][0]["completion"] == "f-0"  # only if nothing else

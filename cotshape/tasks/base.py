@@ -16,6 +16,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 Problem = dict[str, Any]
+#: prefix of ``Verdict.reason`` when grading itself failed (the verifier raised, the gold answer
+#: is unusable, the sandbox is down): such a sample is neither right nor a genuine wrong answer,
+#: so selection never uses it as W
+VERIFIER_ERROR = "verifier error"
 Messages = list[dict[str, str]]
 
 #: file types read from a dataset folder in the Hugging Face hub layout
@@ -202,7 +206,7 @@ class Task:
         try:
             return self.check(problem, extracted, extracted if completion is None else completion)
         except Exception as e:  # noqa: BLE001 - a verifier must never crash on model output
-            return Verdict(False, True, extracted, f"verifier error: {type(e).__name__}: {e}")
+            return Verdict(False, True, extracted, f"{VERIFIER_ERROR}: {type(e).__name__}: {e}")
 
     def verify(self, problem: Problem, completion: str) -> Verdict:
         """Grade one completion. Never raises."""
@@ -214,7 +218,7 @@ class Task:
                 return Verdict(False, False, None, "no final answer found")
             return self.check(problem, extracted, completion)
         except Exception as e:  # noqa: BLE001 - a verifier must never crash on model output
-            return Verdict(False, False, None, f"verifier error: {type(e).__name__}: {e}")
+            return Verdict(False, False, None, f"{VERIFIER_ERROR}: {type(e).__name__}: {e}")
 
     # ---- steps (degrade stage) --------------------------------------------------------
     def split_steps(self, cot: str) -> list[str]:

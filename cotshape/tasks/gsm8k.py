@@ -21,7 +21,7 @@ from fractions import Fraction
 
 from cotshape.records import make_problem
 from cotshape.tasks import register
-from cotshape.tasks.base import Problem, Task, Verdict, is_test_key, read_hub_rows
+from cotshape.tasks.base import VERIFIER_ERROR, Problem, Task, Verdict, is_test_key, read_hub_rows
 
 #: offline problems drawn when no ``limit`` is given
 OFFLINE_SIZES = {"train": 2000, "test": 500}
@@ -158,7 +158,7 @@ class GSM8K(Task):
     def check(self, problem: Problem, extracted: str, completion: str) -> Verdict:
         pred, gold = parse_number(extracted), parse_number(problem["answer"])
         if gold is None:
-            return Verdict(False, True, extracted, f"gold answer {problem['answer']!r} is not a number")
+            return Verdict(False, True, extracted, f"{VERIFIER_ERROR}: gold answer {problem['answer']!r} is not a number")
         if pred is None:
             return Verdict(False, False, extracted, f"{extracted!r} is not a number")
         if pred == gold:
