@@ -202,18 +202,6 @@ class TransformersBackend(Backend):
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else min(self.eos_ids)
 
     # ---- prompts --------------------------------------------------------------------------
-    def encode(self, prompt: Prompt) -> list[int]:
-        """Token ids of a prompt: chat messages through the chat template (with the generation
-        prompt), text as is."""
-        tok = self.tokenizer
-        if isinstance(prompt, str):
-            return tok(prompt, add_special_tokens=False)["input_ids"]
-        if not isinstance(prompt, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
-            raise ValueError(f"a prompt must be a string or a list of {{'role', 'content'}} messages, got {prompt!r:.200}")
-        if tok.chat_template is None:
-            raise ValueError("the model's tokenizer has no chat template: pass text prompts")
-        text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        return tok(text, add_special_tokens=False)["input_ids"]
 
     # ---- the decode loop ------------------------------------------------------------------
     def generate(

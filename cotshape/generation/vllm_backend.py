@@ -67,12 +67,6 @@ class VLLMBackend(Backend):
         )
         self.tokenizer = self.llm.get_tokenizer()
 
-    def encode(self, prompt: Prompt) -> list[int]:
-        tok = self.tokenizer
-        if isinstance(prompt, str):
-            return tok(prompt, add_special_tokens=False)["input_ids"]
-        text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        return tok(text, add_special_tokens=False)["input_ids"]
 
     def generate(
         self,
