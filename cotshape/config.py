@@ -19,8 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-TASKS = ("gsm8k", "math", "countdown", "mbpp")
-
 
 class ParamsError(ValueError):
     """A bad params file: unknown key, wrong type or value out of range."""
@@ -217,11 +215,14 @@ def _build_section(name: str, raw: Any, where: str):
 
 
 def _cross_checks(p: Params, where: str) -> None:
+    from cotshape.tasks import list_tasks  # the registry is the one list of task names
+
+    known = list_tasks()
     for i, t in enumerate(p.base.tasks):
-        if t not in TASKS:
-            close = difflib.get_close_matches(t, TASKS, n=1)
+        if t not in known:
+            close = difflib.get_close_matches(t, known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ParamsError(f"{where}: base.tasks[{i}]: unknown task {t!r}{hint}; allowed: {', '.join(TASKS)}")
+            raise ParamsError(f"{where}: base.tasks[{i}]: unknown task {t!r}{hint}; allowed: {', '.join(known)}")
     if not p.base.tasks:
         raise ParamsError(f"{where}: base.tasks: must name at least one task")
     if len(set(p.base.tasks)) != len(p.base.tasks):
