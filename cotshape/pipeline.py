@@ -53,3 +53,10 @@ def stage_main(fn: Callable[[list[str] | None], Any]) -> Callable[[list[str] | N
 
 def params() -> Params:
     return load_params(PARAMS_FILE)
+
+
+def load_backend(p: Params, model_path, batch_size: int, name: str = "transformers", **kw):
+    """A generation backend on the params' device and dtype (``base.device``, ``base.dtype``)."""
+    from cotshape.generation import get_backend
+
+    return get_backend(name, str(model_path), device=p.base.device, dtype=p.base.dtype, batch_size=batch_size, **kw)

@@ -8,20 +8,18 @@ import tempfile
 from pathlib import Path
 
 from cotshape.config import set_name
-from cotshape.pipeline import params, stage_main
+from cotshape.pipeline import load_backend, params, stage_main
 from cotshape.records import read_jsonl, read_problems, write_json, write_jsonl
 from cotshape.tasks import get_task
 
 
 def model_flawed(task, good, by_id, teacher_dir, p) -> dict[str, str]:
     """Flawed CoTs from the teacher prompted to reason wrongly, kept only if verified wrong."""
-    from cotshape.generation import get_backend
     from cotshape.generation.base import SamplingParams
 
     if not good:
         return {}
-    backend = get_backend("transformers", teacher_dir, device=p.base.device, dtype=p.base.dtype,
-                          batch_size=p.sample.batch_size)
+    backend = load_backend(p, teacher_dir, p.sample.batch_size)
     sp = SamplingParams(n=4, temperature=1.0, top_p=p.sample.top_p, max_new_tokens=p.sample.max_new_tokens,
                         seed=p.base.seed)
     outs = backend.generate([task.flawed_messages(by_id[r["problem_id"]]) for r in good], sp)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cotshape.pipeline import SKIPPED, params, stage_main
+from cotshape.pipeline import SKIPPED, load_backend, params, stage_main
 from cotshape.records import read_json, read_problems, write_json, write_jsonl
 from cotshape.tasks import get_task
 from cotshape.train import MARKER as SFT_MARKER
@@ -24,7 +24,6 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = params()
     from cotshape.evaluate import evaluate
-    from cotshape.generation import get_backend
     task = get_task(args.task)
     problems = read_problems(args.problems)
     model_dir = Path(args.model)
@@ -44,8 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         kw["model"] = load_trained(model_dir, device=resolve_device(p.base.device), dtype=p.base.dtype)
         # SFT does not change the tokenizer; a LoRA folder has no config.json, so take the base's
         kw["tokenizer"] = load_tokenizer(read_json(model_dir / SFT_MARKER)["base_model"])
-    backend = get_backend("transformers", str(model_dir), device=p.base.device, dtype=p.base.dtype,
-                          batch_size=p.evaluate.batch_size, **kw)
+    backend = load_backend(p, model_dir, p.evaluate.batch_size, **kw)
     # all prompts in one call: the backend batches (and refills) internally
     records, metrics = evaluate(task, problems, backend, max_new_tokens=p.evaluate.max_new_tokens)
     write_jsonl(args.out, records)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cotshape.pipeline import params, stage_main
+from cotshape.pipeline import load_backend, params, stage_main
 from cotshape.records import read_problems, write_json, write_jsonl
 from cotshape.tasks import get_task
 
@@ -20,15 +20,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", required=True)
     args = ap.parse_args(argv)
     p = params()
-    from cotshape.generation import get_backend
     from cotshape.generation.base import SamplingParams
     from cotshape.paraphrase import paraphrase_set
     pp = p.paraphrase
     task = get_task(args.task)
     problems = read_problems(args.problems)
     model = {"student": args.student, "teacher": args.teacher}.get(pp.model, pp.model)
-    backend = get_backend("transformers", model, device=p.base.device, dtype=p.base.dtype,
-                          batch_size=p.sample.batch_size)
+    backend = load_backend(p, model, p.sample.batch_size)
 
     def generate(prompts, seed):
         sp = SamplingParams(n=1, temperature=pp.temperature, top_p=p.sample.top_p,

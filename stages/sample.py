@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cotshape.pipeline import params, stage_main
+from cotshape.pipeline import load_backend, params, stage_main
 from cotshape.records import read_problems
 from cotshape.tasks import get_task
 
@@ -19,7 +19,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     p = params()
-    from cotshape.generation import get_backend
     from cotshape.generation.base import SamplingParams
     from cotshape.sampling import run_sampling
     task = get_task(args.task)
@@ -27,8 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     sp = SamplingParams(n=p.sample.k, temperature=p.sample.temperature, top_p=p.sample.top_p,
                         max_new_tokens=p.sample.max_new_tokens, seed=p.base.seed)
     backend_kw = {"tensor_parallel_size": p.sample.tensor_parallel_size} if p.sample.backend == "vllm" else {}
-    backend = get_backend(p.sample.backend, args.model, device=p.base.device, dtype=p.base.dtype,
-                          batch_size=p.sample.batch_size, **backend_kw)
+    backend = load_backend(p, args.model, p.sample.batch_size, name=p.sample.backend, **backend_kw)
     run_sampling(task, problems, backend, k=p.sample.k, params=sp, out_path=args.out, teacher=p.base.teacher,
                  shard=(args.shard, len(p.sample.shards)))
 

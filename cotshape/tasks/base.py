@@ -219,14 +219,3 @@ class Task:
             return self.check(problem, extracted, completion)
         except Exception as e:  # noqa: BLE001 - a verifier must never crash on model output
             return Verdict(False, False, None, f"{VERIFIER_ERROR}: {type(e).__name__}: {e}")
-
-    # ---- steps (degrade stage) --------------------------------------------------------
-    def split_steps(self, cot: str) -> list[str]:
-        """Split a chain of thought into steps (non-empty lines, or sentences for one-line CoTs)."""
-        lines = [ln for ln in cot.split("\n") if ln.strip()]
-        if len(lines) > 1:
-            return lines
-        return [s for s in re.split(r"(?<=[.!?])\s+", cot.strip()) if s]
-
-    def join_steps(self, steps: list[str]) -> str:
-        return "\n".join(steps)
