@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-new-tokens", type=int, default=256)
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--top-p", type=float, default=0.95)
-    ap.add_argument("--batch-size", type=int, default=64, help="cotshape sampler rows per step")
+    ap.add_argument("--batch-size", type=int, default=128, help="cotshape sampler rows per step")
     ap.add_argument("--dtype", default="auto", help="cotshape sampler dtype")
     ap.add_argument("--stock-dtype", default="float32")
     ap.add_argument("--batch1-prompts", type=int, default=2)

@@ -60,7 +60,7 @@ def sample(
     stop: Annotated[list[str] | None, typer.Option(help="stop string (repeatable)")] = None,
     shard: Annotated[str | None, typer.Option(help="I/N: sample problems with index % N == I")] = None,
     backend: Annotated[str, typer.Option(help="transformers | vllm")] = "transformers",
-    batch_size: Annotated[int, typer.Option(help="sequences decoded together (transformers)")] = 64,
+    batch_size: Annotated[int, typer.Option(help="sequences decoded together (transformers)")] = 128,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
     dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
     tensor_parallel_size: Annotated[int, typer.Option(help="GPUs per model (vllm)")] = 1,

@@ -59,7 +59,7 @@ class SampleParams:
     max_new_tokens: int = _f(128, "Longest chain of thought sampled, in tokens.", min=1)
     temperature: float = _f(0.8, "Sampling temperature (0 = greedy, then k must be 1).", min=0)
     top_p: float = _f(0.95, "Nucleus sampling mass.", min=1e-9, max=1)
-    batch_size: int = _f(64, "Sequences decoded together (transformers backend).", min=1)
+    batch_size: int = _f(128, "Sequences decoded together (transformers backend).", min=1)
     tensor_parallel_size: int = _f(1, "GPUs per vLLM engine (vllm backend).", min=1)
     shards: list[int] = _f(None, "Shard indices [0, 1, ..., N-1]: sampling is split into N DVC stages, each can run on its own machine.",
                            default_factory=lambda: [0], min=0)

@@ -136,3 +136,34 @@ def test_refilled_batches_equal_one_at_a_time(tiny_model_dir, backend1):
     got = small.generate(prompts, p, seeds=list(range(len(prompts))))
     assert len({c.num_tokens for cs in got for c in cs}) > 3  # rows really finished at different steps
     assert got == backend1.generate(prompts, p, seeds=list(range(len(prompts))))
+
+
+def _top_p_reference(probs, top_p, u):
+    """Nucleus sampling by inverse CDF over the fully sorted vocabulary (the definition)."""
+    import torch
+
+    sp, si = probs.sort(dim=-1, descending=True)
+    cum = sp.cumsum(-1)
+    sp = sp.masked_fill((cum - sp) >= top_p, 0.0)
+    cum = sp.cumsum(-1)
+    k = torch.searchsorted(cum, (u * cum[:, -1]).unsqueeze(1).contiguous())
+    return si.gather(1, k.clamp(max=cum.shape[1] - 1)).squeeze(1)
+
+
+@pytest.mark.parametrize("candidates", [4, 64])
+def test_top_p_candidates_equal_full_sort(monkeypatch, candidates):
+    """The top-k shortcut draws the same token as sorting the whole vocabulary, both for peaked
+    rows (nucleus inside the candidates) and flat rows (fallback to the full sort)."""
+    import torch
+
+    from cotshape.generation import transformers_backend as tb
+
+    monkeypatch.setattr(tb, "TOP_P_CANDIDATES", candidates)
+    g = torch.Generator().manual_seed(0)
+    peaked = torch.softmax(torch.randn(16, 500, generator=g) * 6, -1)
+    flat = torch.softmax(torch.randn(16, 500, generator=g) * 0.1, -1)
+    probs = torch.cat([peaked, flat])
+    for top_p in (0.5, 0.9, 0.95, 0.999):
+        for _ in range(5):
+            u = torch.rand(len(probs), generator=g)
+            assert torch.equal(tb._top_p_draw(probs, top_p, u), _top_p_reference(probs, top_p, u))

@@ -16,7 +16,7 @@ def get_backend(
     model_path: str | os.PathLike,
     device: str = "auto",
     dtype: str = "auto",
-    batch_size: int = 64,
+    batch_size: int = 128,
     **kw,
 ) -> Backend:
     """Load ``model_path`` (a materialised folder or a hub id/local spec) into backend ``name``.
