@@ -19,6 +19,7 @@ from cotshape.train import (
     tokenize_example,
     tokenize_records,
     train_sft,
+    use_cpu_label_head,
     use_varlen_sdpa,
 )
 
@@ -179,6 +180,61 @@ def test_padding_free_loss_equals_padded_loss(tiny_model_dir, varlen, monkeypatc
         loss_leaky = model(input_ids=flat["input_ids"], labels=flat["labels"], use_cache=False).loss
     assert torch.allclose(loss_padded, loss_flat, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(loss_padded, loss_leaky, atol=1e-4)
+
+
+@pytest.mark.parametrize("chunk, softcap", [(4096, None), (5, None), (4096, 3.0)],
+                         ids=["one-chunk", "checkpointed-chunks", "softcap"])
+def test_cpu_label_head_equals_trl_fused_head(tiny_model_dir, monkeypatch, chunk, softcap):
+    """The CPU loss head gives TRL's fused-head outputs (loss, per-token log-probs, entropy,
+    top-1 hits, label mask) and the same gradients, on a padding-free batch."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+    from trl.trainer.utils import add_fused_lm_head
+
+    import cotshape.train as train_mod
+
+    monkeypatch.setattr(train_mod, "LABEL_HEAD_CHUNK", chunk)
+    tok = _tok(tiny_model_dir)
+    examples = []
+    for ex in tokenize_records(tok, RECORDS, None):
+        labels = [t if m else -100 for t, m in zip(ex["input_ids"], ex["completion_mask"], strict=True)]
+        examples.append({"input_ids": ex["input_ids"], "labels": labels})
+    batch = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)(examples)
+    assert (batch["labels"] != -100).sum() > 2 * 5  # several chunks on the chunked path
+
+    def run(ours):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        if softcap:
+            model.config.final_logit_softcapping = softcap
+        add_fused_lm_head(model, outputs=("log_probs", "entropy", "is_top1"))
+        if ours:
+            assert use_cpu_label_head(model)
+        out = model(**batch, use_cache=False, fused_lm_head=True)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out, grads
+
+    ref, ref_grads = run(False)
+    got, got_grads = run(True)
+    assert torch.allclose(got.loss, ref.loss, atol=1e-5)
+    assert torch.equal(got.label_mask, ref.label_mask)
+    assert torch.allclose(got.log_probs, ref.log_probs, atol=1e-5)
+    assert torch.allclose(got.entropy, ref.entropy, atol=1e-4)
+    assert torch.equal(got.is_top1, ref.is_top1)
+    assert ref_grads.keys() == got_grads.keys()
+    for name, g in ref_grads.items():
+        assert torch.allclose(got_grads[name], g, atol=1e-5, rtol=1e-4), name
+
+
+def test_cpu_label_head_leaves_scaled_logit_models_to_trl(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    model.config.logit_scale = 0.5
+    assert use_cpu_label_head(model) is False
 
 
 # ---------------------------------------------------------------- training
