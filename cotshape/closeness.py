@@ -50,7 +50,7 @@ def completion_loss(model_path_or_model, records: list[dict[str, Any]], batch_si
     from tqdm.auto import tqdm
     from trl.trainer.utils import add_fused_lm_head
 
-    from cotshape.train import tokenize_records
+    from cotshape.train import tokenize_records, use_cpu_label_head
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"closeness.batch_size: got {batch_size!r}, expected an integer >= 1")
@@ -64,8 +64,11 @@ def completion_loss(model_path_or_model, records: list[dict[str, Any]], batch_si
     if not examples:
         raise ValueError(f"completion_loss: every record loses its completion at max_length={max_length}")
     if not getattr(model, "_cotshape_fused_lm_head", False):
-        # the log-probabilities SFTTrainer computes, without materialising (batch, len, vocab) logits
-        add_fused_lm_head(model.get_base_model() if hasattr(model, "get_base_model") else model)
+        # the log-probabilities SFTTrainer computes, without materialising (batch, len, vocab) logits,
+        # with train_sft's CPU head (labelled positions only) where TRL's kernel would run as tiles
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        add_fused_lm_head(base)
+        use_cpu_label_head(base)
         model._cotshape_fused_lm_head = True
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 

@@ -139,6 +139,38 @@ def flawed_from_corruption(
     return out
 
 
+def model_flawed_seed(seed: int, problem_id: str) -> int:
+    """Sampling seed of the model-written flawed CoTs of one problem (not of its position)."""
+    from cotshape.generation.base import derive_seed
+
+    return derive_seed(seed, problem_id, "flawed")
+
+
+def flawed_from_model(
+    records: list[dict[str, Any]],
+    generate: Callable[[list[str], list[int]], list[list[str]]],
+    is_wrong: Callable[[str, str], bool],
+    seed: int,
+) -> dict[str, str]:
+    """For each correct CoT record, the first of the model's candidates that ``is_wrong``.
+
+    ``generate(problem_ids, seeds)`` returns candidate texts per problem (the stage prompts the
+    teacher with ``Task.flawed_messages`` and seed :func:`model_flawed_seed`); ``is_wrong`` must
+    demand a parsed but wrong final answer (an unparsed ramble is not a flawed *CoT*).
+    Problems without such a candidate get no entry.
+    """
+    ids = [r["problem_id"] for r in records]
+    out: dict[str, str] = {}
+    if not ids:
+        return out
+    for pid, cands in zip(ids, generate(ids, [model_flawed_seed(seed, pid) for pid in ids]), strict=True):
+        for text in cands:
+            if is_wrong(pid, text):
+                out[pid] = text
+                break
+    return out
+
+
 def make_mixtures(
     good: list[dict[str, Any]],
     flawed: dict[str, str],

@@ -2,7 +2,9 @@
 
 A model (by default the student itself) rewrites each human solution H in its own words while
 keeping the final answer. Each paraphrase is graded with the task's own verifier; a paraphrase
-that loses the answer is retried with a new seed up to ``retries`` times. When every attempt
+that loses the answer is retried with a new seed up to ``retries`` times. Seeds are keyed by
+the problem id and the attempt (:func:`paraphrase_seed`), so a problem's paraphrase does not
+change when other problems are added to or removed from the training set. When every attempt
 fails, ``on_failure`` decides:
 
 * ``keep_original`` — the problem keeps its human solution in P (marked ``paraphrased: False``),
@@ -18,7 +20,7 @@ Example with a literal "model" that only succeeds on the second attempt::
     >>> p = {"id": "q1", "task": "gsm8k", "question": "What is 2 + 2?", "answer": "4",
     ...      "solution": "2 + 2 = 4\\n#### 4", "tests": [], "meta": {}}
     >>> replies = iter(["Two plus two is five. The answer is 5.", "Adding 2 and 2 gives 4. The answer is 4."])
-    >>> recs, m = paraphrase_set(task, [p], lambda prompts, seed: [next(replies) for _ in prompts], retries=1)
+    >>> recs, m = paraphrase_set(task, [p], lambda prompts, seeds: [next(replies) for _ in prompts], retries=1)
     >>> recs[0]["completion"], recs[0]["paraphrased"], m["success_rate"]
     ('Adding 2 and 2 gives 4. The answer is 4.', True, 1.0)
 """
@@ -28,10 +30,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from cotshape.generation.base import derive_seed
 from cotshape.select import training_record
 from cotshape.tasks.base import Messages, Problem, Task
 
-GenerateFn = Callable[[list[Messages], int], list[str]]
+#: ``generate(prompts, seeds)``: one completion per prompt, prompt ``i`` sampled with ``seeds[i]``
+GenerateFn = Callable[[list[Messages], list[int]], list[str]]
+
+
+def paraphrase_seed(seed: int, problem_id: str, attempt: int) -> int:
+    """The sampling seed of one paraphrase attempt: depends on the problem, not its position."""
+    return derive_seed(seed, problem_id, "paraphrase", attempt)
 
 
 def paraphrase_messages(task: Task, problem: Problem) -> Messages:
@@ -57,7 +66,7 @@ def paraphrase_set(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Paraphrase every problem's H; returns (P records, metrics).
 
-    ``generate(prompts, seed)`` returns one completion per prompt (the pipeline passes the
+    ``generate(prompts, seeds)`` returns one completion per prompt (the pipeline passes the
     generation backend; tests pass literal functions).
     """
     if on_failure not in ("keep_original", "drop"):
@@ -69,7 +78,8 @@ def paraphrase_set(
         if not pending:
             break
         attempts += len(pending)
-        outs = generate([paraphrase_messages(task, p) for p in pending], seed + attempt)
+        outs = generate([paraphrase_messages(task, p) for p in pending],
+                        [paraphrase_seed(seed, p["id"], attempt) for p in pending])
         still = []
         for prob, text in zip(pending, outs, strict=True):
             if text.strip() and task.verify(prob, text).correct:

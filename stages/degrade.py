@@ -15,22 +15,23 @@ from cotshape.tasks import get_task
 
 def model_flawed(task, good, by_id, teacher_dir, p) -> dict[str, str]:
     """Flawed CoTs from the teacher prompted to reason wrongly, kept only if verified wrong."""
+    from cotshape.degrade import flawed_from_model
     from cotshape.generation.base import SamplingParams
 
     if not good:
         return {}
     backend = load_backend(p, teacher_dir, p.sample.batch_size)
-    sp = SamplingParams(n=4, temperature=1.0, top_p=p.sample.top_p, max_new_tokens=p.sample.max_new_tokens,
-                        seed=p.base.seed)
-    outs = backend.generate([task.flawed_messages(by_id[r["problem_id"]]) for r in good], sp)
-    flawed = {}
-    for r, cands in zip(good, outs, strict=True):
-        for c in cands:
-            v = task.verify(by_id[r["problem_id"]], c.text)
-            if v.parsed and not v.correct:
-                flawed[r["problem_id"]] = c.text
-                break
-    return flawed
+    sp = SamplingParams(n=4, temperature=1.0, top_p=p.sample.top_p, max_new_tokens=p.sample.max_new_tokens)
+
+    def generate(problem_ids, seeds):
+        outs = backend.generate([task.flawed_messages(by_id[pid]) for pid in problem_ids], sp, seeds=seeds)
+        return [[c.text for c in cands] for cands in outs]
+
+    def is_wrong(pid, text):
+        v = task.verify(by_id[pid], text)
+        return v.parsed and not v.correct
+
+    return flawed_from_model(good, generate, is_wrong, p.base.seed)
 
 
 @stage_main

@@ -28,10 +28,10 @@ def main(argv: list[str] | None = None) -> None:
     model = {"student": args.student, "teacher": args.teacher}.get(pp.model, pp.model)
     backend = load_backend(p, model, p.sample.batch_size)
 
-    def generate(prompts, seed):
-        sp = SamplingParams(n=1, temperature=pp.temperature, top_p=p.sample.top_p,
-                            max_new_tokens=pp.max_new_tokens, seed=seed)
-        return [outs[0].text for outs in backend.generate(prompts, sp)]
+    sp = SamplingParams(n=1, temperature=pp.temperature, top_p=p.sample.top_p, max_new_tokens=pp.max_new_tokens)
+
+    def generate(prompts, seeds):
+        return [outs[0].text for outs in backend.generate(prompts, sp, seeds=seeds)]
 
     records, metrics = paraphrase_set(task, problems, generate, retries=pp.retries,
                                       on_failure=pp.on_failure, seed=p.base.seed)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from cotshape.degrade import (
     corrupt_cot,
     degrade_steps,
     flawed_from_corruption,
+    flawed_from_model,
     make_mixtures,
     make_step_degraded,
+    model_flawed_seed,
     perturb_numbers,
     split_steps,
 )
@@ -93,3 +97,67 @@ def test_mixture_counts_round_half_up():
     flawed = {f"p{i}": "bad" for i in range(6)}
     mixes, _ = make_mixtures(good, flawed, [0.25, 0.75], seed=0)
     assert [sum(r["flawed"] for r in mixes[p]) for p in (0.25, 0.75)] == [2, 5]  # 1.5 -> 2, 4.5 -> 5
+
+
+def test_flawed_from_model_keeps_first_wrong_candidate_seeded_by_problem():
+    good = [{"problem_id": "a", "completion": "..."}, {"problem_id": "b", "completion": "..."},
+            {"problem_id": "c", "completion": "..."}]
+    cands = {"a": ["The answer is 4.", "The answer is 5.", "The answer is 6."],  # 4 is right
+             "b": ["no answer at all", "The answer is 4."],  # nothing parsed-and-wrong
+             "c": ["The answer is 9."]}
+    right = {"a": "4", "b": "4", "c": "1"}
+    seen = []
+
+    def generate(ids, seeds):
+        seen.append(dict(zip(ids, seeds, strict=True)))
+        return [cands[i] for i in ids]
+
+    def is_wrong(pid, text):  # parsed and wrong, as the stage asks of the verifier
+        return "answer is" in text and not text.endswith(f" {right[pid]}.")
+
+    out = flawed_from_model(good, generate, is_wrong, seed=0)
+    assert out == {"a": "The answer is 5.", "c": "The answer is 9."}
+    flawed_from_model(good[::-1], generate, is_wrong, seed=0)
+    assert seen[0] == seen[1] == {pid: model_flawed_seed(0, pid) for pid in "abc"}  # keyed by id
+    assert len(set(seen[0].values())) == 3 and model_flawed_seed(1, "a") != model_flawed_seed(0, "a")
+    assert flawed_from_model([], generate, is_wrong, seed=0) == {} and len(seen) == 2
+
+
+@pytest.mark.slow
+def test_degrade_stage_with_model_flawed_source(tmp_path, tiny_model_dir):
+    """The degrade stage with ``flawed_source: model`` on the tiny model: the teacher really
+    samples, whatever verifies parsed-and-wrong is used, the rest is counted as unavailable."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from cotshape.records import write_jsonl
+    from cotshape.select import training_record
+
+    root = Path(__file__).resolve().parents[1]
+    task = get_task("gsm8k")
+    problems = task.load("train", source="offline", limit=3, seed=0)
+    write_jsonl(tmp_path / "train.jsonl", problems)
+    write_jsonl(tmp_path / "H.jsonl", [training_record("gsm8k", "H", p["id"], task.chat_messages(p),
+                                                        task.human_completion(p)) for p in problems])
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["base"].update(device="cpu", dtype="float32", teacher=str(tiny_model_dir))
+    params["sample"].update(max_new_tokens=8, batch_size=8)
+    params["degrade"].update(flawed_source="model", flawed_fractions=[0.0, 1.0])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run(
+        [sys.executable, str(root / "stages" / "degrade.py"), "--task", "gsm8k", "--problems", str(tmp_path / "train.jsonl"),
+         "--good", str(tmp_path / "H.jsonl"), "--teacher", str(tiny_model_dir), "--mix-dir", str(tmp_path / "mix"),
+         "--step-out", str(tmp_path / "step.jsonl"), "--metrics", str(tmp_path / "d.json")],
+        capture_output=True, text=True, timeout=600,
+        env=dict(os.environ, COTSHAPE_PARAMS=str(tmp_path / "params.yaml"), HF_HUB_OFFLINE="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "d.json").read_text())
+    assert metrics["flawed_source"] == "model" and metrics["size"] == 3
+    full = metrics["fractions"]["1.0"]
+    assert full["flawed"] + full["flawed_unavailable"] == 3 and full["flawed"] == metrics["flawed_available"]
+    assert sorted(p.name for p in (tmp_path / "mix").iterdir()) == ["mix-0.0.jsonl", "mix-1.0.jsonl"]

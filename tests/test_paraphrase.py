@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cotshape.paraphrase import paraphrase_messages, paraphrase_set
+from cotshape.paraphrase import paraphrase_messages, paraphrase_seed, paraphrase_set
 from cotshape.tasks import get_task
 
 TASK = get_task("gsm8k")
@@ -18,12 +18,17 @@ def prob(pid, q, a):
 PROBLEMS = [prob("a", "2+2?", "4"), prob("b", "3+3?", "6")]
 
 
+ATTEMPT = {paraphrase_seed(0, p["id"], a): a for p in PROBLEMS for a in range(3)}
+
+
 def scripted(replies):
+    """A "model" answering from ``replies[(question, attempt)]``; records the attempts asked."""
     calls = []
 
-    def generate(prompts, seed):
-        calls.append(seed)
-        return [replies[(p[0]["content"].split("\n")[1], seed)] for p in prompts]
+    def generate(prompts, seeds):
+        attempts = [ATTEMPT[s] for s in seeds]
+        calls.append(sorted(set(attempts)))
+        return [replies[(p[0]["content"].split("\n")[1], a)] for p, a in zip(prompts, attempts, strict=True)]
 
     return generate, calls
 
@@ -37,7 +42,7 @@ def test_retry_then_keep_original():
     gen, calls = scripted({("2+2?", 0): "The answer is 5.", ("3+3?", 0): "Three and three: The answer is 6.",
                            ("2+2?", 1): "still wrong, The answer is 3."})
     recs, m = paraphrase_set(TASK, PROBLEMS, gen, retries=1, on_failure="keep_original", seed=0)
-    assert calls == [0, 1]  # one retry, for the failed problem only
+    assert calls == [[0], [1]]  # one retry, for the failed problem only
     assert [(r["problem_id"], r["paraphrased"]) for r in recs] == [("a", False), ("b", True)]
     assert recs[0]["completion"] == TASK.human_completion(PROBLEMS[0])
     assert m["success_rate"] == 0.5 and m["kept_original"] == 1 and m["dropped"] == 0
@@ -53,3 +58,18 @@ def test_drop_policy():
 def test_bad_policy():
     with pytest.raises(ValueError, match="on_failure"):
         paraphrase_set(TASK, PROBLEMS, lambda p, s: [], on_failure="ignore")
+
+
+def test_seeds_follow_the_problem_not_its_position():
+    seen = {}
+
+    def generate(prompts, seeds):
+        for p, s in zip(prompts, seeds, strict=True):
+            seen.setdefault(p[0]["content"], set()).add(s)
+        return ["The answer is 0."] * len(prompts)
+
+    paraphrase_set(TASK, PROBLEMS, generate, retries=1)
+    paraphrase_set(TASK, PROBLEMS[::-1], generate, retries=1)
+    paraphrase_set(TASK, PROBLEMS[1:], generate, retries=1)
+    # two attempts per problem, each with its own seed, the same in every call
+    assert all(len(s) == 2 for s in seen.values()) and len(set().union(*seen.values())) == 4
