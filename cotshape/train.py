@@ -262,7 +262,7 @@ def use_varlen_sdpa(model) -> str | None:
 
 #: label positions scored together; above this the chunks are recomputed in backward
 #: (activation checkpointing), so memory stays at one chunk of (positions x vocabulary) logits
-LABEL_HEAD_CHUNK = 4096
+LABEL_HEAD_CHUNK = 2048
 
 
 def use_cpu_label_head(model) -> bool:
@@ -318,6 +318,8 @@ def use_cpu_label_head(model) -> bool:
             hidden, labels = hidden[:, :-1], labels[:, 1:]
         else:
             labels = shift_labels
+        # the backbone can end on another device than the head (device_map); the head decides
+        hidden, labels = hidden.to(head.weight.device), labels.to(head.weight.device)
         mask = labels != -100
         h, y = hidden[mask], labels[mask]
         parts = []

@@ -114,7 +114,7 @@ def _top_p_draw(probs, top_p: float, u):
     kk = min(TOP_P_CANDIDATES, probs.shape[-1])
     sp, si = probs.topk(kk, dim=-1)
     nxt = draw(sp, si, u)
-    short = (sp.sum(-1) < top_p).nonzero().flatten()
+    short = (sp.cumsum(-1)[:, -1] < top_p).nonzero().flatten()  # the same sum ``draw`` compares
     if len(short) and kk < probs.shape[-1]:
         full_p, full_i = probs[short].sort(dim=-1, descending=True)
         nxt[short] = draw(full_p, full_i, u[short])
@@ -446,7 +446,8 @@ class TransformersBackend(Backend):
                 nxt = _top_p_draw(probs, params.top_p, u)
             else:  # inverse CDF over the whole vocabulary: no ordering needed
                 cum = probs.cumsum(-1)
-                k = torch.searchsorted(cum, (u * cum[:, -1]).unsqueeze(1).contiguous())
+                # right side: a draw of exactly 0 must not pick a leading zero-probability token
+                k = torch.searchsorted(cum, (u * cum[:, -1]).unsqueeze(1).contiguous(), side="right")
                 nxt = k.clamp(max=cum.shape[1] - 1).squeeze(1)
         for r, t in zip(rows, nxt.tolist(), strict=True):
             r.tokens.append(t)
