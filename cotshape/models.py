@@ -220,7 +220,8 @@ _DTYPES = ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16")
 def resolve_dtype(dtype: str = "auto", device: str = "cpu"):
     """The torch dtype for ``dtype`` on ``device``.
 
-    ``auto``: bf16 on CUDA GPUs that support it (else fp16), bf16 on CPUs with fast bf16
+    ``auto``: bf16 on CUDA GPUs that support it (else fp16: fine for inference, unlike training,
+    see :func:`cotshape.train.resolve_dtype`), bf16 on CPUs with fast bf16
     (:func:`cpu_has_fast_bf16`), fp32 otherwise.
     """
     import torch

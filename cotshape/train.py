@@ -136,7 +136,10 @@ def _is_number(x: Any) -> bool:
 
 
 def resolve_dtype(dtype: str) -> str:
-    """``auto`` -> ``bfloat16`` where bf16 compute is fast on this machine, else ``float32``."""
+    """``auto`` -> ``bfloat16`` where bf16 compute is fast on this machine, else ``float32``.
+
+    Unlike :func:`cotshape.models.resolve_dtype` (inference), never fp16: fp16 training would
+    need loss scaling, so a GPU without bf16 trains in fp32."""
     if dtype != "auto":
         return dtype
     import torch
