@@ -286,6 +286,7 @@ def use_cpu_label_head(model) -> bool:
     import types
 
     import torch
+    from torch.utils.checkpoint import checkpoint
     from trl.trainer.utils import FusedCausalLMOutput
 
     trl_forward = model.forward
@@ -329,8 +330,6 @@ def use_cpu_label_head(model) -> bool:
         for a in range(0, max(len(y), 1), LABEL_HEAD_CHUNK):
             hc, yc = h[a:a + LABEL_HEAD_CHUNK], y[a:a + LABEL_HEAD_CHUNK]
             if len(y) > LABEL_HEAD_CHUNK and torch.is_grad_enabled():
-                from torch.utils.checkpoint import checkpoint
-
                 parts.append(checkpoint(score, hc, head.weight, yc, use_reentrant=False))
             else:
                 parts.append(score(hc, head.weight, yc))

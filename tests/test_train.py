@@ -133,6 +133,15 @@ def test_bad_record_names_the_record():
         tokenize_records(None, [RECORDS[1], bad], None)
 
 
+def _labelled_examples(tok) -> list[dict]:
+    """RECORDS as collator input: token ids and labels (-100 on prompt tokens)."""
+    out = []
+    for ex in tokenize_records(tok, RECORDS, None):
+        labels = [t if m else -100 for t, m in zip(ex["input_ids"], ex["completion_mask"], strict=True)]
+        out.append({"input_ids": ex["input_ids"], "labels": labels})
+    return out
+
+
 @pytest.mark.parametrize("varlen", [False, True], ids=["sdpa-block-mask", "varlen-sdpa"])
 def test_padding_free_loss_equals_padded_loss(tiny_model_dir, varlen, monkeypatch):
     """A padding-free batch (one row, per-example position ids) gives the padded loss: no token
@@ -156,10 +165,7 @@ def test_padding_free_loss_equals_padded_loss(tiny_model_dir, varlen, monkeypatc
         return real_sdpa(module, query, *a, **kw)
 
     monkeypatch.setattr(sdpa_mod, "sdpa_attention_forward", spy)
-    examples = []
-    for ex in tokenize_records(tok, RECORDS, None):
-        labels = [t if m else -100 for t, m in zip(ex["input_ids"], ex["completion_mask"], strict=True)]
-        examples.append({"input_ids": ex["input_ids"], "labels": labels})
+    examples = _labelled_examples(tok)
     assert len({len(e["input_ids"]) for e in examples}) == 3  # different lengths: real padding
     padded = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id)(examples)
     flat = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)(examples)
@@ -196,10 +202,7 @@ def test_cpu_label_head_equals_trl_fused_head(tiny_model_dir, monkeypatch, chunk
 
     monkeypatch.setattr(train_mod, "LABEL_HEAD_CHUNK", chunk)
     tok = _tok(tiny_model_dir)
-    examples = []
-    for ex in tokenize_records(tok, RECORDS, None):
-        labels = [t if m else -100 for t, m in zip(ex["input_ids"], ex["completion_mask"], strict=True)]
-        examples.append({"input_ids": ex["input_ids"], "labels": labels})
+    examples = _labelled_examples(tok)
     batch = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)(examples)
     assert (batch["labels"] != -100).sum() > 2 * 5  # several chunks on the chunked path
 

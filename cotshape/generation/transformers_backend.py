@@ -29,6 +29,7 @@ Greedy decoding (``temperature == 0``) takes the argmax.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import deque
 from dataclasses import dataclass, field
@@ -121,9 +122,13 @@ def _top_p_draw(probs, top_p: float, u):
     return nxt
 
 
+@functools.cache
 def _slab_layer_class():
     """A ``DynamicLayer`` that writes new keys/values into a preallocated buffer instead of
-    concatenating (``torch.cat`` copies the whole cache of every layer at every step)."""
+    concatenating (``torch.cat`` copies the whole cache of every layer at every step).
+
+    After the first (prefill) call, ``update`` returns the whole buffers, filled part first and
+    the rest masked by the backend (see ``reserve``)."""
     import torch
     from transformers.cache_utils import DynamicLayer
 
@@ -132,7 +137,6 @@ def _slab_layer_class():
 
         def __init__(self):
             super().__init__()
-            self.full = False  # update returns whole buffers (see reserve)
             self._k = self._v = None
             self._klen = self._vlen = 0  # filled length of each buffer (equal between calls)
 
@@ -160,9 +164,9 @@ def _slab_layer_class():
         def reserve(self, n: int) -> int:
             """Make the buffers contiguous with room for ``n`` positions; return the capacity.
 
-            With ``full`` set, ``update`` returns the whole buffers (filled part first, the
-            rest masked by the caller): a contiguous K/V is what the CPU bf16 matmul wants (a
-            strided view of the filled part is copied inside every matmul, ~2.5x slower)."""
+            ``update`` returns the whole buffers (filled part first, the rest masked by the
+            caller): a contiguous K/V is what the CPU bf16 matmul wants (a strided view of the
+            filled part is copied inside every matmul, ~2.5x slower)."""
             if self._k is None:
                 return 0
             if n > self._k.shape[2] or not self._k.is_contiguous():
@@ -181,16 +185,11 @@ def _slab_layer_class():
                 self.keys, self.values = key_states, value_states
                 return self.keys, self.values
             n = self._klen
-            if n + q > self._k.shape[2]:
-                pad = (*self._k.shape[:2], q + self.GROW, self._k.shape[3])
-                self._k = torch.cat([self._k[:, :, :n], self._k.new_zeros(pad)], 2)
-                self._v = torch.cat([self._v[:, :, :n], self._v.new_zeros(pad)], 2)
+            self.reserve(n + q)
             self._k[:, :, n : n + q] = key_states
             self._v[:, :, n : n + q] = value_states
             self._klen = self._vlen = n + q
-            if self.full:
-                return self._k, self._v
-            return self.keys, self.values
+            return self._k, self._v
 
         def compact(self, dst, src, n: int) -> None:
             """Copy rows ``src`` into rows ``dst``, then keep the first ``n`` rows (a view
@@ -210,14 +209,12 @@ def _slab_layer_class():
     return SlabLayer
 
 
-def _new_cache(model, full: bool = False):
+def _new_cache(model):
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
     layer_cls = _slab_layer_class()
     cache.layers = [layer_cls() for _ in range(model.config.get_text_config(decoder=True).num_hidden_layers)]
-    for layer in cache.layers:
-        layer.full = full
     return cache
 
 
@@ -362,7 +359,7 @@ class TransformersBackend(Backend):
         # its (unused) keys/values stay finite instead of NaN from an all-masked softmax
         causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
         mask4 = (causal[None] & mask.bool()[:, None, :]) | torch.eye(width, dtype=torch.bool, device=self.device)[None]
-        cache = _new_cache(self.model, full=True)
+        cache = _new_cache(self.model)
         out = self.model(
             input_ids=ids, attention_mask=mask4[:, None], position_ids=pos, use_cache=True, logits_to_keep=1,
             **{self._cache_kw: cache},
