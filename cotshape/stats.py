@@ -1,0 +1,404 @@
+"""Statistics behind every accuracy, interval and claim verdict of the pipeline.
+
+Pure functions over plain sequences, no I/O; the report stage calls them on per-problem
+correctness and per-example losses and writes their results to JSON, so everything returned is a
+plain Python ``float``/``int``/``str`` and every interval (``ci95``) a 2-element list.
+
+- :func:`wilson_interval`: 95 % interval of one accuracy k/n (Wilson score; unlike the normal
+  interval it stays inside [0, 1] and is not degenerate at 0/n or n/n).
+- :func:`mcnemar_exact`: exact two-sided McNemar p-value of two models on the same problems.
+- :func:`paired_accuracy_diff`: accuracy difference of two models on the same problems, with a
+  paired percentile bootstrap interval and McNemar's p.
+- :func:`ratio_mean_ci` / :func:`ratio_diff_ci`: per-token mean loss of a set (a ratio of sums)
+  and the difference between two independent sets, with bootstrap intervals over examples.
+- :func:`paired_slope`: OLS slope of accuracy on a training level (e.g. the flawed fraction),
+  with a bootstrap over problems shared by all levels.
+- :func:`verdict_greater` / :func:`verdict_less` / :func:`verdict_equivalent`: turn an interval
+  into "holds", "contradicted" or "inconclusive" for a claim.
+- :func:`pooled_difference`: combine the same difference measured in several independent runs.
+
+Bootstraps draw from ``numpy.random.Generator(PCG64(seed))`` and are vectorised; for a given seed
+the result is deterministic.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+# The 97.5 % quantile of the standard normal, so that "95 %" means the same thing everywhere.
+Z95 = 1.959963984540054
+
+HOLDS = "holds"
+CONTRADICTED = "contradicted"
+INCONCLUSIVE = "inconclusive"
+
+# Upper bound on the number of resampled indices held in memory at once (int64: 32 MB). The
+# bootstrap runs in chunks of resamples so that large sets do not need an n_boot x n matrix.
+_MAX_CELLS = 4_000_000
+
+
+# --------------------------------------------------------------------------- single proportions
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of the binomial proportion ``k / n`` (95 % for the default ``z``).
+
+    ``n == 0`` carries no information and yields the whole range ``(0.0, 1.0)``.
+    """
+    if n < 0 or not 0 <= k <= n:
+        raise ValueError(f"wilson_interval needs 0 <= k <= n, got k={k}, n={n}")
+    if not z > 0:
+        raise ValueError(f"wilson_interval needs z > 0, got z={z}")
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    center = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    # At k == 0 (k == n) the lower (upper) bound is exactly 0 (1), which rounding can miss by an ulp.
+    lo = 0.0 if k == 0 else max(0.0, center - half)
+    hi = 1.0 if k == n else min(1.0, center + half)
+    return (float(lo), float(hi))
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Exact two-sided McNemar p-value for the discordant counts ``b`` and ``c``.
+
+    Under the null each discordant problem is equally likely to go either way, so
+    ``min(b, c) ~ Binomial(b + c, 1/2)`` and ``p = min(1, 2 * P(X <= min(b, c)))``. Up to
+    ``b + c = 20000`` the tail is summed in exact integer arithmetic and only the final quotient is
+    rounded; above that, the big-integer sum costs O(n^2) bit operations (0.7 s at n = 10^5), so the
+    tail is summed in log space instead (relative error ~1e-10, never overflowing).
+    """
+    if b < 0 or c < 0:
+        raise ValueError(f"mcnemar_exact needs non-negative counts, got b={b}, c={c}")
+    n = b + c
+    m = min(b, c)
+    # 2 * P(X <= n/2) >= 1 for a symmetric binomial, so the balanced case needs no sum.
+    if n == 0 or 2 * m >= n:
+        return 1.0
+    if n <= _EXACT_MAX_N:
+        return float(min(1.0, 2 * _binom_half_cdf_exact(m, n)))
+    return float(min(1.0, math.exp(math.log(2.0) + _binom_half_log_cdf(m, n))))
+
+
+# Largest n = b + c for which McNemar's tail is summed with exact integers (about 30 ms there).
+_EXACT_MAX_N = 20_000
+
+
+def _binom_half_cdf_exact(m: int, n: int) -> float:
+    """P(X <= m) for X ~ Binomial(n, 1/2), summed exactly; only the final division rounds."""
+    term = 1  # comb(n, 0); the recurrence C(n, i+1) = C(n, i) (n - i) / (i + 1) stays exact
+    tail = 1
+    for i in range(m):
+        term = term * (n - i) // (i + 1)
+        tail += term
+    # int / int is correctly rounded even for huge operands; it may underflow to 0.0, never inf.
+    return tail / (1 << n)
+
+
+def _binom_half_log_cdf(m: int, n: int) -> float:
+    """log P(X <= m) for X ~ Binomial(n, 1/2) with m < n/2, in floats that cannot overflow.
+
+    Factor out the largest term C(n, m) / 2^n (its log from lgamma) and sum the others relative to
+    it, walking down from i = m; they shrink geometrically, so the walk stops once they no longer
+    change the sum.
+    """
+    log_top = math.lgamma(n + 1) - math.lgamma(m + 1) - math.lgamma(n - m + 1) - n * math.log(2.0)
+    rel = 1.0
+    total = 1.0
+    for i in range(m, 0, -1):
+        rel *= i / (n - i + 1)  # C(n, i - 1) / C(n, i)
+        total += rel
+        if rel < 1e-17 * total:
+            break
+    return log_top + math.log(total)
+
+
+# --------------------------------------------------------------------------- bootstrap core
+
+
+def _check_n_boot(n_boot: int) -> None:
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+
+
+def _resample_chunks(rng: np.random.Generator, n: int, n_boot: int) -> Iterator[np.ndarray]:
+    """Yield index matrices (rows = resamples of ``range(n)`` with replacement) totalling n_boot rows."""
+    rows = max(1, _MAX_CELLS // n)
+    done = 0
+    while done < n_boot:
+        size = min(rows, n_boot - done)
+        yield rng.integers(0, n, size=(size, n))
+        done += size
+
+
+def _bootstrap_means(values: np.ndarray, n_boot: int, rng: np.random.Generator) -> np.ndarray:
+    """The mean of ``values`` over each of ``n_boot`` resamples."""
+    return np.concatenate(
+        [values[idx].mean(axis=1) for idx in _resample_chunks(rng, len(values), n_boot)]
+    )
+
+
+def _bootstrap_ratios(
+    num: np.ndarray, den: np.ndarray, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``sum(num) / sum(den)`` over each of ``n_boot`` resamples of the examples (NaN if the
+    resample's denominator is 0, which only examples with zero tokens make possible)."""
+    out = []
+    for idx in _resample_chunks(rng, len(num), n_boot):
+        d = den[idx].sum(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out.append(np.where(d > 0, num[idx].sum(axis=1) / d, np.nan))
+    return np.concatenate(out)
+
+
+def _percentile_ci(boot: np.ndarray) -> list[float]:
+    # nanpercentile: resamples without a defined value (zero-token ratio) carry no information.
+    lo, hi = np.nanpercentile(boot, [2.5, 97.5])
+    return [float(lo), float(hi)]
+
+
+def _rng(seed: int) -> np.random.Generator:
+    return np.random.Generator(np.random.PCG64(seed))
+
+
+# --------------------------------------------------------------------------- paired accuracy
+
+
+def _as_bools(x: Sequence[bool], name: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D sequence of booleans, got shape {arr.shape}")
+    return arr.astype(bool)
+
+
+def paired_accuracy_diff(
+    a: Sequence[bool], b: Sequence[bool], *, n_boot: int = 10000, seed: int = 0
+) -> dict:
+    """Accuracy difference ``acc_b - acc_a`` of two models scored on the same problems, in order.
+
+    ``ci95`` is a paired percentile bootstrap: one resample of problem indices is applied to both
+    models, so the between-problem variance that both share cancels (which is what makes a paired
+    comparison sharper than two independent intervals). ``a_only``/``b_only`` are the discordant
+    counts (a right and b wrong, and the reverse), ``p_mcnemar`` the exact test on them.
+    """
+    _check_n_boot(n_boot)
+    xa, xb = _as_bools(a, "a"), _as_bools(b, "b")
+    if len(xa) != len(xb):
+        raise ValueError(
+            f"a and b must score the same problems: len(a)={len(xa)} != len(b)={len(xb)}"
+        )
+    if len(xa) == 0:
+        raise ValueError("paired_accuracy_diff needs at least one problem")
+    n = len(xa)
+    # acc_b - acc_a is the mean of the per-problem differences, so the bootstrap needs one vector;
+    # when a == b every entry is 0 and so is every resample, giving ci95 == [0.0, 0.0] exactly.
+    d = xb.astype(np.float64) - xa.astype(np.float64)
+    boot = _bootstrap_means(d, n_boot, _rng(seed))
+    a_only = int(np.sum(xa & ~xb))
+    b_only = int(np.sum(xb & ~xa))
+    acc_a, acc_b = float(xa.mean()), float(xb.mean())
+    return {
+        "n": n,
+        "acc_a": acc_a,
+        "acc_b": acc_b,
+        "diff": float(d.mean()),
+        "ci95": _percentile_ci(boot),
+        "a_only": a_only,
+        "b_only": b_only,
+        "p_mcnemar": mcnemar_exact(a_only, b_only),
+    }
+
+
+# --------------------------------------------------------------------------- per-token mean loss
+
+
+def _ratio_arrays(
+    num: Sequence[float], den: Sequence[float], name: str
+) -> tuple[np.ndarray, np.ndarray]:
+    xn = np.asarray(num, dtype=np.float64)
+    xd = np.asarray(den, dtype=np.float64)
+    if xn.ndim != 1 or xd.ndim != 1 or len(xn) != len(xd):
+        raise ValueError(
+            f"{name}: num and den must be 1-D and of equal length, got {xn.shape} and {xd.shape}"
+        )
+    if len(xn) == 0:
+        raise ValueError(f"{name}: needs at least one example")
+    if not (np.all(np.isfinite(xn)) and np.all(np.isfinite(xd))):
+        raise ValueError(f"{name}: num and den must be finite")
+    if np.any(xd < 0) or xd.sum() <= 0:
+        raise ValueError(f"{name}: token counts (den) must be >= 0 with a positive total")
+    return xn, xd
+
+
+def ratio_mean_ci(
+    num: Sequence[float], den: Sequence[float], *, n_boot: int = 10000, seed: int = 0
+) -> dict:
+    """Per-token mean ``sum(num) / sum(den)`` of a set, with a bootstrap interval over examples.
+
+    ``num[i]`` is example i's summed NLL and ``den[i]`` its token count. The example (not the
+    token) is the resampling unit because tokens of one completion are not independent.
+    """
+    _check_n_boot(n_boot)
+    xn, xd = _ratio_arrays(num, den, "ratio_mean_ci")
+    boot = _bootstrap_ratios(xn, xd, n_boot, _rng(seed))
+    return {"mean": float(xn.sum() / xd.sum()), "ci95": _percentile_ci(boot), "n": len(xn)}
+
+
+def ratio_diff_ci(
+    num_a: Sequence[float],
+    den_a: Sequence[float],
+    num_b: Sequence[float],
+    den_b: Sequence[float],
+    *,
+    n_boot: int = 10000,
+    seed: int = 0,
+) -> dict:
+    """Difference ``mean_a - mean_b`` of the per-token means of two independent sets.
+
+    Each set is resampled on its own (the sets share no examples, so there is nothing to pair).
+    """
+    _check_n_boot(n_boot)
+    na, da = _ratio_arrays(num_a, den_a, "ratio_diff_ci (set a)")
+    nb, db = _ratio_arrays(num_b, den_b, "ratio_diff_ci (set b)")
+    rng = _rng(seed)
+    boot = _bootstrap_ratios(na, da, n_boot, rng) - _bootstrap_ratios(nb, db, n_boot, rng)
+    mean_a, mean_b = float(na.sum() / da.sum()), float(nb.sum() / db.sum())
+    return {
+        "diff": mean_a - mean_b,
+        "ci95": _percentile_ci(boot),
+        "mean_a": mean_a,
+        "mean_b": mean_b,
+        "n_a": len(na),
+        "n_b": len(nb),
+    }
+
+
+# --------------------------------------------------------------------------- dose-response slope
+
+
+def paired_slope(
+    correct: Sequence[Sequence[bool]], xs: Sequence[float], *, n_boot: int = 10000, seed: int = 0
+) -> dict:
+    """OLS slope of accuracy on ``xs``, where ``correct[i][j]`` says whether the model trained at
+    level ``xs[i]`` solved test problem ``j`` (the same problems at every level).
+
+    The slope is linear in the accuracies, ``slope = sum_i w_i acc_i`` with
+    ``w_i = (x_i - mean x) / sum (x - mean x)^2``, hence the mean over problems of the per-problem
+    contrast ``s_j = sum_i w_i correct[i][j]``. Bootstrapping that mean resamples problems once
+    for all levels (the pairing) at the cost of one vector.
+    """
+    _check_n_boot(n_boot)
+    table = np.asarray(correct)
+    x = np.asarray(xs, dtype=np.float64)
+    if table.ndim != 2:
+        raise ValueError(f"correct must be a levels x problems table, got shape {table.shape}")
+    if x.ndim != 1 or len(x) != table.shape[0]:
+        raise ValueError(
+            f"xs must give one level per row of correct: {len(x)} levels for {table.shape[0]} rows"
+        )
+    if len(np.unique(x)) < 2:
+        raise ValueError(f"paired_slope needs at least 2 distinct xs, got {x.tolist()}")
+    if table.shape[1] == 0:
+        raise ValueError("paired_slope needs at least one problem")
+    table = table.astype(np.float64)
+    centred = x - x.mean()
+    w = centred / np.sum(centred**2)
+    contrast = w @ table
+    boot = _bootstrap_means(contrast, n_boot, _rng(seed))
+    return {
+        "slope": float(contrast.mean()),
+        "ci95": _percentile_ci(boot),
+        "accuracies": [float(v) for v in table.mean(axis=1)],
+        "xs": [float(v) for v in x],
+        "n": int(table.shape[1]),
+    }
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def _bounds(ci95: Sequence[float]) -> tuple[float, float]:
+    if len(ci95) != 2:
+        raise ValueError(f"ci95 must be [lo, hi], got {list(ci95)}")
+    lo, hi = float(ci95[0]), float(ci95[1])
+    if lo > hi:
+        raise ValueError(f"ci95 must have lo <= hi, got {list(ci95)}")
+    return lo, hi
+
+
+def verdict_greater(ci95: Sequence[float]) -> str:
+    """Verdict on the claim "the difference is > 0": the interval must exclude 0 on the right side."""
+    lo, hi = _bounds(ci95)
+    if lo > 0:
+        return HOLDS
+    if hi < 0:
+        return CONTRADICTED
+    return INCONCLUSIVE
+
+
+def verdict_less(ci95: Sequence[float]) -> str:
+    """Verdict on the claim "the difference is < 0" (the mirror of :func:`verdict_greater`)."""
+    lo, hi = _bounds(ci95)
+    if hi < 0:
+        return HOLDS
+    if lo > 0:
+        return CONTRADICTED
+    return INCONCLUSIVE
+
+
+def verdict_equivalent(ci95: Sequence[float], margin: float) -> str:
+    """Verdict on the claim "the difference is within +-margin of 0".
+
+    Absence of a significant difference is not equivalence: the claim holds only when the whole
+    interval lies inside the margin, and is contradicted only when the whole interval lies outside.
+    """
+    if not margin >= 0:
+        raise ValueError(f"margin must be >= 0, got {margin}")
+    lo, hi = _bounds(ci95)
+    if -margin <= lo and hi <= margin:
+        return HOLDS
+    if hi < -margin or lo > margin:
+        return CONTRADICTED
+    return INCONCLUSIVE
+
+
+def pooled_difference(
+    diffs: Sequence[float], cis: Sequence[Sequence[float]], ns: Sequence[int]
+) -> dict:
+    """Combine one paired difference measured in several independent experiments (e.g. seeds).
+
+    A normal approximation: each experiment's standard error is its CI half-width / 1.96 (a
+    bootstrap percentile interval need not be symmetric; the half-width averages its two sides),
+    the pooled estimate is the n-weighted mean ``sum (n_i / N) d_i`` and, the experiments being
+    independent, its standard error is ``sqrt(sum (n_i / N)^2 se_i^2)``; the interval is the
+    estimate +- 1.96 pooled se.
+    """
+    if not (len(diffs) == len(cis) == len(ns)):
+        raise ValueError(
+            f"diffs, cis and ns must have equal lengths, got {len(diffs)}, {len(cis)}, {len(ns)}"
+        )
+    if len(diffs) == 0:
+        raise ValueError("pooled_difference needs at least one experiment")
+    if any(n <= 0 for n in ns):
+        raise ValueError(f"every n must be > 0, got {list(ns)}")
+    bounds = [_bounds(ci) for ci in cis]
+    total = int(sum(ns))
+    weights = [n / total for n in ns]
+    estimate = math.fsum(w * d for w, d in zip(weights, diffs, strict=True))
+    se = math.sqrt(
+        math.fsum(
+            (w * (hi - lo) / 2 / Z95) ** 2 for w, (lo, hi) in zip(weights, bounds, strict=True)
+        )
+    )
+    return {
+        "diff": float(estimate),
+        "ci95": [float(estimate - Z95 * se), float(estimate + Z95 * se)],
+        "k": len(diffs),
+        "n": total,
+    }

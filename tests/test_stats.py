@@ -1,0 +1,269 @@
+"""Tests for cotshape.stats: intervals, exact McNemar, seeded bootstraps, slope and verdicts.
+
+Expected values are derived by hand from the formulas (noted next to each), not from the code.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from cotshape.stats import (
+    _binom_half_cdf_exact,
+    _binom_half_log_cdf,
+    mcnemar_exact,
+    paired_accuracy_diff,
+    paired_slope,
+    pooled_difference,
+    ratio_diff_ci,
+    ratio_mean_ci,
+    verdict_equivalent,
+    verdict_greater,
+    verdict_less,
+    wilson_interval,
+)
+
+# Two models on the same 20 problems: A solves 12, B solves 16; A-only 1 (problem 0), B-only 5.
+A = [True, True, True, True, True, True, True, True, True, True,
+     True, True, False, False, False, False, False, False, False, False]  # fmt: skip
+B = [False, True, True, True, True, True, True, True, True, True,
+     True, True, True, True, True, True, True, False, False, False]  # fmt: skip
+
+# --------------------------------------------------------------------------- Wilson
+
+
+def test_wilson_zero_successes():
+    # k = 0: lower 0, upper z^2 / (n + z^2) = 3.841459 / 13.841459
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0
+    assert hi == pytest.approx(0.277533, abs=1e-4)
+
+
+def test_wilson_half():
+    # p = 1/2: centre 1/2, half-width z sqrt(1/40 + z^2/400) / (1 + z^2/10) = 0.263407
+    lo, hi = wilson_interval(5, 10)
+    assert lo == pytest.approx(0.236593, abs=1e-4)
+    assert hi == pytest.approx(0.763407, abs=1e-4)
+
+
+def test_wilson_all_successes():
+    # k = n: lower n / (n + z^2) = 10 / 13.841459, upper 1
+    lo, hi = wilson_interval(10, 10)
+    assert lo == pytest.approx(0.722467, abs=1e-4)
+    assert hi == 1.0
+
+
+def test_wilson_asymmetric():
+    # 40/50: centre (0.8 + z^2/100) / (1 + z^2/50) = 0.778596, half-width 0.108967
+    lo, hi = wilson_interval(40, 50)
+    assert lo == pytest.approx(0.669629, abs=1e-4)
+    assert hi == pytest.approx(0.887562, abs=1e-4)
+
+
+def test_wilson_empty_is_whole_range():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_wilson_rejects_k_above_n():
+    with pytest.raises(ValueError, match="0 <= k <= n"):
+        wilson_interval(11, 10)
+
+
+# --------------------------------------------------------------------------- McNemar
+
+
+def test_mcnemar_all_one_way():
+    # 2 * P(X <= 0 | Bin(5, 1/2)) = 2 / 32
+    assert mcnemar_exact(0, 5) == 0.0625
+
+
+def test_mcnemar_one_against_nine_is_symmetric():
+    # 2 * (1 + 10) / 1024
+    assert mcnemar_exact(1, 9) == 0.021484375
+    assert mcnemar_exact(9, 1) == 0.021484375
+
+
+def test_mcnemar_balanced_is_one():
+    assert mcnemar_exact(7, 7) == 1.0
+
+
+def test_mcnemar_no_discordant_pairs_is_one():
+    assert mcnemar_exact(0, 0) == 1.0
+
+
+def test_mcnemar_large_table_stays_finite_and_matches_normal():
+    # n = 10^5: the continuity-corrected normal approximation, z = 199 / sqrt(10^5) = 0.6293,
+    # gives p = 0.529; the exact binomial agrees to well under 0.01 at this n.
+    p = mcnemar_exact(49_900, 50_100)
+    assert math.isfinite(p)
+    assert p == pytest.approx(0.529, abs=0.01)
+
+
+def test_mcnemar_extreme_large_table_is_finite():
+    p = mcnemar_exact(40_000, 60_000)
+    assert math.isfinite(p)
+    assert 0.0 <= p < 1e-100
+
+
+def test_mcnemar_log_space_tail_agrees_with_exact_sum():
+    # The path used above n = 20000 checked against the exact integer sum where both apply.
+    for m, n in [(3, 40), (130, 300), (1400, 3000), (4950, 10000)]:
+        assert math.exp(_binom_half_log_cdf(m, n)) == pytest.approx(
+            _binom_half_cdf_exact(m, n), rel=1e-9
+        )
+
+
+# --------------------------------------------------------------------------- paired accuracy
+
+
+def test_paired_diff_counts_and_point_estimate():
+    r = paired_accuracy_diff(A, B, n_boot=2000)
+    assert r["n"] == 20
+    assert r["acc_a"] == 0.6
+    assert r["acc_b"] == 0.8
+    assert r["diff"] == pytest.approx(0.2)
+    assert (r["a_only"], r["b_only"]) == (1, 5)
+    assert r["p_mcnemar"] == 0.21875  # 2 * (1 + 6) / 64
+
+
+def test_paired_diff_same_seed_same_ci():
+    assert paired_accuracy_diff(A, B, seed=3)["ci95"] == paired_accuracy_diff(A, B, seed=3)["ci95"]
+
+
+def test_paired_diff_different_seed_different_ci():
+    assert (
+        paired_accuracy_diff(A, B, n_boot=500, seed=0)["ci95"]
+        != paired_accuracy_diff(A, B, n_boot=500, seed=1)["ci95"]
+    )
+
+
+def test_paired_diff_ci_contains_estimate():
+    r = paired_accuracy_diff(A, B)
+    lo, hi = r["ci95"]
+    assert lo <= r["diff"] <= hi
+
+
+def test_paired_diff_identical_models_have_zero_ci():
+    r = paired_accuracy_diff(A, A)
+    assert r["ci95"] == [0.0, 0.0]
+    assert r["p_mcnemar"] == 1.0
+
+
+def test_paired_diff_is_json_serialisable():
+    r = paired_accuracy_diff(A, B, n_boot=200)
+    assert json.loads(json.dumps(r)) == r
+    assert all(type(r[k]) is float for k in ("acc_a", "acc_b", "diff", "p_mcnemar"))
+
+
+def test_paired_diff_rejects_length_mismatch():
+    with pytest.raises(ValueError, match="same problems"):
+        paired_accuracy_diff([True, False], [True])
+
+
+# --------------------------------------------------------------------------- per-token mean loss
+
+
+def test_ratio_mean_is_ratio_of_sums():
+    # (2 + 6 + 1 + 9) / (1 + 3 + 2 + 12) = 1.0; the mean of per-example ratios would be 1.3125.
+    r = ratio_mean_ci([2.0, 6.0, 1.0, 9.0], [1.0, 3.0, 2.0, 12.0], n_boot=1000)
+    assert r["mean"] == pytest.approx(1.0)
+    assert r["n"] == 4
+    lo, hi = r["ci95"]
+    assert lo <= r["mean"] <= hi
+
+
+def test_ratio_mean_rejects_empty():
+    with pytest.raises(ValueError, match="at least one example"):
+        ratio_mean_ci([], [])
+
+
+def test_ratio_diff_separated_sets():
+    # Set a: per-token loss 2.0 (+-0.1), set b: 1.0 (+-0.1); the difference is near 1, far from 0.
+    num_a, den_a = [21.0, 19.0, 20.5, 39.0, 10.0], [10.0, 10.0, 10.0, 20.0, 5.0]
+    num_b, den_b = [11.0, 9.0, 10.0, 5.5, 20.0], [10.0, 10.0, 10.0, 5.0, 20.0]
+    r = ratio_diff_ci(num_a, den_a, num_b, den_b, n_boot=2000)
+    assert r["mean_a"] == pytest.approx(109.5 / 55.0)
+    assert r["mean_b"] == pytest.approx(55.5 / 55.0)
+    assert r["diff"] == pytest.approx(54.0 / 55.0)
+    assert (r["n_a"], r["n_b"]) == (5, 5)
+    assert r["ci95"][0] > 0.8
+
+
+# --------------------------------------------------------------------------- slope
+
+XS = [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_slope_decreasing_table():
+    # Level i solves the first 9, 7, 5, 3, 1 of 10 problems: accuracy 0.9 .. 0.1, slope -0.8.
+    table = [[j < k for j in range(10)] for k in (9, 7, 5, 3, 1)]
+    r = paired_slope(table, XS, n_boot=2000)
+    assert r["slope"] == pytest.approx(-0.8)
+    assert r["accuracies"] == pytest.approx([0.9, 0.7, 0.5, 0.3, 0.1])
+    assert r["ci95"][1] < 0
+    assert r["n"] == 10
+
+
+def test_slope_flat_table_ci_contains_zero():
+    # Every level solves 5 of 10 problems, a different five each time: slope 0.
+    table = [[(j + shift) % 10 < 5 for j in range(10)] for shift in range(5)]
+    r = paired_slope(table, XS, n_boot=2000)
+    assert r["slope"] == pytest.approx(0.0)
+    lo, hi = r["ci95"]
+    assert lo < 0 < hi
+
+
+def test_slope_needs_two_distinct_levels():
+    with pytest.raises(ValueError, match="2 distinct xs"):
+        paired_slope([[True, False], [False, True]], [0.5, 0.5])
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+@pytest.mark.parametrize(
+    "ci, expected",
+    [([0.01, 0.2], "holds"), ([-0.2, -0.01], "contradicted"), ([-0.05, 0.1], "inconclusive")],
+)
+def test_verdict_greater(ci, expected):
+    assert verdict_greater(ci) == expected
+
+
+@pytest.mark.parametrize(
+    "ci, expected",
+    [([-0.2, -0.01], "holds"), ([0.01, 0.2], "contradicted"), ([-0.1, 0.05], "inconclusive")],
+)
+def test_verdict_less(ci, expected):
+    assert verdict_less(ci) == expected
+
+
+@pytest.mark.parametrize(
+    "ci, expected",
+    [([-0.02, 0.03], "holds"), ([0.06, 0.12], "contradicted"), ([-0.02, 0.08], "inconclusive")],
+)
+def test_verdict_equivalent(ci, expected):
+    assert verdict_equivalent(ci, margin=0.05) == expected
+
+
+def test_verdict_rejects_reversed_interval():
+    with pytest.raises(ValueError, match="lo <= hi"):
+        verdict_greater([0.2, 0.1])
+
+
+# --------------------------------------------------------------------------- pooling
+
+
+def test_pooled_difference_by_hand():
+    # Weights 100/400 and 300/400: estimate 0.25 * 0.10 + 0.75 * 0.04 = 0.055. The 1.96 cancels:
+    # pooled half-width sqrt((0.25 * 0.08)^2 + (0.75 * 0.06)^2) = sqrt(0.002425) = 0.0492443.
+    r = pooled_difference([0.10, 0.04], [[0.02, 0.18], [-0.02, 0.10]], [100, 300])
+    assert r["diff"] == pytest.approx(0.055)
+    assert r["ci95"] == pytest.approx([0.055 - 0.0492443, 0.055 + 0.0492443], abs=1e-6)
+    assert (r["k"], r["n"]) == (2, 400)
+
+
+def test_pooled_difference_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="equal lengths"):
+        pooled_difference([0.1, 0.2], [[0.0, 0.2]], [10, 10])
