@@ -7,6 +7,7 @@
     cotshape tasks list
     cotshape tasks show gsm8k --source offline -n 3
     cotshape preset ...            (see cotshape.presets)
+    cotshape compare [--repo .] [--json SAVED] [--out reports/compare]   (seeds, sweeps)
 
 Bad input (a malformed record file, an unknown task, model spec or parameter) prints one line
 ``error: ...`` to stderr and exits with status 2, without a traceback.
@@ -46,6 +47,29 @@ def model_folder(spec: str, cache_dir: str | os.PathLike | None = None) -> str:
     return str(folder)
 
 
+def _check_sample_options(**opts) -> None:
+    """Check ``cotshape sample``'s options with the rules of the params keys they mirror (bounds,
+    finite numbers, choices), before any file or model is loaded."""
+    import re
+
+    from cotshape.config import check_option
+    from cotshape.errors import InputError
+
+    mirrors = {"k": "sample", "max_new_tokens": "sample", "temperature": "sample", "top_p": "sample",
+               "seed": "base", "backend": "sample", "batch_size": "sample", "device": "base", "dtype": "base",
+               "tensor_parallel_size": "sample"}
+    for name, section in mirrors.items():
+        if name == "device" and re.fullmatch(r"cuda:\d+|mps", opts[name]):
+            continue  # a particular GPU, or Apple's: fine for one command, not a params choice
+        check_option("--" + name.replace("_", "-"), section, name, opts[name])
+    for name in ("chunk_size", "limit"):
+        if opts[name] is not None and opts[name] < 1:
+            raise InputError(f"--{name.replace('_', '-')}: must be >= 1, got {opts[name]}")
+    if opts["temperature"] == 0 and opts["k"] > 1:
+        raise InputError(f"--k: greedy sampling (--temperature 0) gives {opts['k']} identical samples; "
+                         "use --k 1 or --temperature > 0")
+
+
 @app.command()
 def sample(
     task: Annotated[str, typer.Option(help="task name (cotshape tasks list)")],
@@ -69,6 +93,7 @@ def sample(
     limit: Annotated[int | None, typer.Option(help="only the first N problems")] = None,
 ) -> None:
     """Sample K chains of thought per problem from a teacher (resumable, shardable)."""
+    from cotshape.errors import InputError
     from cotshape.generation import get_backend
     from cotshape.generation.base import SamplingParams
     from cotshape.records import read_problems
@@ -77,15 +102,16 @@ def sample(
 
     t = get_task(task)
     sh = parse_shard(shard)
-    if k < 1:
-        raise ValueError(f"--k must be >= 1, got {k}")
+    _check_sample_options(k=k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                          backend=backend, batch_size=batch_size, device=device, dtype=dtype,
+                          tensor_parallel_size=tensor_parallel_size, chunk_size=chunk_size, limit=limit)
     params = SamplingParams(n=k, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
                             stop=list(stop or []), seed=seed)
     probs = read_problems(problems)
     if limit is not None:
         probs = probs[:limit]
     if not probs:
-        raise ValueError(f"{problems}: no problems to sample (the file is empty)")
+        raise InputError(f"{problems}: no problems to sample (the file is empty)")
     folder = model_folder(model, model_cache)
     kw = {"tensor_parallel_size": tensor_parallel_size, "seed": seed} if backend == "vllm" else {}
     be = get_backend(backend, folder, device=device, dtype=dtype, batch_size=batch_size, **kw)
@@ -154,21 +180,43 @@ def preset(ctx: typer.Context) -> None:
         raise typer.Exit(code)
 
 
-def _error_types() -> tuple[type[BaseException], ...]:
-    from cotshape.records import RecordError
+@app.command()
+def compare(
+    repo: Annotated[Path, typer.Option(help="git + DVC repository whose experiments to compare")] = Path("."),
+    out: Annotated[Path | None, typer.Option(help="folder for compare.md and compare.json "
+                                             "(default: REPO/reports/compare)")] = None,
+    json_file: Annotated[Path | None, typer.Option("--json", help="a saved `dvc exp show --json` "
+                                                   "to read instead of running dvc")] = None,
+    ignore: Annotated[list[str] | None, typer.Option(help="param that may differ within a group "
+                                                     "(repeatable; default: base.seed)")] = None,
+    group_by: Annotated[list[str] | None, typer.Option(help="group only by this param (repeatable); "
+                                                       "every other param may differ within a group")] = None,
+    workspace: Annotated[bool, typer.Option(help="also compare the uncommitted workspace")] = False,
+    all_commits: Annotated[bool, typer.Option(help="experiments of every commit (dvc exp show -A), "
+                                              "not only HEAD's")] = False,
+) -> None:
+    """Compare DVC experiments (seeds, sweeps): mean ± sd of every accuracy, pooled claim verdicts.
 
-    types: list[type[BaseException]] = [RecordError, ValueError, FileNotFoundError, ImportError]
-    try:
-        from cotshape.config import ParamsError
+    Experiments whose params are equal except --ignore (default: base.seed) form a group; with --group-by only the named
+    params define the groups. Writes OUT/compare.md and OUT/compare.json.
+    """
+    from cotshape import compare as cmp
 
-        types.append(ParamsError)
-    except ImportError:
-        pass
-    return tuple(types)
+    dvc_json = cmp.load_exp_show(json_file) if json_file is not None else None
+    skipped: list[str] = []
+    exps = cmp.collect(repo, dvc_json, workspace=workspace, all_commits=all_commits, skipped=skipped)
+    groups = cmp.group(exps, by_exclude=tuple(ignore) if ignore else (cmp.SEED_PARAM,), by=group_by or None)
+    result = cmp.compare(groups, skipped)
+    md, _ = cmp.write(result, out if out is not None else repo / "reports" / "compare")
+    typer.echo(f"compared {len(exps)} experiments in {len(groups)} group(s): {md}", err=True)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app; known errors become one ``error:`` line and exit status 2."""
+    """Entry point: run the app; the project's own errors (:class:`~cotshape.errors.CotshapeError`)
+    become one ``error:`` line and exit status 2; anything else keeps its traceback."""
+    from cotshape.errors import CotshapeError, configure_logging
+    from cotshape.pipeline import report_user_error
+
     try:  # recent typer vendors click as typer._click; older typer uses click itself
         from typer._click.exceptions import ClickException, NoArgsIsHelpError
     except ImportError:
@@ -177,6 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         NoArgsIsHelpError = ()  # noqa: N806 - older click prints the help itself
 
     argv = list(sys.argv[1:] if argv is None else argv)
+    configure_logging()
     try:
         app(args=argv, prog_name="cotshape", standalone_mode=False)
     except typer.Exit as e:
@@ -190,8 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     except ClickException as e:
         typer.echo(f"error: {e.format_message()}", err=True)
         return 2
-    except _error_types() as e:
-        typer.echo(f"error: {e}", err=True)
+    except CotshapeError as e:
+        report_user_error(e)
         return 2
     return 0
 

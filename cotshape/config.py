@@ -14,14 +14,21 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from cotshape.errors import ParamsError
 
-class ParamsError(ValueError):
-    """A bad params file: unknown key, wrong type or value out of range."""
+#: upper bounds: generous for paper scale, small enough that a typo (1e12) fails here, not hours later
+MAX_SEED = 2**32 - 1  # numpy, torch and vLLM take 32-bit seeds
+MAX_PROBLEMS = 10_000_000
+MAX_SAMPLES = 1024
+MAX_TOKENS = 131_072
+MAX_BATCH = 65_536
+MAX_SHARDS = 4096
 
 
 def _f(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
@@ -34,7 +41,8 @@ def _f(default: Any, help: str, *, choices: tuple | None = None, min: float | No
 
 @dataclass
 class BaseParams:
-    seed: int = _f(0, "One seed for every random choice of the pipeline (sampling, selection, degradation, SFT).")
+    seed: int = _f(0, "One seed for every random choice of the pipeline (sampling, selection, degradation, SFT).",
+                   min=0, max=MAX_SEED)
     tasks: list[str] = _f(None, "Tasks to run, any of gsm8k, math, countdown, mbpp.",
                           default_factory=lambda: ["gsm8k", "countdown"])
     teacher: str = _f("smollm2-135m-instruct", "Teacher model: hub id[@revision], local folder, or the offline alias smollm2-135m-instruct.")
@@ -47,37 +55,37 @@ class BaseParams:
 @dataclass
 class PrepareParams:
     source: str = _f("offline", "Where problems come from: offline (generated locally), hub (each task's Hugging Face dataset), or a local dataset path in the hub layout.")
-    train_size: int = _f(16, "Training problems per task.", min=1)
-    test_size: int = _f(16, "Test problems per task.", min=1)
+    train_size: int = _f(16, "Training problems per task.", min=1, max=MAX_PROBLEMS)
+    test_size: int = _f(16, "Test problems per task.", min=1, max=MAX_PROBLEMS)
 
 
 @dataclass
 class SampleParams:
     backend: str = _f("transformers", "Generation backend: transformers (CPU/GPU) or vllm (GPU, extra 'gpu').",
                       choices=("transformers", "vllm"))
-    k: int = _f(4, "Teacher samples per training problem.", min=1)
-    max_new_tokens: int = _f(128, "Longest chain of thought sampled, in tokens.", min=1)
-    temperature: float = _f(0.8, "Sampling temperature (0 = greedy, then k must be 1).", min=0)
+    k: int = _f(4, "Teacher samples per training problem.", min=1, max=MAX_SAMPLES)
+    max_new_tokens: int = _f(128, "Longest chain of thought sampled, in tokens.", min=1, max=MAX_TOKENS)
+    temperature: float = _f(0.8, "Sampling temperature (0 = greedy, then k must be 1).", min=0, max=100)
     top_p: float = _f(0.95, "Nucleus sampling mass.", min=1e-9, max=1)
-    batch_size: int = _f(128, "Sequences decoded together (transformers backend).", min=1)
-    tensor_parallel_size: int = _f(1, "GPUs per vLLM engine (vllm backend).", min=1)
+    batch_size: int = _f(128, "Sequences decoded together (transformers backend).", min=1, max=MAX_BATCH)
+    tensor_parallel_size: int = _f(1, "GPUs per vLLM engine (vllm backend).", min=1, max=1024)
     shards: list[int] = _f(None, "Shard indices [0, 1, ..., N-1]: sampling is split into N DVC stages, each can run on its own machine.",
-                           default_factory=lambda: [0], min=0)
+                           default_factory=lambda: [0], min=0, max=MAX_SHARDS - 1)
 
 
 @dataclass
 class SelectParams:
     balance: bool = _f(False, "Keep only problems that have both a correct (G) and a wrong (W) sample, so G and W cover the same problems and have the same size.")
-    seed_offset: int = _f(0, "Added to base.seed for the draw of G and W among a problem's samples.")
+    seed_offset: int = _f(0, "Added to base.seed for the draw of G and W among a problem's samples.", min=0, max=MAX_SEED)
 
 
 @dataclass
 class ParaphraseParams:
     model: str = _f("student", "Paraphrasing model: the student or the teacher (both are materialised, DVC-tracked folders).",
                     choices=("student", "teacher"))
-    max_new_tokens: int = _f(128, "Longest paraphrase, in tokens.", min=1)
-    temperature: float = _f(0.7, "Sampling temperature of the paraphraser.", min=0)
-    retries: int = _f(1, "Extra attempts with a new seed when a paraphrase fails the verifier.", min=0)
+    max_new_tokens: int = _f(128, "Longest paraphrase, in tokens.", min=1, max=MAX_TOKENS)
+    temperature: float = _f(0.7, "Sampling temperature of the paraphraser.", min=0, max=100)
+    retries: int = _f(1, "Extra attempts with a new seed when a paraphrase fails the verifier.", min=0, max=100)
     on_failure: str = _f("keep_original", "When every attempt fails: keep_original (use H) or drop (leave the problem out of P).",
                          choices=("keep_original", "drop"))
 
@@ -88,20 +96,20 @@ class DegradeParams:
                                        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     flawed_source: str = _f("corrupt", "Flawed CoTs: corrupt (every step programmatically perturbed) or model (teacher prompted to reason wrongly, verified wrong).",
                             choices=("corrupt", "model"))
-    step_k: int = _f(1, "Steps corrupted per CoT in the step-degraded set.", min=1)
+    step_k: int = _f(1, "Steps corrupted per CoT in the step-degraded set.", min=1, max=1000)
     base_set: str = _f("H", "The correct CoTs that mixtures and the step-degraded set are built from: G (teacher CoTs, as in the paper), H or P. The offline default uses H because the 135M offline teacher yields almost no correct CoT; the paper presets use G.",
                        choices=("G", "H", "P"))
 
 
 @dataclass
 class EvaluateParams:
-    max_new_tokens: int = _f(128, "Longest greedy answer at evaluation, in tokens.", min=1)
-    batch_size: int = _f(32, "Sequences decoded together.", min=1)
+    max_new_tokens: int = _f(128, "Longest greedy answer at evaluation, in tokens.", min=1, max=MAX_TOKENS)
+    batch_size: int = _f(32, "Sequences decoded together.", min=1, max=MAX_BATCH)
 
 
 @dataclass
 class ClosenessParams:
-    batch_size: int = _f(8, "Examples per forward pass when scoring a set with the base student.", min=1)
+    batch_size: int = _f(8, "Examples per forward pass when scoring a set with the base student.", min=1, max=MAX_BATCH)
 
 
 @dataclass
@@ -163,34 +171,39 @@ def _unknown(key: str, allowed: list[str], where: str) -> ParamsError:
 
 
 def _check_value(value: Any, typ: Any, key: str, meta: dict, where: str) -> Any:
-    """Coerce/validate one value against its annotated type and metadata."""
+    """Coerce/validate one value against its annotated type and metadata (``choices``, ``min``,
+    ``max``); the message is ``WHERE: KEY: must be ..., got VALUE`` (just ``KEY: ...`` without
+    ``where``)."""
+    at = f"{where}: {key}" if where else key
     origin = get_origin(typ)
     if origin is list:
         (item_t,) = get_args(typ)
         if not isinstance(value, list):
-            raise ParamsError(f"{where}: {key}: must be a list, got {value!r}")
+            raise ParamsError(f"{at}: must be a list, got {value!r}")
         return [_check_value(v, item_t, f"{key}[{i}]", meta, where) for i, v in enumerate(value)]
     if typ is bool:
         if not isinstance(value, bool):
-            raise ParamsError(f"{where}: {key}: must be true or false, got {value!r}")
+            raise ParamsError(f"{at}: must be true or false, got {value!r}")
     elif typ is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamsError(f"{where}: {key}: must be an integer, got {value!r}")
+            raise ParamsError(f"{at}: must be an integer, got {value!r}")
     elif typ is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ParamsError(f"{where}: {key}: must be a number, got {value!r}")
+            raise ParamsError(f"{at}: must be a number, got {value!r}")
         value = float(value)
+        if not math.isfinite(value):  # nan passes every < and > check below
+            raise ParamsError(f"{at}: must be a finite number, got {value!r}")
     elif typ is str:
         if not isinstance(value, str) or not value:
-            raise ParamsError(f"{where}: {key}: must be a non-empty string, got {value!r}")
+            raise ParamsError(f"{at}: must be a non-empty string, got {value!r}")
     choices = meta.get("choices")
     if choices and value not in choices:
-        raise ParamsError(f"{where}: {key}: must be one of {', '.join(map(str, choices))}, got {value!r}")
+        raise ParamsError(f"{at}: must be one of {', '.join(map(str, choices))}, got {value!r}")
     lo, hi = meta.get("min"), meta.get("max")
     if lo is not None and value < lo:
-        raise ParamsError(f"{where}: {key}: must be >= {lo}, got {value!r}")
+        raise ParamsError(f"{at}: must be >= {lo}, got {value!r}")
     if hi is not None and value > hi:
-        raise ParamsError(f"{where}: {key}: must be <= {hi}, got {value!r}")
+        raise ParamsError(f"{at}: must be <= {hi}, got {value!r}")
     return value
 
 
@@ -232,8 +245,13 @@ def _cross_checks(p: Params, where: str) -> None:
             raise ParamsError(f"{where}: degrade.flawed_fractions[{i}]: must be in [0, 1], got {frac}")
     if len(set(p.degrade.flawed_fractions)) != len(p.degrade.flawed_fractions):
         raise ParamsError(f"{where}: degrade.flawed_fractions: lists a fraction twice")
+    if not p.sample.shards:
+        raise ParamsError(f"{where}: sample.shards: must list at least one shard, e.g. [0]")
     if p.sample.shards != list(range(len(p.sample.shards))):
         raise ParamsError(f"{where}: sample.shards: must be [0, 1, ..., N-1] for N shards, got {p.sample.shards}")
+    if p.base.seed + p.select.seed_offset > MAX_SEED:
+        raise ParamsError(f"{where}: select.seed_offset: base.seed + select.seed_offset must be <= {MAX_SEED}, "
+                          f"got {p.base.seed + p.select.seed_offset}")
     if p.sample.temperature == 0 and p.sample.k > 1:
         raise ParamsError(f"{where}: sample.k: greedy sampling (sample.temperature: 0) gives k identical samples; set k: 1 or temperature > 0")
     if p.prepare.source not in ("offline", "hub") and not Path(p.prepare.source).exists() and "/" not in p.prepare.source:
@@ -280,6 +298,34 @@ def _yaml12_loader():
     return Loader
 
 
+def _refuse_duplicate_keys(node: Any, prefix: str, path: Path) -> None:
+    """Refuse a key written twice in one mapping (YAML loaders silently keep the last one)."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            name = f"{prefix}.{key}" if prefix else str(key)
+            line = key_node.start_mark.line + 1
+            if key is not None and key in seen:
+                raise ParamsError(f"{path}:{line}: {name}: duplicate key (first on line {seen[key]})")
+            if key is not None:
+                seen[key] = line
+            _refuse_duplicate_keys(value_node, name, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{prefix}[{i}]", path)
+
+
+def check_option(option: str, section: str, key: str, value: Any) -> Any:
+    """Check a command-line option with the rules of the params key it mirrors, e.g.
+    ``check_option("--temperature", "sample", "temperature", t)``; the message names the option."""
+    cls = _section_cls(section)
+    f = {f.name: f for f in dataclasses.fields(cls)}[key]
+    return _check_value(value, get_type_hints(cls)[key], option, dict(f.metadata), "")
+
+
 def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     """Read and validate a params file."""
     import yaml
@@ -288,7 +334,14 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     if not path.exists():
         raise ParamsError(f"{path}: file not found")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml12_loader()) or {}  # noqa: S506 - a SafeLoader
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise ParamsError(f"{path}:{line}: not UTF-8 text") from None
+    try:
+        loader = _yaml12_loader()
+        _refuse_duplicate_keys(yaml.compose(text, Loader=loader), "", path)  # noqa: S506 - a SafeLoader
+        raw = yaml.load(text, Loader=loader) or {}  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""

@@ -19,6 +19,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from cotshape.errors import InputError, ModelSpecError
+
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 ALIASES = (SMOLLM2_ALIAS,)
@@ -48,21 +50,21 @@ def resolve_spec(spec: str | os.PathLike) -> ModelSpec:
     """Parse a model spec. A path that exists wins over a hub id of the same shape; a string that
     looks like a path (starts with ``.``, ``/`` or ``~``) but does not exist is an error."""
     if not isinstance(spec, str | os.PathLike) or not str(spec).strip():
-        raise ValueError(f"model spec {spec!r} is empty or not a string; expected {_SPEC_HELP}")
+        raise ModelSpecError(f"model spec {spec!r} is empty or not a string; expected {_SPEC_HELP}")
     s = str(spec).strip()
     if s in ALIASES:
         return ModelSpec("alias", s)
     path = Path(s).expanduser()
     if path.exists():
         if not path.is_dir() or not (path / "config.json").exists():
-            raise ValueError(f"model spec {s!r}: {path} is not a model folder (no config.json); expected {_SPEC_HELP}")
+            raise ModelSpecError(f"model spec {s!r}: {path} is not a model folder (no config.json); expected {_SPEC_HELP}")
         return ModelSpec("local", str(path))
     if s.startswith((".", "/", "~")) or os.sep in s.strip("/").replace("/", "", 1):
-        raise ValueError(f"model spec {s!r}: folder {path} does not exist; expected {_SPEC_HELP}")
+        raise ModelSpecError(f"model spec {s!r}: folder {path} does not exist; expected {_SPEC_HELP}")
     repo, _, rev = s.partition("@")
     if _HUB_RE.match(repo) and (not _ or rev):
         return ModelSpec("hub", repo, rev or None)
-    raise ValueError(f"unknown model spec {s!r}; expected {_SPEC_HELP}")
+    raise ModelSpecError(f"unknown model spec {s!r}; expected {_SPEC_HELP}")
 
 
 # ---- the offline alias -------------------------------------------------------------------
@@ -174,7 +176,7 @@ def _model_dir(path_or_spec: str | os.PathLike) -> str:
     :func:`materialize` first, because its folder is a pipeline output, not a cache."""
     ms = resolve_spec(path_or_spec)
     if ms.kind == "alias":
-        raise ValueError(
+        raise ModelSpecError(
             f"model spec {ms.id!r} is an alias: materialize it first "
             f"(cotshape models materialize {ms.id} OUT_DIR) and load OUT_DIR"
         )
@@ -191,7 +193,7 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
-        raise ValueError(f"device must be auto, cpu, cuda[:N] or mps, got {device!r}")
+        raise InputError(f"device must be auto, cpu, cuda[:N] or mps, got {device!r}")
     return device
 
 
@@ -231,7 +233,7 @@ def resolve_dtype(dtype: str = "auto", device: str = "cpu"):
     if dtype in names:
         return names[dtype]
     if dtype != "auto":
-        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+        raise InputError(f"dtype must be one of {', '.join(_DTYPES)}, got {dtype!r}")
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if device == "cpu" and cpu_has_fast_bf16():

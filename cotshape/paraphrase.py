@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from cotshape.errors import InputError
 from cotshape.generation.base import derive_seed
 from cotshape.select import training_record
 from cotshape.tasks.base import Messages, Problem, Task
@@ -70,7 +71,7 @@ def paraphrase_set(
     generation backend; tests pass literal functions).
     """
     if on_failure not in ("keep_original", "drop"):
-        raise ValueError(f"paraphrase.on_failure must be keep_original or drop, got {on_failure!r}")
+        raise InputError(f"paraphrase.on_failure must be keep_original or drop, got {on_failure!r}")
     done: dict[str, tuple[str, int]] = {}
     pending = list(problems)
     attempts = 0

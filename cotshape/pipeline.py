@@ -2,8 +2,9 @@
 
 A stage script parses its paths from argv (dvc.yaml declares them), loads and validates
 params.yaml, calls into cotshape and writes its outs atomically. :func:`stage_main` turns the
-errors a user can cause (bad params, malformed input files, unknown names) into one line on
-stderr and exit code 2, with no traceback; anything else is a bug and keeps its traceback.
+errors a user can cause (a :class:`~cotshape.errors.CotshapeError`: bad params, malformed input
+files, unknown names) into one line on stderr and exit code 2, with no traceback
+(``COTSHAPE_DEBUG=1`` prints it too); anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -16,16 +17,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cotshape.config import Params, ParamsError, load_params
-from cotshape.records import RecordError
+from cotshape.config import Params, load_params
+from cotshape.errors import CotshapeError, StageError, configure_logging, debug_enabled
+
+__all__ = ["PARAMS_FILE", "SKIPPED", "StageError", "load_backend", "params", "report_user_error", "stage_main"]
 
 PARAMS_FILE = os.environ.get("COTSHAPE_PARAMS", "params.yaml")
 #: written into an SFT output folder instead of a model when the training set was empty
 SKIPPED = "SKIPPED.json"
-
-
-class StageError(RuntimeError):
-    """A stage cannot run with these inputs (e.g. an empty training set)."""
 
 
 def stage_main(fn: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None], int]:
@@ -34,21 +33,28 @@ def stage_main(fn: Callable[[list[str] | None], Any]) -> Callable[[list[str] | N
     @functools.wraps(fn)
     def wrapper(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        configure_logging()
         t0 = time.time()
         try:
             fn(argv)
-        except (ParamsError, RecordError, StageError) as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        except (KeyError, ValueError) as e:
-            # unknown task / model spec / bad CLI value raised by the library with a clear message
-            msg = e.args[0] if e.args else repr(e)
-            print(f"error: {msg}", file=sys.stderr)
+        except CotshapeError as e:
+            # only the project's own errors: a KeyError or ValueError from elsewhere is a bug
+            # and keeps its traceback
+            report_user_error(e)
             return 2
         print(f"[{Path(sys.argv[0]).stem}] done in {time.time() - t0:.1f}s", file=sys.stderr)
         return 0
 
     return wrapper
+
+
+def report_user_error(e: BaseException) -> None:
+    """Print a user error as one line ``error: ...`` (after its traceback when ``COTSHAPE_DEBUG=1``)."""
+    if debug_enabled():
+        import traceback
+
+        traceback.print_exception(e, file=sys.stderr)
+    print(f"error: {e}", file=sys.stderr)
 
 
 def params() -> Params:

@@ -29,6 +29,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from cotshape.errors import InputError
+
 #: presets live beside the package in a checkout; COTSHAPE_PRESETS_DIR points elsewhere
 PRESETS_ENV = "COTSHAPE_PRESETS_DIR"
 PRESET_PREFIX = "paper-"
@@ -36,7 +38,7 @@ PRESET_PREFIX = "paper-"
 _FLOAT_RE = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?|[-+]?\.?(inf|Inf|INF)|\.?(nan|NaN|NAN)")
 
 
-class PresetError(ValueError):
+class PresetError(InputError):
     """An unknown preset, a malformed preset file or override, or an unknown key."""
 
 

@@ -24,6 +24,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from cotshape.errors import RecordError
+
 PROBLEM_FIELDS: dict[str, type | tuple[type, ...]] = {
     "id": str,
     "task": str,
@@ -33,10 +35,6 @@ PROBLEM_FIELDS: dict[str, type | tuple[type, ...]] = {
     "tests": list,
     "meta": dict,
 }
-
-
-class RecordError(ValueError):
-    """A malformed record file; the message starts with ``path:line:``."""
 
 
 def make_problem(
@@ -85,18 +83,30 @@ def validate_problem(rec: Any) -> str | None:
 
 
 def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, Any]]:
-    """Yield ``(line_number, value)`` for each non-blank line; bad JSON is a RecordError."""
+    """Yield ``(line_number, value)`` for each non-blank line; bad JSON, text that is not UTF-8
+    and values nested too deeply to parse are a RecordError naming the file and line."""
     path = Path(path)
     if not path.exists():
         raise RecordError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    with open(path, "rb") as fh:  # bytes: a decode error is reported with its line
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordError(f"{path}:{lineno}: not UTF-8 text (byte {raw[e.start]:#04x} at column "
+                                  f"{e.start + 1})") from None
             if not line.strip():
                 continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            yield lineno, _loads(line, f"{path}:{lineno}")
+
+
+def _loads(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise RecordError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise RecordError(f"{where}: JSON nested too deeply to read") from None
 
 
 def read_jsonl(path: str | os.PathLike, required: Iterable[str] = ()) -> list[dict[str, Any]]:
@@ -208,10 +218,18 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """Read a JSON document; a malformed one is a RecordError naming the file (and line)."""
     path = Path(path)
     if not path.exists():
         raise RecordError(f"{path}: file not found")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise RecordError(f"{path}:{line}: not UTF-8 text") from None
+    try:
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise RecordError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except RecursionError:
+        raise RecordError(f"{path}: JSON nested too deeply to read") from None

@@ -39,6 +39,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from cotshape.errors import RecordError
+
 #: Written in every checkpoint folder; says how to load it (see :func:`load_trained`).
 MARKER = "cotshape_sft.json"
 TRAIN_LOG = "train_log.json"
@@ -52,8 +54,10 @@ _DTYPES = ("auto", "float32", "bfloat16")
 _LAUNCHERS = ("none", "ddp", "fsdp", "deepspeed")
 
 
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    return field(default=default, metadata={"help": help}, **kw)
+def _f(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
+       max: float | None = None) -> Any:
+    # the same metadata as cotshape.config's fields: the params validator checks choices and bounds
+    return field(default=default, metadata={"help": help, "choices": choices, "min": min, "max": max})
 
 
 @dataclass
@@ -61,36 +65,36 @@ class SFTParams:
     """The ``sft:`` section of params.yaml (plus ``seed``, taken from ``base.seed``)."""
 
     method: str = _f("lora", "lora (peft adapters on attention + MLP projections) | full (all weights)")
-    epochs: float = _f(1.0, "passes over the training set (fractions allowed)")
+    epochs: float = _f(1.0, "passes over the training set (fractions allowed)", max=10_000)
     learning_rate: float = _f(2e-4, "peak AdamW learning rate (linear decay after warmup)")
-    batch_size: int = _f(4, "examples per device per micro-step")
-    grad_accum: int = _f(1, "micro-steps accumulated per optimizer step")
-    max_length: int = _f(512, "prompt + completion tokens kept per example (the rest is cut)")
+    batch_size: int = _f(4, "examples per device per micro-step", min=1, max=65_536)
+    grad_accum: int = _f(1, "micro-steps accumulated per optimizer step", min=1, max=65_536)
+    max_length: int = _f(512, "prompt + completion tokens kept per example (the rest is cut)", min=1, max=1_048_576)
     warmup_ratio: float = _f(0.1, "fraction of the optimizer steps spent warming the learning rate up, in [0, 1)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
-    lora_r: int = _f(16, "LoRA rank (method=lora)")
+    lora_r: int = _f(16, "LoRA rank (method=lora)", min=1, max=65_536)
     lora_alpha: int = _f(32, "LoRA scaling numerator (method=lora)")
     lora_dropout: float = _f(0.0, "dropout on the LoRA path, in [0, 1) (method=lora)")
     dtype: str = _f("auto", "auto (bf16 autocast where the hardware runs it fast, else fp32) | float32 | bfloat16")
     gradient_checkpointing: bool = _f(False, "recompute activations in backward: less memory, ~30% more compute")
     padding_free: bool = _f(True, "concatenate a batch into one row with per-example position ids (no padding)")
     launcher: str = _f("none", "none (plain python) | ddp | fsdp | deepspeed (accelerate launch with configs/accelerate/<launcher>.yaml)")
-    num_processes: int = _f(1, "processes (GPUs) in total for accelerate launch")
-    num_machines: int = _f(1, "machines for accelerate launch")
+    num_processes: int = _f(1, "processes (GPUs) in total for accelerate launch", min=1, max=65_536)
+    num_machines: int = _f(1, "machines for accelerate launch", min=1, max=65_536)
     logging_steps: int = _f(1, "optimizer steps between two loss log entries")
     max_steps: int = _f(-1, "stop after this many optimizer steps (-1: run the full epochs)")
     seed: int = _f(0, "seed of the data order and of the LoRA initialisation")
 
     def __post_init__(self) -> None:
         def bad(key: str, allowed: str) -> ValueError:
-            return ValueError(f"sft.{key}: got {getattr(self, key)!r}, expected {allowed}")
+            return ValueError(f"sft.{key}: must be {allowed}, got {getattr(self, key)!r}")
 
         if self.method not in _METHODS:
-            raise bad("method", " | ".join(_METHODS))
+            raise bad("method", "one of " + ", ".join(_METHODS))
         if self.dtype not in _DTYPES:
-            raise bad("dtype", " | ".join(_DTYPES))
+            raise bad("dtype", "one of " + ", ".join(_DTYPES))
         if self.launcher not in _LAUNCHERS:
-            raise bad("launcher", " | ".join(_LAUNCHERS))
+            raise bad("launcher", "one of " + ", ".join(_LAUNCHERS))
         for key in ("gradient_checkpointing", "padding_free"):
             if not isinstance(getattr(self, key), bool):
                 raise bad(key, "true or false")
@@ -160,15 +164,15 @@ def to_conversational(record: dict[str, Any], index: int = 0) -> tuple[list[dict
     """Validate a training record and return ``(prompt messages, completion text)``."""
     where = f"record {index}" + (f" (id {record['id']!r})" if isinstance(record, dict) and "id" in record else "")
     if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a dict, got {type(record).__name__}")
+        raise RecordError(f"{where}: expected a dict, got {type(record).__name__}")
     prompt, completion = record.get("prompt"), record.get("completion")
     if not isinstance(prompt, list) or not prompt or not all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
         for m in prompt
     ):
-        raise ValueError(f"{where}: 'prompt' must be a non-empty list of {{'role', 'content'}} messages")
+        raise RecordError(f"{where}: 'prompt' must be a non-empty list of {{'role', 'content'}} messages")
     if not isinstance(completion, str) or not completion:
-        raise ValueError(f"{where}: 'completion' must be a non-empty string")
+        raise RecordError(f"{where}: 'completion' must be a non-empty string")
     return prompt, completion
 
 

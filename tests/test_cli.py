@@ -50,8 +50,23 @@ def problems_file(tmp_path):
     "extra, match",
     [
         (["--model", "no-such-alias"], "error: unknown model spec 'no-such-alias'"),
-        (["--k", "0"], "error: --k must be >= 1"),
+        (["--k", "0"], "error: --k: must be >= 1"),
         (["--shard", "3/2"], "error: shard must satisfy"),
+        # checked like the params keys they mirror, before any model is looked at
+        (["--temperature", "nan"], "error: --temperature: must be a finite number, got nan"),
+        (["--temperature", "inf"], "error: --temperature: must be a finite number, got inf"),
+        (["--top-p", "nan"], "error: --top-p: must be a finite number"),
+        (["--temperature", "0", "--k", "4"], "error: --k: greedy sampling (--temperature 0) gives 4 identical samples"),
+        (["--k", "1000000000000"], "error: --k: must be <= 1024"),
+        (["--seed", "-1"], "error: --seed: must be >= 0"),
+        (["--seed", "4294967296"], "error: --seed: must be <= 4294967295"),
+        (["--max-new-tokens", "1000000000"], "error: --max-new-tokens: must be <= "),
+        (["--batch-size", "0"], "error: --batch-size: must be >= 1"),
+        (["--backend", "vlm"], "error: --backend: must be one of transformers, vllm"),
+        (["--device", "tpu"], "error: --device: must be one of auto, cpu, cuda"),
+        (["--dtype", "fp8"], "error: --dtype: must be one of auto, float32, bfloat16, float16"),
+        (["--chunk-size", "0"], "error: --chunk-size: must be >= 1"),
+        (["--limit", "0"], "error: --limit: must be >= 1"),
     ],
 )
 def test_sample_bad_arguments(problems_file, tmp_path, capsys, extra, match):

@@ -123,3 +123,70 @@ def test_sft_seed_is_refused_and_integer_fractions_too():
         validate_params(with_change("sft.seed", 3))
     with pytest.raises(ParamsError, match=r"degrade\.flawed_fractions\[1\]: write fractions as floats \(1\.0\)"):
         validate_params(with_change("degrade.flawed_fractions", [0.0, 1]))
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "match"),
+    [
+        ("sample.temperature", float("nan"), r"sample\.temperature: must be a finite number, got nan"),
+        ("sample.temperature", float("inf"), r"sample\.temperature: must be a finite number, got inf"),
+        ("paraphrase.temperature", float("nan"), r"paraphrase\.temperature: must be a finite number"),
+        ("sample.top_p", float("nan"), r"sample\.top_p: must be a finite number"),
+        ("sft.learning_rate", float("inf"), r"sft\.learning_rate: must be a finite number"),
+        ("degrade.flawed_fractions", [0.0, float("nan")], r"degrade\.flawed_fractions\[1\]: must be a finite number"),
+        ("sample.k", 10**12, r"sample\.k: must be <= \d+, got 1000000000000"),
+        ("prepare.train_size", 10**30, r"prepare\.train_size: must be <= \d+"),
+        ("prepare.train_size", 1e30, r"prepare\.train_size: must be an integer"),
+        ("prepare.test_size", 10**9, r"prepare\.test_size: must be <= \d+"),
+        ("sample.max_new_tokens", 10**9, r"sample\.max_new_tokens: must be <= \d+"),
+        ("sample.batch_size", 10**9, r"sample\.batch_size: must be <= \d+"),
+        ("evaluate.batch_size", 10**9, r"evaluate\.batch_size: must be <= \d+"),
+        ("sft.batch_size", 10**9, r"sft\.batch_size: must be <= \d+"),
+        ("base.seed", -1, r"base\.seed: must be >= 0, got -1"),
+        ("base.seed", 2**32, r"base\.seed: must be <= 4294967295, got 4294967296"),
+        ("select.seed_offset", -1, r"select\.seed_offset: must be >= 0"),
+        ("sample.shards", [], r"sample\.shards: must list at least one shard"),
+        ("sft.method", "qlora", r"sft\.method: must be one of lora, full, got 'qlora'"),
+    ],
+)
+def test_non_finite_and_unbounded_values_refused(path, value, match):
+    with pytest.raises(ParamsError, match=match) as exc:
+        validate_params(with_change(path, value), "params.yaml")
+    assert str(exc.value).startswith("params.yaml: ")
+
+
+def test_seed_plus_offset_stays_a_32_bit_seed():
+    raw = with_change("base.seed", 2**32 - 1)
+    raw["select"]["seed_offset"] = 1
+    with pytest.raises(ParamsError, match=r"select\.seed_offset: base\.seed \+ select\.seed_offset must be <= 4294967295"):
+        validate_params(raw)
+
+
+def test_yaml_nan_and_inf_literals_refused(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("sample:\n  temperature: .nan\n")
+    with pytest.raises(ParamsError, match=rf"{f}: sample\.temperature: must be a finite number, got nan"):
+        load_params(f)
+    f.write_text("paraphrase:\n  temperature: .inf\n")
+    with pytest.raises(ParamsError, match=rf"{f}: paraphrase\.temperature: must be a finite number, got inf"):
+        load_params(f)
+
+
+def test_duplicate_yaml_key_names_key_and_line(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("sample:\n  k: 2\n  temperature: 0.5\n  k: 8\n")
+    with pytest.raises(ParamsError, match=rf"{f}:4: sample\.k: duplicate key \(first on line 2\)"):
+        load_params(f)
+    f.write_text("base:\n  seed: 1\nbase:\n  seed: 2\n")
+    with pytest.raises(ParamsError, match=rf"{f}:3: base: duplicate key \(first on line 1\)"):
+        load_params(f)
+
+
+def test_check_option_uses_the_params_rules():
+    from cotshape.config import check_option
+
+    assert check_option("--k", "sample", "k", 4) == 4
+    with pytest.raises(ParamsError, match=r"^--temperature: must be a finite number, got nan$"):
+        check_option("--temperature", "sample", "temperature", float("nan"))
+    with pytest.raises(ParamsError, match=r"^--seed: must be >= 0, got -1$"):
+        check_option("--seed", "base", "seed", -1)

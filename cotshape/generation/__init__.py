@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+from cotshape.errors import InputError
 from cotshape.generation.base import Backend, Completion, Prompt, SamplingParams, derive_seed
 
 BACKENDS = ("transformers", "vllm")
@@ -33,9 +34,9 @@ def get_backend(
 
         import_vllm()  # fail with the extra's name before anything else
         if device not in ("auto", "cuda"):
-            raise ValueError(f"the vllm backend runs on CUDA GPUs only, got device={device!r}")
+            raise InputError(f"the vllm backend runs on CUDA GPUs only, got device={device!r}")
         return VLLMBackend(model_path, dtype=dtype, **kw)
-    raise ValueError(f"unknown backend {name!r} (choose from: {', '.join(BACKENDS)})")
+    raise InputError(f"unknown backend {name!r} (choose from: {', '.join(BACKENDS)})")
 
 
 __all__ = ["BACKENDS", "Backend", "Completion", "Prompt", "SamplingParams", "derive_seed", "get_backend"]

@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
+
+from cotshape.errors import InputError
 
 Prompt = list[dict[str, str]] | str  # chat messages or raw text
 FinishReason = Literal["stop", "length"]
@@ -44,15 +47,15 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if self.n < 1:
-            raise ValueError(f"n must be >= 1, got {self.n}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise InputError(f"n must be >= 1, got {self.n}")
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise InputError(f"temperature must be >= 0, got {self.temperature}")
+        if not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+            raise InputError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if any(not isinstance(s, str) or not s for s in self.stop):
-            raise ValueError(f"stop must be a list of non-empty strings, got {self.stop!r}")
+            raise InputError(f"stop must be a list of non-empty strings, got {self.stop!r}")
 
     @property
     def greedy(self) -> bool:
@@ -71,7 +74,7 @@ def prompt_seeds(params: SamplingParams, n_prompts: int, seeds: list[int] | None
     if seeds is None:
         return [derive_seed(params.seed, i) for i in range(n_prompts)]
     if len(seeds) != n_prompts:
-        raise ValueError(f"got {len(seeds)} seeds for {n_prompts} prompts")
+        raise InputError(f"got {len(seeds)} seeds for {n_prompts} prompts")
     return [int(s) for s in seeds]
 
 

@@ -31,7 +31,9 @@ def import_vllm():
     try:
         import vllm
     except ImportError as e:
-        raise ImportError(f"{MISSING_VLLM} ({e})") from None
+        from cotshape.errors import MissingExtraError
+
+        raise MissingExtraError(f"{MISSING_VLLM} ({e})") from None
     return vllm
 
 

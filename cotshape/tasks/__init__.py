@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import difflib
 
+from cotshape.errors import UnknownTaskError
 from cotshape.tasks.base import Problem, Task, Verdict
 
 _REGISTRY: dict[str, type[Task]] = {}
-
-
-class UnknownTaskError(ValueError):
-    """An unknown task name; the message suggests the closest known names."""
 
 
 def register(cls: type[Task]) -> type[Task]:

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from cotshape.errors import InputError
+
 Problem = dict[str, Any]
 #: prefix of ``Verdict.reason`` when grading itself failed (the verifier raised, the gold answer
 #: is unusable, the sandbox is down): such a sample is neither right nor a genuine wrong answer,
@@ -146,9 +148,9 @@ class Task:
         is tested offline.
         """
         if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+            raise InputError(f"split must be 'train' or 'test', got {split!r}")
         if limit is not None and limit < 1:
-            raise ValueError(f"limit must be >= 1, got {limit}")
+            raise InputError(f"limit must be >= 1, got {limit}")
         if source == "offline":
             problems = self.load_offline(split, limit=limit, seed=seed)
         else:
