@@ -15,7 +15,8 @@ determines the samples (task, teacher, decoding settings, k, shard, the problems
 the same arguments keeps the finished problems and samples only the rest; a different
 fingerprint discards the partial file; a torn last line (kill -9 during a write) is dropped. At
 the end the output is written atomically (problem order, then sample index) and the partial
-file removed.
+file removed. One run at a time: :func:`partial_lock` holds ``OUT.partial.lock`` while a run
+works, and a second run on the same output refuses with the first one's pid.
 
 Sharding: shard ``I/N`` takes the problems whose index in the problem file satisfies
 ``index % N == I``; :func:`merge_shards` joins the shard outputs and checks that every
@@ -24,15 +25,18 @@ Sharding: shard ``I/N`` takes the problems whose index in the problem file satis
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from cotshape.errors import BusyError, InputError
 from cotshape.generation.base import Backend, Completion, SamplingParams, derive_seed
 from cotshape.records import RecordError, read_jsonl, write_jsonl
 from cotshape.tasks.base import Problem, Task
@@ -50,7 +54,7 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     try:
         i, n = (int(x) for x in str(text).split("/"))
     except ValueError:
-        raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+        raise InputError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
     return check_shard((i, n))
 
 
@@ -59,7 +63,7 @@ def check_shard(shard: tuple[int, int] | None) -> tuple[int, int] | None:
         return None
     i, n = shard
     if n < 1 or not 0 <= i < n:
-        raise ValueError(f"shard must satisfy 0 <= I < N, got {i}/{n}")
+        raise InputError(f"shard must satisfy 0 <= I < N, got {i}/{n}")
     return (i, n)
 
 
@@ -90,6 +94,46 @@ def fingerprint(task: str, teacher: str, k: int, params: SamplingParams, shard: 
 
 def partial_path(out_path: str | os.PathLike) -> Path:
     return Path(f"{out_path}.partial")
+
+
+@contextlib.contextmanager
+def partial_lock(out_path: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on ``OUT.partial`` for one sampling run.
+
+    The lock is an ``fcntl.flock`` on ``OUT.partial.lock`` (holding the holder's pid); the kernel
+    drops it when its holder exits, ``kill -9`` included, so a stale lock cannot block a rerun.
+    A second run on the same output raises :class:`~cotshape.errors.BusyError` naming the
+    first one's pid, instead of both appending to one partial file. The lock file is removed
+    on release.
+    """
+    import fcntl
+
+    part = partial_path(out_path)
+    lock = Path(f"{part}.lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise BusyError(f"{part}: another sampling run (pid {holder}) is writing it; wait for it to "
+                            "finish or stop it, then rerun to resume") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed the file after we opened it: lock the new one
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield part
+    finally:
+        lock.unlink(missing_ok=True)  # while still holding it: a waiter re-checks the inode
+        os.close(fd)
 
 
 def _load_partial(path: Path, fp: str) -> list[dict[str, Any]]:
@@ -161,17 +205,23 @@ def run_sampling(
     ``OUT.partial``. ``chunk_size`` problems go to the backend per call (each problem is saved
     as soon as its samples are done, whatever the chunk size). Returns the number of records."""
     if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
+        raise InputError(f"k must be >= 1, got {k}")
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        raise InputError(f"chunk_size must be >= 1, got {chunk_size}")
     if not problems:
-        raise ValueError("no problems to sample (the problem file is empty)")
+        raise InputError("no problems to sample (the problem file is empty)")
     shard = check_shard(shard)
     mine = shard_problems(problems, shard)
     params = SamplingParams(**{**asdict(params), "n": k})
     fp = fingerprint(task.name, teacher, k, params, shard, mine)
     out_path = Path(out_path)
-    part = partial_path(out_path)
+    with partial_lock(out_path) as part:
+        return _run_locked(task, mine, backend, k, params, out_path, part, teacher, shard, fp, chunk_size,
+                           show_progress)
+
+
+def _run_locked(task, mine, backend, k, params, out_path, part, teacher, shard, fp, chunk_size, show_progress):
+    """The body of :func:`run_sampling`, run while this process holds the lock on ``part``."""
     args = {"task": task.name, "teacher": teacher, "k": k, "shard": shard, **asdict(params)}
     done = _load_partial(part, fp)
     have: dict[str, set[int]] = {}
@@ -242,7 +292,7 @@ def merge_shards(paths: list[str | os.PathLike], out: str | os.PathLike, problem
     exactly once; with ``problems`` and ``k`` given, every problem must have samples 0..k-1,
     and the output follows the problem order. Returns the number of records."""
     if not paths:
-        raise ValueError("merge_shards: no shard files given")
+        raise InputError("merge_shards: no shard files given")
     seen: dict[tuple[str, int], str] = {}
     recs = []
     for path in paths:

@@ -149,3 +149,28 @@ def test_no_problems_is_refused(backend, tmp_path):
     with pytest.raises(ValueError, match="no problems"):
         run_sampling(EchoTask(), [], backend, 1, PARAMS, tmp_path / "s.jsonl", teacher="tiny")
     assert not (tmp_path / "s.jsonl").exists()
+
+
+def test_second_run_on_the_same_output_refuses_naming_the_pid(backend, tmp_path):
+    import subprocess
+    import sys
+
+    from cotshape.errors import BusyError
+
+    out = tmp_path / "samples.jsonl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom cotshape.sampling import partial_lock\n"
+         f"with partial_lock({str(out)!r}):\n    print('locked', flush=True)\n    time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(BusyError, match=rf"{out}.partial: .*pid {holder.pid}\b"):
+            run_sampling(EchoTask(), PROBLEMS, backend, 2, PARAMS, out, teacher="tiny", show_progress=False)
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    # the lock dies with its holder (kill -9 included): the next run goes ahead
+    run_sampling(EchoTask(), PROBLEMS[:1], backend, 1, PARAMS, out, teacher="tiny", show_progress=False)
+    assert len(read_jsonl(out)) == 1 and not partial_path(out).exists()
+    assert not (tmp_path / "samples.jsonl.partial.lock").exists()
