@@ -1,0 +1,674 @@
+"""Compare the DVC experiments of a repository: seeds and sweeps, mean ± sd and pooled verdicts.
+
+Seeds are experiments (``dvc exp run -S base.seed=N``); this module reads them back and says
+what they agree on::
+
+    exps = collect(Path("."))                  # runs `dvc exp show --json` (or takes its JSON)
+    groups = group(exps)                       # params equal except base.seed -> one group
+    result = compare(groups)                   # mean, sd, min, max per accuracy; pooled verdicts
+    write(result, Path("reports/compare"))     # compare.md + compare.json, each atomically
+
+``cotshape compare`` is the command around it.
+
+**The rows.** ``dvc exp show --json`` (DVC 3.x) returns a list: the workspace first (``"rev":
+"workspace"``), then one entry per baseline commit (HEAD; every commit with ``-A``), each with
+``rev``, ``name`` (the branch), ``data`` (``params``/``metrics`` keyed by file, each
+``{"data": ...}`` or ``{"error": {"type", "msg"}}``), ``error`` and ``experiments``: a list of
+``{"name", "executor", "revs": [{"rev", "name", "data", "error", ...}]}``, ``executor`` being
+``null`` for a finished ``dvc exp run`` and ``{"state": "queued" | "running" | "success" |
+"failed", ...}`` for a queued one. The baseline commits and every finished experiment are the
+rows (the workspace only when asked); queued, running and failed experiments, and rows without
+``metrics/summary.json``, are skipped and listed as skipped in the report.
+
+**What each row carries** (written by the pipeline's report stage)::
+
+    metrics/summary.json  {task: {"teacher_acc", "both_frac", "n_test",
+                                  set: {"acc", "lo", "hi", "d_base", "loss"}}}
+    metrics/claims.json   {"margin": m, "claims": [{"id", "task", "statement", "kind", "verdict",
+                                                    "evidence": {"diff", "ci95", "n"} or
+                                                                {"parts": {name: {"diff", "ci95", "n"}}}}]}
+
+DVC's metrics reader keeps only numbers, so the claims (strings) are read from git: ``git show
+REV:metrics/claims.json`` for each row (the file on disk for the workspace), falling back to the
+JSON given when git cannot (a saved ``dvc exp show --json`` from elsewhere).
+
+**Pooling.** Per claim and task, the per-seed differences are combined with
+:func:`cotshape.stats.pooled_difference` (n-weighted mean; normal approximation from each
+seed's CI half-width, seeds taken as independent) and the claim's rule is applied to the pooled
+interval (:func:`~cotshape.stats.verdict_greater`, ``verdict_less``, ``verdict_equivalent``). A
+claim made of parts holds when every part holds, is contradicted when any part is contradicted
+and is inconclusive otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import shutil
+import statistics
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cotshape.errors import InputError
+from cotshape.records import write_json, write_text
+
+log = logging.getLogger(__name__)
+
+SUMMARY_PATH = "metrics/summary.json"
+CLAIMS_PATH = "metrics/claims.json"
+PARAMS_FILE = "params.yaml"
+SEED_PARAM = "base.seed"
+
+#: fields of a set's summary entry that are aggregated across seeds (lo/hi are one seed's
+#: interval bounds: their mean is no interval, so the per-seed spread stands in for them)
+SET_FIELDS = ("acc", "d_base", "loss")
+#: per-seed interval bounds of a set: validated, not aggregated
+SET_BOUNDS = ("lo", "hi")
+SET_ORDER = ("base", "H", "G", "W", "P", "step")
+VERDICTS = ("holds", "contradicted", "inconclusive")
+NA = "n/a"
+DASH = "—"
+
+POOLING_NOTE = (
+    "Accuracies: mean ± sample sd (ddof 1) over the experiments of a group, with min, max and k "
+    "(the number of experiments that have the value). Claims: per claim and task, the per-seed "
+    "differences are pooled as an n-weighted mean (n = test problems of each seed); the pooled "
+    "95 % interval is a normal approximation from each seed's CI half-width (se = half-width / "
+    "1.96), the seeds taken as independent (cotshape.stats.pooled_difference). The claim's rule "
+    "is applied to the pooled interval: greater — the interval lies above 0; less — below 0; "
+    "equivalent — inside ±margin. A claim made of parts holds when every part holds, is "
+    "contradicted when any part is, and is inconclusive otherwise."
+)
+
+
+class CompareError(InputError):
+    """Nothing to compare, a malformed metrics file, or dvc that cannot be run."""
+
+
+@dataclass
+class Experiment:
+    """One row of ``dvc exp show``: a baseline commit, an experiment, or the workspace."""
+
+    name: str
+    rev: str
+    kind: str  # "baseline" | "experiment" | "workspace"
+    params: dict[str, Any]  # flat: "base.seed" -> 1 (params.yaml), "other.yaml:key" -> v
+    summary: dict[str, Any]
+    claims: dict[str, Any] | None = None
+    baseline: str | None = None  # the baseline commit of an experiment
+    timestamp: str | None = None
+
+    @property
+    def seed(self) -> Any:
+        return self.params.get(SEED_PARAM)
+
+    @property
+    def short_rev(self) -> str:
+        return self.rev if self.rev == "workspace" else self.rev[:7]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} ({self.short_rev})"
+
+
+@dataclass
+class Group:
+    """Experiments whose params are equal except the ignored ones (by default the seed)."""
+
+    params: dict[str, Any]  # the params that define the group (all shared by its members)
+    members: list[Experiment]
+    label: str = ""
+    differing: dict[str, Any] = field(default_factory=dict)  # params telling it apart from other groups
+
+
+# ---- collecting ------------------------------------------------------------------------------
+
+def dvc_command() -> list[str]:
+    """How to run dvc: this interpreter's dvc module (a dependency of cotshape), else ``dvc`` on PATH."""
+    if importlib.util.find_spec("dvc") is not None:
+        return [sys.executable, "-m", "dvc"]
+    exe = shutil.which("dvc")
+    if exe:
+        return [exe]
+    raise CompareError("dvc not found: install it (pip install dvc) or pass --json FILE with a saved "
+                       "`dvc exp show --json`")
+
+
+def run_exp_show(repo: Path, all_commits: bool = False) -> list[Any]:
+    """The parsed output of ``dvc exp show --json`` run in ``repo``."""
+    if not repo.is_dir():
+        raise CompareError(f"{repo}: no such folder")
+    cmd = [*dvc_command(), "exp", "show", "--json"] + (["-A"] if all_commits else [])
+    try:
+        proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, check=False)
+    except OSError as e:
+        raise CompareError(f"dvc could not be started ({e}); pass --json FILE instead") from None
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr + "\n" + proc.stdout).splitlines() if ln.strip()]
+        why = lines[-1] if lines else f"exit status {proc.returncode}"
+        raise CompareError(f"`dvc exp show --json` failed in {repo}: {why}")
+    try:
+        data = json.loads(proc.stdout)
+    except json.JSONDecodeError as e:
+        raise CompareError(f"`dvc exp show --json` in {repo} printed no valid JSON ({e.msg})") from None
+    return _check_layout(data, "`dvc exp show --json`")
+
+
+def load_exp_show(path: Path) -> list[Any]:
+    """A saved ``dvc exp show --json`` file."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CompareError(f"{path}: file not found") from None
+    except json.JSONDecodeError as e:
+        raise CompareError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    return _check_layout(data, str(path))
+
+
+def _check_layout(data: Any, where: str) -> list[Any]:
+    if not isinstance(data, list) or not all(isinstance(r, dict) and "rev" in r for r in data):
+        raise CompareError(f"{where}: expected the list of revisions `dvc exp show --json` prints "
+                           "(DVC 3: [{'rev', 'name', 'data', 'experiments'}, ...])")
+    return data
+
+
+def _flatten(obj: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(obj, dict) and obj:
+        for k, v in obj.items():
+            _flatten(v, f"{prefix}.{k}" if prefix else str(k), out)
+    else:
+        out[prefix] = obj
+
+
+def _params(data: dict[str, Any]) -> dict[str, Any]:
+    """Flat params of a row: params.yaml keys as ``a.b``, other params files as ``file:a.b``."""
+    out: dict[str, Any] = {}
+    for fname, entry in sorted((data.get("params") or {}).items()):
+        if not isinstance(entry, dict) or not isinstance(entry.get("data"), dict):
+            continue
+        flat: dict[str, Any] = {}
+        _flatten(entry["data"], "", flat)
+        for k, v in flat.items():
+            out[k if fname == PARAMS_FILE else f"{fname}:{k}"] = v
+    return out
+
+
+def _metric(data: dict[str, Any], path: str, label: str) -> Any | None:
+    """The parsed metrics file ``path`` of a row; None when it does not exist there."""
+    entry = (data.get("metrics") or {}).get(path)
+    if entry is None:
+        return None
+    if "error" in entry and "data" not in entry:
+        err = entry["error"] or {}
+        if err.get("type") == "FileNotFoundError":
+            return None
+        raise CompareError(f"{label}: {path} is unreadable ({err.get('type')}: {err.get('msg')})")
+    return entry.get("data")
+
+
+def _is_num(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def validate_summary(summary: Any, where: str) -> dict[str, Any]:
+    """Check the layout of a ``metrics/summary.json`` document; errors name the key."""
+    if not isinstance(summary, dict):
+        raise CompareError(f"{where}: expected an object {{task: {{...}}}}, got {type(summary).__name__}")
+    for task, entry in summary.items():
+        if not isinstance(entry, dict):
+            raise CompareError(f"{where}: {task}: expected an object of sets and fields, "
+                               f"got {type(entry).__name__}")
+        for key, val in entry.items():
+            if isinstance(val, dict):
+                for f in (*SET_FIELDS, *SET_BOUNDS):
+                    if f in val and val[f] is not None and not _is_num(val[f]):
+                        raise CompareError(f"{where}: {task}.{key}.{f}: expected a number, got {val[f]!r}")
+            elif val is not None and not _is_num(val):
+                raise CompareError(f"{where}: {task}.{key}: expected a number or a set object, got {val!r}")
+    return summary
+
+
+def _git_claims(repo: Path, rev: str) -> dict[str, Any] | None:
+    """``metrics/claims.json`` of a commit, or None when git cannot show it."""
+    try:
+        proc = subprocess.run(["git", "show", f"{rev}:./{CLAIMS_PATH}"], cwd=repo, capture_output=True,
+                              text=True, check=False)
+    except OSError:
+        return None
+    if proc.returncode != 0:
+        return None
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError as e:
+        raise CompareError(f"{rev[:7]}:{CLAIMS_PATH}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def _read_claims(repo: Path, row: Experiment, from_json: Any) -> dict[str, Any] | None:
+    if row.kind == "workspace":
+        path = repo / CLAIMS_PATH
+        claims = None
+        if path.is_file():
+            try:
+                claims = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise CompareError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    else:
+        claims = _git_claims(repo, row.rev)
+    if claims is None and isinstance(from_json, dict) and "claims" in from_json:
+        claims = from_json
+    if claims is None:
+        return None
+    where = f"{row.label}: {CLAIMS_PATH}"
+    if not isinstance(claims, dict) or not isinstance(claims.get("claims", []), list):
+        raise CompareError(f"{where}: expected {{'margin': m, 'claims': [...]}}")
+    for i, c in enumerate(claims.get("claims", [])):
+        if not isinstance(c, dict) or "id" not in c:
+            raise CompareError(f"{where}: claims[{i}]: expected an object with an 'id'")
+        if c.get("kind") not in ("greater", "less", "equivalent"):
+            raise CompareError(f"{where}: claims[{i}] ({c['id']}): kind must be greater, less or "
+                               f"equivalent, got {c.get('kind')!r}")
+    return claims
+
+
+def _rows(data: list[Any], workspace: bool) -> Iterable[tuple[str, str, str, str | None, dict, Any, Any]]:
+    """(name, rev, kind, baseline, data, error, executor) of every row of a dvc exp show JSON."""
+    for base in data:
+        rev = str(base.get("rev"))
+        if rev == "workspace":
+            if workspace:
+                yield "workspace", "workspace", "workspace", None, base.get("data") or {}, base.get("error"), None
+            continue
+        yield (base.get("name") or rev[:7], rev, "baseline", None, base.get("data") or {}, base.get("error"), None)
+        for exp in base.get("experiments") or []:
+            for r in exp.get("revs") or []:
+                erev = str(r.get("rev"))
+                yield (r.get("name") or exp.get("name") or erev[:7], erev, "experiment", rev,
+                       r.get("data") or {}, r.get("error"), exp.get("executor"))
+
+
+def collect(
+    repo: Path,
+    dvc_json: list | None = None,
+    *,
+    workspace: bool = False,
+    all_commits: bool = False,
+    skipped: list[str] | None = None,
+) -> list[Experiment]:
+    """The experiments of ``repo``: its baseline commit(s) and every finished experiment.
+
+    ``dvc_json`` is a parsed ``dvc exp show --json`` to use instead of running dvc; ``workspace``
+    adds the uncommitted workspace as a row; ``all_commits`` asks dvc for every commit's
+    experiments (``-A``), not only HEAD's. Rows that cannot be compared (queued, running or
+    failed experiments, rows without ``metrics/summary.json``) are left out and, when
+    ``skipped`` is a list, described there. No row left is an error.
+    """
+    repo = Path(repo)
+    data = run_exp_show(repo, all_commits) if dvc_json is None else _check_layout(dvc_json, "--json")
+    out: list[Experiment] = []
+    notes: list[str] = []
+    for name, rev, kind, baseline, rdata, error, executor in _rows(data, workspace):
+        label = f"{name} ({rev if rev == 'workspace' else rev[:7]})"
+        state = (executor or {}).get("state") if isinstance(executor, dict) else None
+        if state in ("queued", "running", "failed") or (error and state != "success"):
+            why = state or (error.get("msg") if isinstance(error, dict) else str(error))
+            notes.append(f"{label}: {why}")
+            continue
+        summary = _metric(rdata, SUMMARY_PATH, label)
+        if summary is None:
+            notes.append(f"{label}: no {SUMMARY_PATH}")
+            continue
+        validate_summary(summary, f"{label}: {SUMMARY_PATH}")
+        exp = Experiment(name=name, rev=rev, kind=kind, params=_params(rdata), summary=summary,
+                         baseline=baseline, timestamp=rdata.get("timestamp"))
+        exp.claims = _read_claims(repo, exp, _metric(rdata, CLAIMS_PATH, label))
+        out.append(exp)
+    for n in notes:
+        log.info("skipped %s", n)
+    if skipped is not None:
+        skipped.extend(notes)
+    if not out:
+        more = f"; and {len(notes) - 5} more" if len(notes) > 5 else ""
+        detail = f" ({len(notes)} skipped: {'; '.join(notes[:5])}{more})" if notes else ""
+        raise CompareError(f"no experiments with {SUMMARY_PATH} found in {repo}{detail}; run the pipeline "
+                           "(dvc repro, dvc exp run -S base.seed=N) and commit first")
+    return out
+
+
+# ---- grouping --------------------------------------------------------------------------------
+
+_ABSENT = "<absent>"
+
+
+def _hashable(v: Any) -> str:
+    return json.dumps(v, sort_keys=True, default=str)
+
+
+def _fmt_param(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def group(
+    exps: Sequence[Experiment],
+    by_exclude: Sequence[str] = (SEED_PARAM,),
+    by: Sequence[str] | None = None,
+) -> list[Group]:
+    """Experiments whose params are equal except ``by_exclude`` form a group (by default:
+    the seeds of one configuration). With ``by``, only those params define the groups (and
+    ``by_exclude`` is not used): every other param may differ within one. Groups keep the order
+    in which they first appear; the members of a group are ordered by seed."""
+    if by is not None:
+        keys = list(dict.fromkeys(by))
+    else:
+        keys = sorted({k for e in exps for k in e.params} - set(by_exclude))
+    groups: dict[tuple[str, ...], Group] = {}
+    for e in exps:
+        values = {k: e.params.get(k, _ABSENT) for k in keys}
+        gk = tuple(_hashable(values[k]) for k in keys)
+        if gk not in groups:
+            groups[gk] = Group(params=values, members=[])
+        groups[gk].members.append(e)
+    out = list(groups.values())
+    varying = [k for k in keys if len({_hashable(g.params[k]) for g in out}) > 1]
+    for g in out:
+        g.members.sort(key=lambda e: (_seed_key(e.seed), e.name))
+        g.differing = {k: g.params[k] for k in varying}
+        g.label = ", ".join(f"{k}={_fmt_param(v)}" for k, v in g.differing.items()) or "all experiments"
+    return out
+
+
+def _seed_key(s: Any) -> tuple[int, float, str]:
+    if _is_num(s):
+        return (0, float(s), "")
+    return (1 if s is not None else 2, 0.0, str(s))
+
+
+# ---- comparing -------------------------------------------------------------------------------
+
+def aggregate(values: Sequence[float | None]) -> dict[str, Any]:
+    """mean, sample sd (ddof 1; None for fewer than 2 values), min, max and k of the non-None
+    values, and the values themselves (None where an experiment lacks it)."""
+    xs = [float(v) for v in values if v is not None]
+    return {
+        "mean": statistics.fmean(xs) if xs else None,
+        "sd": statistics.stdev(xs) if len(xs) > 1 else None,
+        "min": min(xs) if xs else None,
+        "max": max(xs) if xs else None,
+        "k": len(xs),
+        "values": [None if v is None else float(v) for v in values],
+    }
+
+
+def _set_sort_key(s: str) -> tuple[int, float, str]:
+    if s in SET_ORDER:
+        return (0, float(SET_ORDER.index(s)), "")
+    if s.startswith("mix-"):
+        try:
+            return (1, float(s[4:]), "")
+        except ValueError:
+            pass
+    return (2, 0.0, s)
+
+
+def _num_or_none(x: Any) -> float | None:
+    return float(x) if _is_num(x) else None
+
+
+def _task_table(members: Sequence[Experiment], task: str) -> dict[str, Any]:
+    entries = [m.summary.get(task) or {} for m in members]
+    fields = sorted({k for e in entries for k, v in e.items() if not isinstance(v, dict)})
+    sets = sorted({k for e in entries for k, v in e.items() if isinstance(v, dict)}, key=_set_sort_key)
+    out: dict[str, Any] = {"fields": {}, "sets": {}}
+    for f in fields:
+        out["fields"][f] = aggregate([_num_or_none(e.get(f)) for e in entries])
+    for s in sets:
+        per = [e.get(s) if isinstance(e.get(s), dict) else {} for e in entries]
+        out["sets"][s] = {f: aggregate([_num_or_none(p.get(f)) for p in per])
+                          for f in SET_FIELDS if any(_is_num(p.get(f)) for p in per)}
+    return out
+
+
+def _evidence_ok(ev: Any) -> bool:
+    if not isinstance(ev, dict):
+        return False
+    ci = ev.get("ci95")
+    return (_is_num(ev.get("diff")) and isinstance(ci, (list, tuple)) and len(ci) == 2
+            and all(_is_num(c) for c in ci) and ci[0] <= ci[1] and _is_num(ev.get("n")) and ev["n"] > 0)
+
+
+def _verdict(kind: str, ci95: Sequence[float], margin: float | None) -> str:
+    from cotshape import stats
+
+    if kind == "greater":
+        return stats.verdict_greater(ci95)
+    if kind == "less":
+        return stats.verdict_less(ci95)
+    if margin is None:
+        return NA
+    return stats.verdict_equivalent(ci95, margin)
+
+
+def _pool(evidences: Sequence[Any], kind: str, margin: float | None) -> dict[str, Any]:
+    """Pool one difference over the seeds that measured it; verdict by the claim's kind."""
+    from cotshape import stats
+
+    ok = [ev for ev in evidences if _evidence_ok(ev)]
+    if not ok:
+        return {"diff": None, "ci95": None, "k": 0, "n": 0, "verdict": NA}
+    p = stats.pooled_difference([ev["diff"] for ev in ok], [ev["ci95"] for ev in ok], [int(ev["n"]) for ev in ok])
+    p["verdict"] = _verdict(kind, p["ci95"], margin)
+    return p
+
+
+def _combine_parts(verdicts: Sequence[str]) -> str:
+    if verdicts and all(v == "holds" for v in verdicts):
+        return "holds"
+    if any(v == "contradicted" for v in verdicts):
+        return "contradicted"
+    return "inconclusive"
+
+
+def _claims_table(members: Sequence[Experiment]) -> list[dict[str, Any]]:
+    by_key: dict[tuple[str, str | None], list[dict[str, Any] | None]] = {}
+    margins: list[float | None] = []
+    for i, m in enumerate(members):
+        doc = m.claims or {}
+        margins.append(_num_or_none(doc.get("margin")))
+        for c in doc.get("claims", []):
+            key = (str(c["id"]), c.get("task"))
+            by_key.setdefault(key, [None] * len(members))[i] = c
+    out = []
+    for (cid, task), per in by_key.items():
+        first = next(c for c in per if c is not None)
+        kind = first["kind"]
+        kinds = {c["kind"] for c in per if c is not None}
+        if len(kinds) > 1:
+            raise CompareError(f"claim {cid} ({task}): kind differs between experiments: {sorted(kinds)}")
+        evs = [(c or {}).get("evidence") or {} for c in per]
+        margin = None
+        if kind == "equivalent":
+            cand = [_num_or_none(ev.get("margin")) for ev in evs] + margins
+            margin = next((x for x in cand if x is not None), None)
+        verdicts = [None if c is None else c.get("verdict") for c in per]
+        counts = Counter(v if v is not None else "missing" for v in verdicts)
+        row: dict[str, Any] = {
+            "id": cid, "task": task, "kind": kind, "statement": first.get("statement", ""),
+            "margin": margin, "per_seed": verdicts, "counts": dict(counts),
+        }
+        part_names = sorted({p for ev in evs for p in (ev.get("parts") or {})})
+        if part_names:
+            parts = {name: _pool([(ev.get("parts") or {}).get(name) for ev in evs], kind, margin)
+                     for name in part_names}
+            row["parts"] = parts
+            row["pooled"] = {"verdict": _combine_parts([p["verdict"] for p in parts.values()]),
+                             "k": max(p["k"] for p in parts.values())}
+        else:
+            row["pooled"] = _pool(evs, kind, margin)
+        out.append(row)
+    out.sort(key=lambda r: (str(r["task"]), _claim_sort_key(r["id"])))
+    return out
+
+
+def _claim_sort_key(cid: str) -> tuple[int, str]:
+    digits = "".join(ch for ch in cid if ch.isdigit())
+    return (int(digits) if digits else 10**9, cid)
+
+
+def compare(groups: Sequence[Group], skipped: Sequence[str] = ()) -> dict[str, Any]:
+    """Per group: per task, every field and every set's accuracy (and d_base, loss) as mean, sd,
+    min, max, k and the per-experiment values; per claim and task, the per-seed verdicts counted
+    and the pooled verdict. A plain JSON-able dict (what ``compare.json`` holds)."""
+    out_groups = []
+    for g in groups:
+        warnings = []
+        seeds = Counter(_hashable(m.seed) for m in g.members)
+        for s, n in seeds.items():
+            if n > 1:
+                names = ", ".join(m.name for m in g.members if _hashable(m.seed) == s)
+                warnings.append(f"seed {s} appears in {n} experiments ({names}): identical runs count "
+                                "more than once in the mean")
+        tasks = []
+        for m in g.members:
+            tasks.extend(t for t in m.summary if t not in tasks)
+        out_groups.append({
+            "label": g.label,
+            "params": g.differing,
+            "experiments": [{"name": m.name, "rev": m.rev, "kind": m.kind, "seed": m.seed,
+                             "baseline": m.baseline} for m in g.members],
+            "tasks": {t: _task_table(g.members, t) for t in tasks},
+            "claims": _claims_table(g.members),
+            "warnings": warnings,
+        })
+    return {
+        "n_experiments": sum(len(g.members) for g in groups),
+        "groups": out_groups,
+        "pooling": POOLING_NOTE,
+        "skipped": list(skipped),
+    }
+
+
+# ---- rendering -------------------------------------------------------------------------------
+
+def _pct(x: float | None) -> str:
+    return DASH if x is None else f"{100 * x:.1f}"
+
+
+def _mean_sd(a: dict[str, Any], scale: float = 100.0, digits: int = 1) -> str:
+    if not a or a["mean"] is None:
+        return DASH
+    m = f"{scale * a['mean']:.{digits}f}"
+    return m if a["sd"] is None else f"{m} ± {scale * a['sd']:.{digits}f}"
+
+
+def _signed(x: float | None) -> str:
+    return DASH if x is None else f"{x:+.3f}"
+
+
+def _pooled_cell(p: dict[str, Any]) -> str:
+    if p.get("diff") is None:
+        return "no evidence"
+    lo, hi = p["ci95"]
+    return f"{_signed(p['diff'])} [{_signed(lo)}, {_signed(hi)}] (k {p['k']}, n {p['n']})"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _seed_label(e: dict[str, Any]) -> str:
+    return f"seed {e['seed']}" if e["seed"] is not None else e["name"]
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """The comparison as Markdown: per group, per task a table of sets (mean ± sd with the
+    per-seed values), then the claims with their per-seed and pooled verdicts."""
+    groups = result["groups"]
+    parts = [
+        "# Experiments compared: seeds and sweeps",
+        "",
+        f"{result['n_experiments']} experiments in {len(groups)} group(s); a group holds the experiments "
+        "whose params are equal except the seed (or the params named with --ignore / --group-by). "
+        "Numbers are what each experiment ran: on the offline default, CPU proxies (a 135M model, "
+        "easy problems), not the paper's setting.",
+        "",
+        f"**How this is pooled.** {result['pooling']}",
+    ]
+    if result.get("skipped"):
+        parts += ["", "Skipped (not compared): " + "; ".join(result["skipped"]) + "."]
+    for g in groups:
+        exps = g["experiments"]
+        seeds = ", ".join(str(e["seed"]) for e in exps)
+        parts += ["", f"## {g['label']} — {len(exps)} experiment(s), seeds {seeds}", ""]
+        parts.append("Experiments: " + ", ".join(
+            f"{e['name']} ({e['rev'] if e['rev'] == 'workspace' else e['rev'][:7]}, {_seed_label(e)})"
+            for e in exps) + ".")
+        for w in g["warnings"]:
+            parts += ["", f"**Warning:** {w}."]
+        cols = [_seed_label(e) for e in exps]
+        for task, t in g["tasks"].items():
+            parts += ["", f"### {task}: accuracy (%) per set", ""]
+            has_d = any("d_base" in s for s in t["sets"].values())
+            has_loss = any("loss" in s for s in t["sets"].values())
+            header = ["set", "accuracy mean ± sd", "min – max", "k"] + cols
+            header += (["Δ vs base (pp)"] if has_d else []) + (["loss"] if has_loss else [])
+            rows = []
+            for s, agg in t["sets"].items():
+                acc = agg.get("acc")
+                if acc is None:
+                    row = [s, DASH, DASH, "0"] + [DASH] * len(cols)
+                else:
+                    rng = DASH if acc["min"] is None else f"{_pct(acc['min'])} – {_pct(acc['max'])}"
+                    row = [s, _mean_sd(acc), rng, str(acc["k"])] + [_pct(v) for v in acc["values"]]
+                if has_d:
+                    row.append(_mean_sd(agg.get("d_base", {})))
+                if has_loss:
+                    row.append(_mean_sd(agg.get("loss", {}), scale=1.0, digits=3))
+                rows.append(row)
+            parts.append(_table(header, rows) if rows else "No set has an accuracy.")
+            fields = t["fields"]
+            if fields:
+                bits = []
+                for f, a in fields.items():
+                    if f == "n_test":
+                        vals = sorted({int(v) for v in a["values"] if v is not None})
+                        bits.append(f"n_test {', '.join(map(str, vals)) or DASH}")
+                    else:
+                        bits.append(f"{f} {_mean_sd(a)} %")
+                parts += ["", "Also: " + "; ".join(bits) + " (mean ± sd over the experiments)."]
+        parts += ["", "### Claims", ""]
+        if not g["claims"]:
+            parts.append("No experiment of this group has claims (metrics/claims.json).")
+            continue
+        rows = []
+        for c in g["claims"]:
+            per = ", ".join(v or DASH for v in c["per_seed"])
+            counts = " / ".join(str(c["counts"].get(v, 0)) for v in VERDICTS)
+            if "parts" in c:
+                pooled = "; ".join(f"{name}: {_pooled_cell(p)} {p['verdict']}" for name, p in c["parts"].items())
+            else:
+                pooled = _pooled_cell(c["pooled"])
+            kind = c["kind"] + (f" (±{c['margin']:g})" if c["kind"] == "equivalent" and c["margin"] is not None else "")
+            rows.append([c["id"], str(c["task"] or DASH), c["statement"] or DASH, kind, per, counts, pooled,
+                         f"**{c['pooled']['verdict']}**"])
+        parts.append(_table(["claim", "task", "statement", "kind", "per seed (" + ", ".join(cols) + ")",
+                             "holds / contradicted / inconclusive", "pooled diff [95 % CI]", "pooled verdict"],
+                            rows))
+    return "\n".join(parts) + "\n"
+
+
+def write(result: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:
+    """Write ``compare.md`` and ``compare.json`` into ``out_dir``, each atomically."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, js = out_dir / "compare.md", out_dir / "compare.json"
+    write_json(js, result)
+    write_text(md, render_markdown(result))
+    return md, js

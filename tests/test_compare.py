@@ -1,0 +1,402 @@
+"""``cotshape compare``: reading ``dvc exp show --json``, grouping seeds, mean ± sd, pooled
+verdicts, the Markdown report; and one run on a real git + DVC repo with two seed experiments."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from cotshape import compare as cmp
+from cotshape.cli import main
+from cotshape.compare import CompareError, Experiment
+
+Z95 = 1.959963984540054
+
+
+# ---- literal data ----------------------------------------------------------------------------
+
+def _claim(cid, kind, diff, half, n=200, verdict="inconclusive", task="gsm8k", **extra):
+    ev = {"diff": diff, "ci95": [diff - half, diff + half], "n": n, **extra}
+    return {"id": cid, "task": task, "statement": f"statement of {cid}", "kind": kind, "verdict": verdict,
+            "evidence": ev}
+
+
+def _exp(name, seed, h_acc, *, epochs=1, claims=None, rev=None, **sets):
+    summary = {"gsm8k": {"teacher_acc": 0.3, "n_test": 200,
+                         "base": {"acc": 0.1, "lo": 0.06, "hi": 0.15},
+                         "H": {"acc": h_acc, "lo": h_acc - 0.07, "hi": h_acc + 0.07, "d_base": h_acc - 0.1},
+                         **sets}}
+    return Experiment(name=name, rev=rev or (name * 40)[:40], kind="experiment",
+                      params={"base.seed": seed, "base.tasks": ["gsm8k"], "sft.epochs": epochs},
+                      summary=summary, claims=claims)
+
+
+def _row(name, rev, seed, summary, claims_data=None, executor=None, error=None):
+    metrics = {"metrics/summary.json": {"data": summary} if summary is not None else
+               {"error": {"type": "FileNotFoundError", "msg": "[Errno 2] No such file"}}}
+    if claims_data is not None:
+        metrics["metrics/claims.json"] = {"data": claims_data}
+    return {"rev": rev, "name": name, "error": error, "experiments": None,
+            "data": {"rev": rev, "timestamp": "2026-11-30T11:30:30",
+                     "params": {"params.yaml": {"data": {"base": {"seed": seed, "tasks": ["gsm8k"]}}}},
+                     "metrics": metrics, "deps": {}, "outs": {}, "meta": {}}}
+
+
+def _exp_show(summary_of):
+    """A ``dvc exp show --json`` document in DVC 3.67's layout (as printed by a scratch repo)."""
+    base = _row("master", "c" * 40, 0, summary_of(0))
+    exps = [
+        {"name": "exp-one", "executor": None, "revs": [_row("exp-one", "1" * 40, 1, summary_of(1))]},
+        {"name": "exp-two", "executor": {"state": "success", "name": "dvc-task", "local": {}},
+         "revs": [_row("exp-two", "2" * 40, 2, summary_of(2))]},
+        {"name": "queued-one", "executor": {"state": "queued", "name": "dvc-task", "local": {}},
+         "revs": [_row("queued-one", "3" * 40, 3, None)]},
+        {"name": "failed-one", "executor": {"state": "failed", "name": None, "local": {}},
+         "revs": [_row("failed-one", "4" * 40, 4, None, error={"msg": "Experiment run failed", "type": ""})]},
+    ]
+    base["experiments"] = exps
+    workspace = _row(None, "workspace", 2, summary_of(2))
+    return [workspace, base]
+
+
+def _summary(seed):
+    return {"gsm8k": {"n_test": 200, "H": {"acc": 0.4 + 0.02 * seed, "lo": 0.3, "hi": 0.5}}}
+
+
+# ---- collect ---------------------------------------------------------------------------------
+
+def test_collect_rows_are_the_baseline_and_finished_experiments(tmp_path):
+    skipped: list[str] = []
+    exps = cmp.collect(tmp_path, _exp_show(_summary), skipped=skipped)
+    assert [(e.name, e.kind, e.seed) for e in exps] == [
+        ("master", "baseline", 0), ("exp-one", "experiment", 1), ("exp-two", "experiment", 2)]
+    assert exps[1].baseline == "c" * 40 and exps[1].params["base.tasks"] == ["gsm8k"]
+    assert skipped == ["queued-one (3333333): queued", "failed-one (4444444): failed"]
+
+
+def test_collect_workspace_only_when_asked(tmp_path):
+    exps = cmp.collect(tmp_path, _exp_show(_summary), workspace=True)
+    assert exps[0].kind == "workspace" and exps[0].name == "workspace" and len(exps) == 4
+
+
+def test_collect_skips_a_row_without_summary(tmp_path):
+    doc = _exp_show(lambda s: None if s == 0 else _summary(s))
+    skipped: list[str] = []
+    exps = cmp.collect(tmp_path, doc, skipped=skipped)
+    assert [e.seed for e in exps] == [1, 2]
+    assert "master (ccccccc): no metrics/summary.json" in skipped
+
+
+def test_collect_reads_claims_from_the_json_when_git_cannot(tmp_path):
+    claims = {"margin": 0.1, "claims": [_claim("C2", "greater", 0.05, 0.04)]}
+    doc = [_row("master", "c" * 40, 0, _summary(0), claims_data=claims)]
+    (exp,) = cmp.collect(tmp_path, doc)  # tmp_path is no git repo: git show fails
+    assert exp.claims["claims"][0]["id"] == "C2"
+
+
+def test_no_experiments_is_an_error(tmp_path):
+    doc = _exp_show(lambda s: None)
+    match = r"no experiments with metrics/summary.json found .*5 skipped: master \(ccccccc\): no metrics/summary"
+    with pytest.raises(CompareError, match=match):
+        cmp.collect(tmp_path, doc)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (["not", "an", "object"], r"master \(ccccccc\): metrics/summary.json: expected an object"),
+    ({"gsm8k": {"H": {"acc": "41%"}}}, r"gsm8k\.H\.acc: expected a number, got '41%'"),
+    ({"gsm8k": 3}, r"gsm8k: expected an object of sets"),
+    ({"gsm8k": {"teacher_acc": "high"}}, r"gsm8k\.teacher_acc: expected a number or a set object"),
+])
+def test_malformed_summary_is_an_error_naming_the_key(tmp_path, bad, match):
+    with pytest.raises(CompareError, match=match):
+        cmp.collect(tmp_path, [_row("master", "c" * 40, 0, bad)])
+
+
+def test_unreadable_metrics_file_is_an_error(tmp_path):
+    row = _row("master", "c" * 40, 0, None)
+    row["data"]["metrics"]["metrics/summary.json"] = {"error": {"type": "JSONFileCorruptedError", "msg": "bad"}}
+    with pytest.raises(CompareError, match="metrics/summary.json is unreadable"):
+        cmp.collect(tmp_path, [row])
+
+
+def test_dvc_missing_is_one_error_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cmp.importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setattr(cmp.shutil, "which", lambda name: None)
+    assert main(["compare", "--repo", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: dvc not found") and "--json" in err and "\n" not in err
+
+
+def test_saved_json_that_is_not_exp_show_is_an_error(tmp_path, capsys):
+    f = tmp_path / "show.json"
+    f.write_text('{"rev": "workspace"}')
+    assert main(["compare", "--repo", str(tmp_path), "--json", str(f)]) == 2
+    assert "expected the list of revisions" in capsys.readouterr().err
+
+
+# ---- group -----------------------------------------------------------------------------------
+
+def test_group_params_equal_except_the_seed():
+    exps = [_exp("a", 2, 0.4), _exp("b", 0, 0.4), _exp("c", 1, 0.4, epochs=2), _exp("d", 1, 0.4)]
+    groups = cmp.group(exps)
+    assert [g.label for g in groups] == ["sft.epochs=1", "sft.epochs=2"]
+    assert [[m.name for m in g.members] for g in groups] == [["b", "d", "a"], ["c"]]  # members by seed
+
+
+def test_group_one_configuration_is_one_group():
+    groups = cmp.group([_exp("a", 0, 0.4), _exp("b", 1, 0.4)])
+    assert len(groups) == 1 and groups[0].label == "all experiments" and groups[0].differing == {}
+
+
+def test_group_by_named_params_only():
+    exps = [_exp("a", 0, 0.4), _exp("b", 1, 0.4, epochs=2), _exp("c", 0, 0.4, epochs=3)]
+    assert [[m.name for m in g.members] for g in cmp.group(exps, by=["base.seed"])] == [["a", "c"], ["b"]]
+    assert len(cmp.group(exps, by_exclude=("base.seed", "sft.epochs"))) == 1
+
+
+# ---- compare ---------------------------------------------------------------------------------
+
+def test_mean_sd_min_max_per_set():
+    exps = [_exp("a", 0, 0.40), _exp("b", 1, 0.42), _exp("c", 2, 0.47)]
+    res = cmp.compare(cmp.group(exps))
+    h = res["groups"][0]["tasks"]["gsm8k"]["sets"]["H"]
+    # by hand: mean 0.43; deviations -0.03, -0.01, 0.04 -> sum of squares 0.0026 / (3 - 1)
+    assert h["acc"]["mean"] == pytest.approx(0.43)
+    assert h["acc"]["sd"] == pytest.approx(math.sqrt(0.0013))
+    assert (h["acc"]["min"], h["acc"]["max"], h["acc"]["k"]) == (0.40, 0.47, 3)
+    assert h["acc"]["values"] == pytest.approx([0.40, 0.42, 0.47])
+    assert h["d_base"]["mean"] == pytest.approx(0.33)
+    assert "lo" not in h  # a per-seed bound is not averaged
+    base = res["groups"][0]["tasks"]["gsm8k"]["sets"]["base"]["acc"]
+    assert base["sd"] == 0.0 and base["mean"] == pytest.approx(0.1)
+    assert res["groups"][0]["tasks"]["gsm8k"]["fields"]["teacher_acc"]["mean"] == pytest.approx(0.3)
+
+
+def test_one_seed_has_no_sd_and_missing_sets_count_in_k():
+    exps = [_exp("a", 0, 0.4, G={"acc": 0.5}), _exp("b", 1, 0.4, G={"acc": None})]
+    g = cmp.compare(cmp.group(exps))["groups"][0]["tasks"]["gsm8k"]["sets"]["G"]["acc"]
+    assert (g["mean"], g["sd"], g["k"], g["values"]) == (0.5, None, 1, [0.5, None])
+
+
+def test_pooled_verdict_holds_where_every_seed_was_inconclusive():
+    exps = [_exp("a", 0, 0.4, claims={"claims": [_claim("C2", "greater", 0.06, 0.065)]}),
+            _exp("b", 1, 0.4, claims={"claims": [_claim("C2", "greater", 0.04, 0.065)]})]
+    (c,) = cmp.compare(cmp.group(exps))["groups"][0]["claims"]
+    assert c["per_seed"] == ["inconclusive", "inconclusive"] and c["counts"] == {"inconclusive": 2}
+    # by hand: n-weighted mean 0.05; se_i = 0.065 / 1.96, pooled se = sqrt(2 (0.5 se_i)^2), so the
+    # half-width is 0.065 / sqrt 2 = 0.046 -> [0.004, 0.096], above 0
+    p = c["pooled"]
+    assert p["diff"] == pytest.approx(0.05) and (p["k"], p["n"]) == (2, 400)
+    assert p["ci95"] == pytest.approx([0.05 - 0.065 / math.sqrt(2), 0.05 + 0.065 / math.sqrt(2)])
+    assert p["verdict"] == "holds"
+
+
+def test_pooled_verdict_less_and_contradicted():
+    exps = [_exp("a", 0, 0.4, claims={"claims": [_claim("C6", "less", 0.1, 0.05, verdict="contradicted")]}),
+            _exp("b", 1, 0.4, claims={"claims": [_claim("C6", "less", 0.0, 0.05)]})]
+    (c,) = cmp.compare(cmp.group(exps))["groups"][0]["claims"]
+    assert c["pooled"]["diff"] == pytest.approx(0.05) and c["pooled"]["verdict"] == "contradicted"
+
+
+def test_pooled_equivalent_uses_the_claims_margin():
+    def claims(margin):
+        return {"margin": margin, "claims": [_claim("C5", "equivalent", -0.02, 0.06)]}
+
+    exps = [_exp("a", 0, 0.4, claims=claims(0.1)), _exp("b", 1, 0.4, claims=claims(0.1))]
+    (c,) = cmp.compare(cmp.group(exps))["groups"][0]["claims"]
+    assert c["margin"] == 0.1 and c["pooled"]["verdict"] == "holds"  # [-0.062, 0.022] inside ±0.1
+    exps = [_exp("a", 0, 0.4, claims=claims(0.03)), _exp("b", 1, 0.4, claims=claims(0.03))]
+    (c,) = cmp.compare(cmp.group(exps))["groups"][0]["claims"]
+    assert c["pooled"]["verdict"] == "inconclusive"
+
+
+def _parts_claim(g_diff, w_diff):
+    c = _claim("C1", "greater", 0, 0)
+    c["evidence"] = {"parts": {"G": {"diff": g_diff, "ci95": [g_diff - 0.1, g_diff + 0.1], "n": 120},
+                               "W": {"diff": w_diff, "ci95": [w_diff - 0.05, w_diff + 0.05], "n": 120}}}
+    return {"claims": [c]}
+
+
+@pytest.mark.parametrize("w_diffs, verdict", [((0.1, 0.12), "holds"), ((0.0, 0.02), "inconclusive"),
+                                              ((-0.1, -0.12), "contradicted")])
+def test_pooled_parts_claim(w_diffs, verdict):
+    exps = [_exp("a", 0, 0.4, claims=_parts_claim(0.3, w_diffs[0])),
+            _exp("b", 1, 0.4, claims=_parts_claim(0.32, w_diffs[1]))]
+    (c,) = cmp.compare(cmp.group(exps))["groups"][0]["claims"]
+    assert c["parts"]["G"]["diff"] == pytest.approx(0.31) and c["parts"]["G"]["verdict"] == "holds"
+    assert c["parts"]["W"]["diff"] == pytest.approx(sum(w_diffs) / 2)
+    assert c["pooled"]["verdict"] == verdict
+
+
+def test_claim_missing_in_a_seed_pools_the_others():
+    exps = [_exp("a", 0, 0.4, claims={"claims": [_claim("C2", "greater", 0.05, 0.04, verdict="holds")]}),
+            _exp("b", 1, 0.4, claims={"claims": []})]
+    (c,) = cmp.compare(cmp.group(exps))["groups"][0]["claims"]
+    assert c["per_seed"] == ["holds", None] and c["counts"] == {"holds": 1, "missing": 1}
+    assert c["pooled"]["k"] == 1 and c["pooled"]["verdict"] == "holds"
+
+
+def test_duplicate_seed_is_warned():
+    res = cmp.compare(cmp.group([_exp("a", 0, 0.4), _exp("b", 0, 0.4)]))
+    assert "seed 0 appears in 2 experiments (a, b)" in res["groups"][0]["warnings"][0]
+
+
+# ---- render / write --------------------------------------------------------------------------
+
+def test_markdown_holds_the_numbers():
+    exps = [_exp("a", 0, 0.40, claims={"claims": [_claim("C2", "greater", 0.06, 0.065)]}),
+            _exp("b", 1, 0.42, claims={"claims": [_claim("C2", "greater", 0.04, 0.065)]})]
+    md = cmp.render_markdown(cmp.compare(cmp.group(exps), skipped=["q (1234567): queued"]))
+    assert "| H | 41.0 ± 1.4 | 40.0 – 42.0 | 2 | 40.0 | 42.0 | 31.0 ± 1.4 |" in md
+    assert "| set | accuracy mean ± sd | min – max | k | seed 0 | seed 1 | Δ vs base (pp) |" in md
+    assert "inconclusive, inconclusive" in md and "0 / 0 / 2" in md
+    assert "+0.050 [+0.004, +0.096] (k 2, n 400) | **holds** |" in md
+    assert "n-weighted mean" in md and "Skipped (not compared): q (1234567): queued." in md
+
+
+def test_write_is_atomic_and_complete(tmp_path):
+    res = cmp.compare(cmp.group([_exp("a", 0, 0.4), _exp("b", 1, 0.42)]))
+    md, js = cmp.write(res, tmp_path / "out")
+    assert json.loads(js.read_text())["groups"][0]["tasks"]["gsm8k"]["sets"]["H"]["acc"]["k"] == 2
+    assert md.read_text().startswith("# Experiments compared")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["compare.json", "compare.md"]
+
+
+# ---- a real git + DVC repo -------------------------------------------------------------------
+
+STAGE = '''
+import json, os
+import yaml
+
+p = yaml.safe_load(open("params.yaml"))
+s, ep = p["base"]["seed"], p["sft"]["epochs"]
+
+def ev(diff, half, n=200):
+    return {"diff": diff, "ci95": [diff - half, diff + half], "n": n}
+
+def verdict(kind, e, margin=0.1):
+    lo, hi = e["ci95"]
+    if kind == "equivalent":
+        if -margin <= lo and hi <= margin:
+            return "holds"
+        return "contradicted" if hi < -margin or lo > margin else "inconclusive"
+    if kind == "less":
+        lo, hi = -hi, -lo
+    return "holds" if lo > 0 else ("contradicted" if hi < 0 else "inconclusive")
+
+h = 0.40 + 0.02 * s + 0.1 * (ep - 1)
+summary = {"gsm8k": {"teacher_acc": 0.3, "n_test": 200,
+                     "base": {"acc": 0.10, "lo": 0.06, "hi": 0.15},
+                     "H": {"acc": h, "lo": h - 0.07, "hi": h + 0.07, "d_base": h - 0.10, "loss": 1.0 + 0.1 * s},
+                     "G": {"acc": 0.50 - 0.03 * s, "lo": 0.4, "hi": 0.6, "d_base": 0.4 - 0.03 * s}}}
+c2, g, w = ev(0.02 + 0.01 * s, 0.045), ev(0.3, 0.1, 120), ev(-0.01 * s, 0.05, 120)
+c5, c6 = ev(-0.02, 0.06), ev(-0.1, 0.05)
+parts_v = [verdict("greater", g), verdict("greater", w)]
+c1_v = "holds" if parts_v == ["holds", "holds"] else ("contradicted" if "contradicted" in parts_v else "inconclusive")
+
+def claim(cid, statement, kind, v, evidence):
+    return {"id": cid, "task": "gsm8k", "statement": statement, "kind": kind, "verdict": v, "evidence": evidence}
+
+claims = {"margin": 0.1, "claims": [
+    claim("C2", "G beats H", "greater", verdict("greater", c2), c2),
+    claim("C1", "G and W beat base", "greater", c1_v, {"parts": {"G": g, "W": w}}),
+    claim("C5", "W as good as G", "equivalent", verdict("equivalent", c5), dict(c5, margin=0.1)),
+    claim("C6", "mix-1.0 below mix-0", "less", verdict("less", c6), c6),
+]}
+os.makedirs("metrics", exist_ok=True)
+json.dump(summary, open("metrics/summary.json", "w"))
+json.dump(claims, open("metrics/claims.json", "w"))
+'''
+
+DVC_YAML = """\
+stages:
+  report:
+    cmd: python stage.py
+    deps: [stage.py]
+    params: [base.seed, sft.epochs]
+    metrics:
+      - metrics/summary.json:
+          cache: false
+      - metrics/claims.json:
+          cache: false
+"""
+
+
+def _sh(args, cwd, env):
+    r = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, f"{args}: {r.stdout}\n{r.stderr}"
+    return r.stdout
+
+
+@pytest.mark.slow  # about 12 s on 2 shared cores: four dvc runs
+def test_compare_real_dvc_experiments(tmp_path, capsys):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1", GIT_CONFIG_NOSYSTEM="1",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    dvc = [sys.executable, "-m", "dvc"]
+    _sh(["git", "init", "-q", "."], repo, env)
+    for k, v in (("user.name", "cotshape test"), ("user.email", "test@example.com"), ("commit.gpgsign", "false")):
+        _sh(["git", "config", k, v], repo, env)
+    _sh([*dvc, "init", "-q"], repo, env)
+    (repo / "params.yaml").write_text("base:\n  seed: 0\n  tasks: [gsm8k]\nsft:\n  epochs: 1\n")
+    (repo / "stage.py").write_text(textwrap.dedent(STAGE))
+    (repo / "dvc.yaml").write_text(DVC_YAML)
+    _sh([*dvc, "repro", "-q"], repo, env)
+    _sh(["git", "add", "-A"], repo, env)
+    _sh(["git", "commit", "-qm", "baseline: seed 0"], repo, env)
+    _sh([*dvc, "exp", "run", "-q", "-S", "base.seed=1"], repo, env)
+    _sh([*dvc, "exp", "run", "-q", "-S", "base.seed=2"], repo, env)
+    _sh([*dvc, "exp", "run", "-q", "-S", "base.seed=1", "-S", "sft.epochs=2"], repo, env)
+
+    out = tmp_path / "report"
+    assert main(["compare", "--repo", str(repo), "--out", str(out)]) == 0
+    assert "compared 4 experiments in 2 group(s)" in capsys.readouterr().err
+    res = json.loads((out / "compare.json").read_text())
+    g1, g2 = res["groups"]
+    assert (g1["label"], g2["label"]) == ("sft.epochs=1", "sft.epochs=2")
+    assert [e["seed"] for e in g1["experiments"]] == [0, 1, 2] and g1["experiments"][0]["kind"] == "baseline"
+
+    # by hand from stage.py, seeds 0, 1, 2: H 0.40, 0.42, 0.44; G 0.50, 0.47, 0.44; H loss 1.0, 1.1, 1.2
+    sets = g1["tasks"]["gsm8k"]["sets"]
+    assert sets["H"]["acc"]["mean"] == pytest.approx(0.42) and sets["H"]["acc"]["sd"] == pytest.approx(0.02)
+    assert sets["G"]["acc"]["mean"] == pytest.approx(0.47) and sets["G"]["acc"]["sd"] == pytest.approx(0.03)
+    assert sets["H"]["loss"]["mean"] == pytest.approx(1.1) and sets["H"]["loss"]["sd"] == pytest.approx(0.1)
+    assert sets["base"]["acc"]["sd"] == 0.0
+    h2 = g2["tasks"]["gsm8k"]["sets"]["H"]["acc"]
+    assert h2["mean"] == pytest.approx(0.52) and h2["sd"] is None and h2["k"] == 1
+
+    claims = {c["id"]: c for c in g1["claims"]}
+    # C2: diffs 0.02, 0.03, 0.04 ± 0.045, n 200 each: every seed inconclusive; pooled mean 0.03,
+    # half-width 0.045 * sqrt(3 * (1/3)^2) = 0.045 / sqrt(3) -> [0.004, 0.056]: holds
+    c2 = claims["C2"]
+    assert c2["per_seed"] == ["inconclusive"] * 3 and c2["counts"] == {"inconclusive": 3}
+    assert c2["pooled"]["diff"] == pytest.approx(0.03) and c2["pooled"]["n"] == 600
+    half = 0.045 / math.sqrt(3)
+    assert c2["pooled"]["ci95"] == pytest.approx([0.03 - half, 0.03 + half])
+    assert c2["pooled"]["verdict"] == "holds"
+    # C1: G part 0.3 ± 0.1 holds; W part 0, -0.01, -0.02 ± 0.05 -> pooled -0.01 ± 0.05/sqrt 3: inconclusive
+    c1 = claims["C1"]
+    assert c1["parts"]["G"]["verdict"] == "holds" and c1["parts"]["W"]["diff"] == pytest.approx(-0.01)
+    assert c1["parts"]["W"]["verdict"] == "inconclusive" and c1["pooled"]["verdict"] == "inconclusive"
+    # C5: -0.02 ± 0.06 / sqrt 3 inside ±0.1; C6: -0.1 ± 0.05 / sqrt 3 below 0
+    assert claims["C5"]["pooled"]["verdict"] == "holds" and claims["C5"]["margin"] == 0.1
+    assert claims["C6"]["pooled"]["verdict"] == "holds"
+    assert claims["C6"]["pooled"]["ci95"] == pytest.approx([-0.1 - 0.05 / math.sqrt(3), -0.1 + 0.05 / math.sqrt(3)])
+
+    md = (out / "compare.md").read_text()
+    assert "## sft.epochs=1 — 3 experiment(s), seeds 0, 1, 2" in md
+    assert "| H | 42.0 ± 2.0 | 40.0 – 44.0 | 3 | 40.0 | 42.0 | 44.0 |" in md
+    assert f"+0.030 [{0.03 - half:+.3f}, {0.03 + half:+.3f}] (k 3, n 600) | **holds** |" in md
+
+    # the same from a saved `dvc exp show --json`
+    saved = tmp_path / "show.json"
+    saved.write_text(_sh([*dvc, "exp", "show", "--json"], repo, env))
+    assert main(["compare", "--repo", str(repo), "--json", str(saved), "--out", str(tmp_path / "r2")]) == 0
+    assert json.loads((tmp_path / "r2" / "compare.json").read_text())["groups"] == res["groups"]
