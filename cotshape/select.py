@@ -33,11 +33,73 @@ Example::
 
 from __future__ import annotations
 
+import os
 import random
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import Any
 
+from cotshape.errors import RecordError, StageError
+from cotshape.records import iter_jsonl
 from cotshape.tasks.base import VERIFIER_ERROR
+
+#: default share of samples whose grading failed above which selection refuses to run: a
+#: broken verifier (sandbox down) would otherwise look like a teacher that is always wrong
+MAX_VERIFIER_ERRORS = 0.05
+
+
+def _type_problem(rec: Any) -> str | None:
+    """What is wrong with the types of a verified record, or None."""
+    if not isinstance(rec, dict):
+        return f"expected a JSON object, got {type(rec).__name__}"
+    missing = [k for k in ("problem_id", "sample_index", "completion", "correct", "parsed") if k not in rec]
+    if missing:
+        return f"missing field(s) {', '.join(missing)}"
+    pid, idx = rec["problem_id"], rec["sample_index"]
+    if not isinstance(pid, str) or not pid:
+        return f"field 'problem_id' must be a non-empty string, got {pid!r}"
+    if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
+        return f"field 'sample_index' must be an integer >= 0, got {idx!r}"
+    if not isinstance(rec["completion"], str):
+        return f"field 'completion' must be a string, got {rec['completion']!r:.80}"
+    for key in ("correct", "parsed"):
+        if not isinstance(rec[key], bool):  # "no" is truthy: never trust truthiness here
+            return f"field {key!r} must be true or false, got {rec[key]!r:.80}"
+    if rec["correct"] and not rec["parsed"]:
+        return "correct is true but parsed is false (a correct answer must have parsed)"
+    if not isinstance(rec.get("reason", ""), (str, type(None))):
+        return f"field 'reason' must be a string, got {rec['reason']!r:.80}"
+    return None
+
+
+def check_verified(rows: Iterable[tuple[int, dict[str, Any]]], problem_ids: Iterable[str],
+                   source: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Check ``(line number, record)`` pairs of verified samples: field types, known problem
+    ids, no sample twice. Errors are :class:`RecordError` starting with ``source:line`` (with
+    ``record N`` when there is no source file)."""
+    known = set(problem_ids)
+    seen: dict[tuple[str, int], int] = {}
+    out = []
+    for lineno, rec in rows:
+        where = f"{source}:{lineno}" if source is not None else f"record {lineno}"
+        err = _type_problem(rec)
+        if err:
+            raise RecordError(f"{where}: {err}")
+        if rec["problem_id"] not in known:
+            raise RecordError(f"{where}: problem_id {rec['problem_id']!r} is not a training problem")
+        key = (rec["problem_id"], rec["sample_index"])
+        if key in seen:
+            first = f"line {seen[key]}" if source is not None else f"record {seen[key]}"
+            raise RecordError(f"{where}: duplicate sample {key[0]}#{key[1]} (first on {first})")
+        seen[key] = lineno
+        out.append(rec)
+    return out
+
+
+def read_verified(path: str | os.PathLike, problem_ids: Iterable[str]) -> list[dict[str, Any]]:
+    """Read the verify stage's output and check it (see :func:`check_verified`); errors name the
+    file and line."""
+    return check_verified(iter_jsonl(path), problem_ids, source=path)
 
 
 def problem_rng(seed: int, problem_id: str, salt: str = "") -> random.Random:
@@ -50,6 +112,7 @@ def select_gw(
     problem_ids: list[str],
     seed: int = 0,
     balance: bool = False,
+    max_verifier_errors: float | None = None,
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
     """Pick one G and one W sample per problem.
 
@@ -57,12 +120,22 @@ def select_gw(
     ``parsed``; ``problem_ids`` fixes the output order (the training split's order). Returns
     ``({"G": [...], "W": [...]}, counts)`` where each chosen record is the verified sample record
     unchanged, and counts are the numbers written to ``metrics/select/TASK.json``.
+
+    Records are checked (:func:`check_verified`: types, known problems, no duplicates). With
+    ``max_verifier_errors`` set, more than that share of samples whose grading failed (reason
+    starting with ``verifier error``) is a :class:`StageError`.
     """
+    check_verified(enumerate(verified, 1), problem_ids)
+    n_errors = sum(str(r.get("reason") or "").startswith(VERIFIER_ERROR) for r in verified)
+    if max_verifier_errors is not None and verified and n_errors / len(verified) > max_verifier_errors:
+        first = next(r["reason"] for r in verified if str(r.get("reason") or "").startswith(VERIFIER_ERROR))
+        raise StageError(
+            f"{n_errors} of {len(verified)} samples ({n_errors / len(verified):.0%}) could not be graded "
+            f"(first: {first!r:.200}); more than select.max_verifier_errors ({max_verifier_errors:.0%}): "
+            "fix the verifier (e.g. the sandbox) and rerun verify"
+        )
     by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    known = set(problem_ids)
     for rec in verified:
-        if rec["problem_id"] not in known:
-            raise ValueError(f"sample {rec.get('id', rec['problem_id'])!r} refers to unknown problem {rec['problem_id']!r}")
         by_problem[rec["problem_id"]].append(rec)
 
     out: dict[str, list[dict[str, Any]]] = {"G": [], "W": []}
@@ -90,6 +163,7 @@ def select_gw(
             out["W"].append(bad[problem_rng(seed, pid, "W").randrange(len(bad))])
     counts["selected_G"] = len(out["G"])
     counts["selected_W"] = len(out["W"])
+    counts["verifier_errors"] = n_errors
     return out, counts
 
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from cotshape.select import select_gw
+from cotshape.errors import RecordError, StageError
+from cotshape.select import read_verified, select_gw
 
 
 def s(pid, idx, correct, parsed=True):
@@ -28,7 +31,7 @@ def test_one_g_and_one_w_per_problem():
     assert all(r["correct"] for r in sets["G"])
     assert all(not r["correct"] and r["parsed"] for r in sets["W"])
     assert counts == {"problems": 5, "samples": 9, "with_correct": 2, "with_wrong": 2, "with_both": 1,
-                      "with_unparsed_only": 1, "selected_G": 2, "selected_W": 2}
+                      "with_unparsed_only": 1, "selected_G": 2, "selected_W": 2, "verifier_errors": 0}
 
 
 def test_unparsed_samples_are_never_w():
@@ -52,7 +55,7 @@ def test_seeded_and_independent_of_other_problems():
 
 
 def test_unknown_problem_is_an_error():
-    with pytest.raises(ValueError, match="unknown problem 'zzz'"):
+    with pytest.raises(ValueError, match="record 1: problem_id 'zzz' is not a training problem"):
         select_gw([s("zzz", 0, True)], IDS)
 
 
@@ -71,3 +74,52 @@ def test_w_prefers_cots_that_finished():
     for seed in range(5):
         assert select_gw([cut, done], ["f"], seed=seed)[0]["W"][0]["completion"] == "f-1"
     assert select_gw([cut], ["f"], seed=0)[0]["W"][0]["completion"] == "f-0"  # only if nothing else
+
+
+def write_lines(path, lines):
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "match"),
+    [
+        ("correct", "no", r"field 'correct' must be true or false, got 'no'"),
+        ("parsed", 1, r"field 'parsed' must be true or false, got 1"),
+        ("completion", None, r"field 'completion' must be a string, got None"),
+        ("sample_index", "0", r"field 'sample_index' must be an integer >= 0, got '0'"),
+        ("sample_index", True, r"field 'sample_index' must be an integer >= 0, got True"),
+        ("problem_id", ["a"], r"field 'problem_id' must be a non-empty string, got \['a'\]"),
+    ],
+)
+def test_verified_records_types_checked_with_file_and_line(tmp_path, field, value, match):
+    bad = dict(s("a", 1, False), **{field: value})
+    path = write_lines(tmp_path / "verified.jsonl", [s("a", 0, True), bad])
+    with pytest.raises(RecordError, match=rf"{path}:2: {match}"):
+        read_verified(path, IDS)
+
+
+def test_duplicate_samples_refused(tmp_path):
+    path = write_lines(tmp_path / "verified.jsonl", [s("a", 0, True), s("b", 0, False), s("a", 0, False)])
+    with pytest.raises(RecordError, match=rf"{path}:3: duplicate sample a#0 \(first on line 1\)"):
+        read_verified(path, IDS)
+
+
+def test_unknown_problem_named_with_line(tmp_path):
+    path = write_lines(tmp_path / "verified.jsonl", [s("a", 0, True), s("zzz", 0, True)])
+    with pytest.raises(RecordError, match=rf"{path}:2: problem_id 'zzz' is not a training problem"):
+        read_verified(path, IDS)
+
+
+def test_good_file_reads(tmp_path):
+    path = write_lines(tmp_path / "verified.jsonl", SAMPLES)
+    assert read_verified(path, IDS) == SAMPLES
+
+
+def test_too_many_verifier_errors_refused():
+    broken = [dict(s(pid, 0, False), reason="verifier error: SandboxError: down") for pid in "abc"]
+    fine = [s(pid, 1, False) for pid in "abcde"]
+    _, counts = select_gw(broken + fine, IDS, seed=0, max_verifier_errors=0.5)
+    assert counts["verifier_errors"] == 3
+    with pytest.raises(StageError, match=r"3 of 8 samples \(38%\) could not be graded .*select\.max_verifier_errors"):
+        select_gw(broken + fine, IDS, seed=0, max_verifier_errors=0.05)
