@@ -77,6 +77,8 @@ class SampleParams:
 class SelectParams:
     balance: bool = _f(False, "Keep only problems that have both a correct (G) and a wrong (W) sample, so G and W cover the same problems and have the same size.")
     seed_offset: int = _f(0, "Added to base.seed for the draw of G and W among a problem's samples.", min=0, max=MAX_SEED)
+    max_verifier_errors: float = _f(0.05, "Largest share of samples whose grading failed (verifier error: sandbox down, gold answer unusable) that select accepts; above it select stops, since a broken verifier would look like a teacher that is always wrong.",
+                                    min=0, max=1)
 
 
 @dataclass

@@ -93,12 +93,15 @@ from typing import Any
 __all__ = [
     "ExecutionResult",
     "SandboxPool",
+    "SandboxError",
+    "SandboxModeError",
     "SandboxUnavailable",
     "SandboxWarning",
     "isolation_report",
     "run_program",
     "run_tests",
     "run_tests_many",
+    "self_test",
 ]
 
 MODES = ("bwrap", "rlimit")
@@ -126,8 +129,18 @@ _PREIMPORT = (
 ).split()
 
 
-class SandboxUnavailable(RuntimeError):
+try:
+    from cotshape.errors import SandboxError
+except ImportError:  # the server side runs this file alone (python -I), without the package
+    SandboxError = RuntimeError  # type: ignore[misc,assignment]
+
+
+class SandboxUnavailable(SandboxError):
     """The requested isolation mode cannot run on this machine."""
+
+
+class SandboxModeError(SandboxError, ValueError):
+    """An unknown sandbox mode (argument or ``COTSHAPE_SANDBOX_MODE``)."""
 
 
 class SandboxWarning(RuntimeWarning):
@@ -274,7 +287,8 @@ def _resolve_mode(mode: str | None) -> str:
     global _warned
     requested = mode or os.environ.get(MODE_ENV) or "auto"
     if requested not in (*MODES, "auto"):
-        raise ValueError(f"sandbox mode {requested!r}: expected one of {', '.join(MODES)} or 'auto'")
+        what = f"sandbox mode {requested!r}" if mode else f"{MODE_ENV}={requested}"
+        raise SandboxModeError(f"{what}: expected one of {', '.join(MODES)} or auto")
     if requested == "rlimit":
         return "rlimit"
     probe = _probe_bwrap()
@@ -643,12 +657,31 @@ def run_tests(code: str, tests: list[str], setup_code: str = "", timeout_s: floa
                                   max_output_bytes=max_output_bytes)
 
 
+_self_tested: set[str] = set()
+
+
+def self_test(mode: str | None = None) -> str:
+    """Check, once per process and mode, that the sandbox runs a trivial program; returns the
+    resolved mode. A sandbox that cannot (bad mode, bwrap required but missing, a server that
+    does not start) raises :class:`SandboxError`: graded programs would all fail for a reason
+    that has nothing to do with them."""
+    resolved = _resolve_mode(mode)
+    if resolved not in _self_tested:
+        res = run_program("pass", timeout_s=30.0, mode=resolved)
+        if not res.passed:
+            raise SandboxError(f"sandbox self-test failed: {res.status}: {res.reason} (mode {resolved}); "
+                               f"cotshape.sandbox.isolation_report() says why; {MODE_ENV} picks the mode")
+        _self_tested.add(resolved)
+    return resolved
+
+
 def run_tests_many(jobs: list[dict], workers: int | None = None, progress: bool = False,
                    mode: str | None = None) -> list[ExecutionResult]:
     """:func:`run_tests` for many jobs in parallel; results in the order of ``jobs``.
 
     Each job is a dict with ``code``, ``tests`` and optionally ``setup_code``, ``timeout_s``,
-    ``memory_mb``. ``workers`` defaults to the number of CPUs.
+    ``memory_mb``. ``workers`` defaults to the number of CPUs. The sandbox passes
+    :func:`self_test` first, or :class:`SandboxError` is raised.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -662,6 +695,8 @@ def run_tests_many(jobs: list[dict], workers: int | None = None, progress: bool 
     if workers is not None and workers < 1:
         raise ValueError(f"run_tests_many: workers={workers}: must be >= 1")
     workers = min(workers or os.cpu_count() or 1, max(1, len(jobs)))
+    if jobs:
+        mode = self_test(mode)
     pool = _shared_pool(mode)
 
     def one(job: dict) -> ExecutionResult:

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
 from typing import Any
 
+from cotshape.errors import CotshapeError
 from cotshape.records import RecordError, read_jsonl, read_problems, write_jsonl
 from cotshape.tasks import get_task
 from cotshape.tasks.base import VERIFIER_ERROR, Problem, Task, Verdict
@@ -208,7 +209,9 @@ def verify_records(
         slot_of[i] = unique[key]
     try:
         graded = task.check_many(pairs, workers=workers, progress=progress)
-    except Exception as e:  # noqa: BLE001 - e.g. the sandbox is unavailable: grade wrong, say why
+    except CotshapeError:
+        raise  # the verifier cannot run at all (e.g. a misconfigured sandbox): stop, do not grade wrong
+    except Exception as e:  # noqa: BLE001 - an unexpected grader failure: grade wrong, say why
         graded = [Verdict(False, True, ex, f"{VERIFIER_ERROR}: {type(e).__name__}: {e}") for _, ex in pairs]
     out = []
     for i, rec in enumerate(records):
@@ -217,8 +220,15 @@ def verify_records(
     return out
 
 
+def count_verifier_errors(records: list[dict]) -> int:
+    """Records whose grading failed (reason starting with ``verifier error``), not graded wrong
+    on their merits; select refuses to run when there are too many."""
+    return sum(str(r.get("reason") or "").startswith(VERIFIER_ERROR) for r in records)
+
+
 def summarize(records: list[dict]) -> dict[str, Any]:
-    """Counts and both accuracy definitions (correct/total and correct/parsed)."""
+    """Counts and both accuracy definitions (correct/total and correct/parsed), and the number
+    of verifier errors."""
     n = len(records)
     correct = sum(bool(r.get("correct")) for r in records)
     parsed = sum(bool(r.get("parsed")) for r in records)
@@ -228,6 +238,7 @@ def summarize(records: list[dict]) -> dict[str, Any]:
         "parsed": parsed,
         "accuracy": correct / n if n else 0.0,
         "accuracy_parsed": correct / parsed if parsed else 0.0,
+        "verifier_errors": count_verifier_errors(records),
     }
 
 

@@ -10,8 +10,8 @@ import argparse
 from pathlib import Path
 
 from cotshape.pipeline import params, stage_main
-from cotshape.records import read_jsonl, read_problems, write_json, write_jsonl
-from cotshape.select import select_gw, training_record
+from cotshape.records import read_problems, write_json, write_jsonl
+from cotshape.select import read_verified, select_gw, training_record
 from cotshape.tasks import get_task
 
 
@@ -28,9 +28,9 @@ def main(argv: list[str] | None = None) -> None:
     task = get_task(args.task)
     problems = read_problems(args.problems)
     by_id = {x["id"]: x for x in problems}
-    verified = read_jsonl(args.verified, required=("problem_id", "sample_index", "completion", "correct", "parsed"))
+    verified = read_verified(args.verified, [x["id"] for x in problems])
     sets, counts = select_gw(verified, [x["id"] for x in problems], seed=p.base.seed + p.select.seed_offset,
-                             balance=p.select.balance)
+                             balance=p.select.balance, max_verifier_errors=p.select.max_verifier_errors)
     for name, recs in sets.items():
         out = [training_record(task.name, name, r["problem_id"], task.chat_messages(by_id[r["problem_id"]]),
                                r["completion"], source_sample=r.get("id"), extracted=r.get("extracted"))

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", required=True)
     args = ap.parse_args(argv)
     params()  # validated even though verify reads none of them: bad params stop every stage
-    from cotshape.verify import verify_records
+    from cotshape.verify import count_verifier_errors, verify_records
     task = get_task(args.task)
     problems = {x["id"]: x for x in read_problems(args.problems)}
     samples = read_jsonl(args.samples, required=("problem_id", "sample_index", "completion"))
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         "teacher_accuracy": n_correct / n if n else 0.0,
         "teacher_parse_rate": n_parsed / n if n else 0.0,
         "truncated": sum(r.get("finish_reason") == "length" for r in verified),
+        "verifier_errors": count_verifier_errors(verified),
     })
     print(f"{args.task}: {n_correct}/{n} samples correct, {n_parsed} parsed")
 

@@ -72,7 +72,7 @@ def test_non_string_completion_is_unparsed():
 
 def test_summarize_reports_both_accuracies():
     s = summarize([{"correct": True, "parsed": True}, {"correct": False, "parsed": True}, {"correct": False, "parsed": False}])
-    assert s == {"n": 3, "correct": 1, "parsed": 2, "accuracy": 1 / 3, "accuracy_parsed": 0.5}
+    assert s == {"n": 3, "correct": 1, "parsed": 2, "accuracy": 1 / 3, "accuracy_parsed": 0.5, "verifier_errors": 0}
 
 
 def test_math_batch_agrees_with_single_verify():
@@ -150,3 +150,60 @@ def test_verify_file_refuses_problems_of_another_task(tmp_path):
     write_jsonl(samples, RECORDS)
     with pytest.raises(RecordError, match=r"is a 'countdown' problem, not 'math'"):
         verify_file("math", probs, samples, tmp_path / "v.jsonl", progress=False)
+
+
+def mbpp_files(tmp_path):
+    problems = get_task("mbpp").load("train", source="offline", limit=2, seed=0)
+    write_jsonl(tmp_path / "train.jsonl", problems)
+    samples = [{"problem_id": p["id"], "sample_index": 0, "completion": "```python\ndef f():\n    return 1\n```"}
+               for p in problems]
+    write_jsonl(tmp_path / "samples.jsonl", samples)
+    return problems, samples
+
+
+def test_misspelt_sandbox_mode_stops_verify(tmp_path, monkeypatch):
+    from cotshape.errors import SandboxError
+
+    problems, samples = mbpp_files(tmp_path)
+    monkeypatch.setenv("COTSHAPE_SANDBOX_MODE", "bwrapp")
+    with pytest.raises(SandboxError, match=r"COTSHAPE_SANDBOX_MODE=bwrapp: expected one of bwrap, rlimit or auto"):
+        verify_records(get_task("mbpp"), {p["id"]: p for p in problems}, samples, progress=False)
+
+
+def test_misspelt_sandbox_mode_stops_the_stage_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    mbpp_files(tmp_path)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, COTSHAPE_SANDBOX_MODE="bwrapp", COTSHAPE_PARAMS=os.path.join(root, "params.yaml"))
+    proc = subprocess.run([sys.executable, os.path.join(root, "stages", "verify.py"), "--task", "mbpp",
+                           "--problems", str(tmp_path / "train.jsonl"), "--samples", str(tmp_path / "samples.jsonl"),
+                           "--out", str(tmp_path / "v.jsonl"), "--metrics", str(tmp_path / "m.json")],
+                          capture_output=True, text=True, env=env, timeout=300, cwd=root)
+    assert proc.returncode == 2, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "COTSHAPE_SANDBOX_MODE=bwrapp" in lines[0] and "Traceback" not in proc.stderr
+    assert not (tmp_path / "v.jsonl").exists() and not (tmp_path / "m.json").exists()
+
+
+def test_sandbox_failing_its_self_test_stops_verify(tmp_path, monkeypatch):
+    import cotshape.sandbox as sb
+    from cotshape.errors import SandboxError
+
+    problems, samples = mbpp_files(tmp_path)
+    broken = sb.ExecutionResult(False, "sandbox_error", "sandbox server (rlimit) failed to start", "", "", None,
+                                0.0, False, False, False, "rlimit")
+    monkeypatch.setattr(sb, "_self_tested", set())
+    monkeypatch.setattr(sb, "run_program", lambda *a, **k: broken)
+    with pytest.raises(SandboxError, match=r"sandbox self-test failed: sandbox_error: sandbox server"):
+        verify_records(get_task("mbpp"), {p["id"]: p for p in problems}, samples, progress=False)
+
+
+def test_verifier_errors_are_counted():
+    class Broken(Countdown):
+        def check(self, problem, extracted, completion):
+            raise RuntimeError("gold answer unusable")
+
+    out = verify_records(Broken(), PROBLEMS, RECORDS, progress=False)
+    assert summarize(out)["verifier_errors"] == 3  # the unparsed one was never graded
