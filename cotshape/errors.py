@@ -42,6 +42,10 @@ class ModelSpecError(InputError):
     """A model spec that names no model (unknown alias, missing folder)."""
 
 
+class DataNotFoundError(CotshapeError, FileNotFoundError):
+    """A data source (a local dataset folder, a hub dataset) has no data where it should."""
+
+
 class StageError(CotshapeError, RuntimeError):
     """A stage cannot run with these inputs (e.g. an empty training set)."""
 

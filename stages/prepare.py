@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cotshape.pipeline import params, stage_main
+from cotshape.pipeline import StageError, params, stage_main
 from cotshape.records import write_jsonl
 from cotshape.select import training_record
 from cotshape.tasks import get_task
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     test = task.load("test", source=p.prepare.source, limit=p.prepare.test_size, seed=p.base.seed)
     overlap = {x["id"] for x in train} & {x["id"] for x in test}
     if overlap:
-        raise ValueError(f"task {args.task}: train and test share problem ids, e.g. {sorted(overlap)[:3]}")
+        raise StageError(f"task {args.task}: train and test share problem ids, e.g. {sorted(overlap)[:3]}")
     human = [training_record(task.name, "H", x["id"], task.chat_messages(x), task.human_completion(x)) for x in train]
     write_jsonl(args.train_out, train)
     write_jsonl(args.test_out, test)

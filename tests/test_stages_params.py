@@ -41,6 +41,10 @@ BAD = [
     ({"sample": {"k": 0}}, "sample.k: must be >= 1"),
     ({"base": {"tasks": ["countdwn"]}}, "base.tasks[0]: unknown task 'countdwn'"),
     ({"sft": {"lerning_rate": 0.1}}, "unknown key 'sft.lerning_rate'"),
+    ({"sample": {"temperature": float("nan")}}, "sample.temperature: must be a finite number, got nan"),
+    ({"base": {"seed": -1}}, "base.seed: must be >= 0, got -1"),
+    ({"sample": {"shards": []}}, "sample.shards: must list at least one shard"),
+    ({"select": {"max_verifier_errors": 1.5}}, "select.max_verifier_errors: must be <= 1"),
 ]
 
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cotshape.errors import InputError
+from cotshape.errors import DataNotFoundError, InputError
 
 Problem = dict[str, Any]
 #: prefix of ``Verdict.reason`` when grading itself failed (the verifier raised, the gold answer
@@ -62,7 +62,7 @@ def hub_files(source: str, config: str | None, split: str) -> list[Path]:
         try:
             root = Path(snapshot_download(source, repo_type="dataset", allow_patterns=patterns))
         except Exception as e:  # offline, unknown repo, network: one clear message
-            raise FileNotFoundError(
+            raise DataNotFoundError(
                 f"hub dataset {source!r} ({config or 'default'}/{split}) could not be fetched: "
                 f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} - use source "
                 "'offline', or a local folder in the hub layout"
@@ -81,7 +81,7 @@ def hub_files(source: str, config: str | None, split: str) -> list[Path]:
         if files:
             return files
     where = f"{root}/{config}/" if config else f"{root}/"
-    raise FileNotFoundError(f"{source}: no {split!r} data files (.parquet/.jsonl/.json) under {where}")
+    raise DataNotFoundError(f"{source}: no {split!r} data files (.parquet/.jsonl/.json) under {where}")
 
 
 def read_hub_rows(source: str, config: str | None, split: str) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from collections import Counter
 from fractions import Fraction
 from itertools import combinations
 
+from cotshape.errors import InputError
 from cotshape.records import make_problem
 from cotshape.tasks import register
 from cotshape.tasks.base import Problem, Task, Verdict, is_test_key, read_hub_rows
@@ -286,7 +287,7 @@ class Countdown(Task):
             if len(out) >= want:
                 break
         if limit and len(out) < limit:
-            raise ValueError(f"countdown offline: only {len(out)} distinct {split} problems for limit={limit}")
+            raise InputError(f"countdown offline: only {len(out)} distinct {split} problems for limit={limit}")
         return out
 
     def extract_answer(self, completion: str) -> str | None:

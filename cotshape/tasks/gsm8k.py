@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
+from cotshape.errors import InputError
 from cotshape.records import make_problem
 from cotshape.tasks import register
 from cotshape.tasks.base import VERIFIER_ERROR, Problem, Task, Verdict, is_test_key, read_hub_rows
@@ -101,7 +102,7 @@ class GSM8K(Task):
         for i, row in enumerate(rows[:limit] if limit else rows):
             m = re.search(r"####\s*(.+?)\s*$", row["answer"])
             if not m:
-                raise ValueError(f"{source} {split} row {i}: answer has no '#### N' line")
+                raise InputError(f"{source} {split} row {i}: answer has no '#### N' line")
             out.append(
                 make_problem(
                     id=f"gsm8k-{split}-{i:05d}",
@@ -146,7 +147,7 @@ class GSM8K(Task):
             if len(out) >= want:
                 break
         if limit and len(out) < limit:
-            raise ValueError(f"gsm8k offline: only {len(out)} distinct {split} problems for limit={limit}")
+            raise InputError(f"gsm8k offline: only {len(out)} distinct {split} problems for limit={limit}")
         return out
 
     def human_completion(self, problem: Problem) -> str:

@@ -29,6 +29,7 @@ from collections import OrderedDict
 from fractions import Fraction
 from typing import Any
 
+from cotshape.errors import DataNotFoundError, InputError
 from cotshape.records import make_problem
 from cotshape.tasks import register
 from cotshape.tasks.base import Problem, Task, Verdict, is_test_key, read_hub_rows, stable_bucket
@@ -289,7 +290,7 @@ class MATH(Task):
         root = Path(source)
         configs = [c for c in SUBJECTS if (root / c).is_dir()] if root.is_dir() else list(SUBJECTS)
         if not configs:
-            raise FileNotFoundError(f"{source}: none of the MATH subject folders ({', '.join(SUBJECTS)})")
+            raise DataNotFoundError(f"{source}: none of the MATH subject folders ({', '.join(SUBJECTS)})")
         out: list[Problem] = []
         for config in configs:
             for row in read_hub_rows(source, config, split):
@@ -338,7 +339,7 @@ class MATH(Task):
             if len(out) >= want:
                 break
         if limit and len(out) < limit:
-            raise ValueError(f"math offline: only {len(out)} distinct {split} problems for limit={limit}")
+            raise InputError(f"math offline: only {len(out)} distinct {split} problems for limit={limit}")
         return out
 
     def extract_answer(self, completion: str) -> str | None:
