@@ -297,6 +297,10 @@ def merge_shards(paths: list[str | os.PathLike], out: str | os.PathLike, problem
     recs = []
     for path in paths:
         for lineno, rec in enumerate(read_jsonl(path, required=SAMPLE_FIELDS), 1):
+            if not isinstance(rec["problem_id"], str) or isinstance(rec["sample_index"], bool) \
+                    or not isinstance(rec["sample_index"], int):
+                raise RecordError(f"{path}:{lineno}: problem_id must be a string and sample_index an integer, "
+                                  f"got {rec['problem_id']!r:.80} and {rec['sample_index']!r:.80}")
             key = (rec["problem_id"], rec["sample_index"])
             if key in seen:
                 raise RecordError(f"{path}:{lineno}: sample {key[0]}#{key[1]} already in {seen[key]}")

@@ -165,6 +165,8 @@ def _validate_records(records: list[dict], problems: dict[str, Problem]) -> None
         for key in ("problem_id", "completion"):
             if key not in rec:
                 raise RecordError(f"record {i}: missing field {key!r}")
+        if not isinstance(rec["problem_id"], str):
+            raise RecordError(f"record {i}: field 'problem_id' must be a string, got {rec['problem_id']!r:.80}")
         if rec["problem_id"] not in problems:
             raise RecordError(f"record {i}: unknown problem_id {rec['problem_id']!r} (not in the problem set)")
 
@@ -257,6 +259,9 @@ def verify_file(
     problems = {p["id"]: p for p in read_problems(problems_path)}
     records = read_jsonl(in_path, required=("problem_id", "completion"))
     for lineno, rec in enumerate(records, 1):
+        if not isinstance(rec["problem_id"], str):
+            raise RecordError(f"{in_path}: record {lineno}: field 'problem_id' must be a string, "
+                              f"got {rec['problem_id']!r:.80}")
         if rec["problem_id"] not in problems:
             # read_jsonl skips blank lines, so report the record number and the id
             raise RecordError(

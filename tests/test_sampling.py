@@ -174,3 +174,10 @@ def test_second_run_on_the_same_output_refuses_naming_the_pid(backend, tmp_path)
     run_sampling(EchoTask(), PROBLEMS[:1], backend, 1, PARAMS, out, teacher="tiny", show_progress=False)
     assert len(read_jsonl(out)) == 1 and not partial_path(out).exists()
     assert not (tmp_path / "samples.jsonl.partial.lock").exists()
+
+
+def test_merge_refuses_unhashable_or_mistyped_ids(full_run, tmp_path):
+    bad = dict(full_run[0], problem_id=["p0"])
+    (tmp_path / "s0.jsonl").write_text(json.dumps(full_run[1]) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(RecordError, match=r"s0\.jsonl:2: problem_id must be a string"):
+        merge_shards([tmp_path / "s0.jsonl"], tmp_path / "out.jsonl")

@@ -207,3 +207,13 @@ def test_verifier_errors_are_counted():
 
     out = verify_records(Broken(), PROBLEMS, RECORDS, progress=False)
     assert summarize(out)["verifier_errors"] == 3  # the unparsed one was never graded
+
+
+def test_unhashable_problem_id_names_file_and_line(tmp_path):
+    write_jsonl(tmp_path / "p.jsonl", list(PROBLEMS.values()))
+    (tmp_path / "s.jsonl").write_text(json.dumps({"problem_id": "a", "completion": "x"}) + "\n"
+                                      + json.dumps({"problem_id": ["a"], "completion": "x"}) + "\n")
+    with pytest.raises(RecordError, match=r"s\.jsonl: record 2: field 'problem_id' must be a string, got \['a'\]"):
+        verify_file("countdown", tmp_path / "p.jsonl", tmp_path / "s.jsonl", tmp_path / "o.jsonl", progress=False)
+    with pytest.raises(RecordError, match=r"record 1: field 'problem_id' must be a string"):
+        verify_records(get_task("countdown"), PROBLEMS, [{"problem_id": {"a": 1}, "completion": "x"}], progress=False)
