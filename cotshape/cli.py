@@ -7,7 +7,7 @@
     cotshape tasks list
     cotshape tasks show gsm8k --source offline -n 3
     cotshape preset ...            (see cotshape.presets)
-    cotshape compare [--repo .] [--json SAVED] [--out reports/compare]   (seeds, sweeps)
+    cotshape compare [--repo .] [--json SAVED] [--out compare]   (seeds, sweeps)
 
 Bad input (a malformed record file, an unknown task, model spec or parameter) prints one line
 ``error: ...`` to stderr and exits with status 2, without a traceback.
@@ -184,7 +184,7 @@ def preset(ctx: typer.Context) -> None:
 def compare(
     repo: Annotated[Path, typer.Option(help="git + DVC repository whose experiments to compare")] = Path("."),
     out: Annotated[Path | None, typer.Option(help="folder for compare.md and compare.json "
-                                             "(default: REPO/reports/compare)")] = None,
+                                             "(default: REPO/compare; reports/ belongs to the report stage)")] = None,
     json_file: Annotated[Path | None, typer.Option("--json", help="a saved `dvc exp show --json` "
                                                    "to read instead of running dvc")] = None,
     ignore: Annotated[list[str] | None, typer.Option(help="param that may differ within a group "
@@ -207,7 +207,7 @@ def compare(
     exps = cmp.collect(repo, dvc_json, workspace=workspace, all_commits=all_commits, skipped=skipped)
     groups = cmp.group(exps, by_exclude=tuple(ignore) if ignore else (cmp.SEED_PARAM,), by=group_by or None)
     result = cmp.compare(groups, skipped)
-    md, _ = cmp.write(result, out if out is not None else repo / "reports" / "compare")
+    md, _ = cmp.write(result, out if out is not None else repo / "compare")
     typer.echo(f"compared {len(exps)} experiments in {len(groups)} group(s): {md}", err=True)
 
 

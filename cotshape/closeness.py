@@ -38,13 +38,15 @@ def load_scorer(model_path_or_model, device: str, dtype: str, tokenizer):
 
 def completion_loss(model_path_or_model, records: list[dict[str, Any]], batch_size: int = 8,
                     max_length: int | None = 512, device: str = "cpu", dtype: str = "float32",
-                    tokenizer=None) -> dict[str, float | int]:
+                    tokenizer=None, per_example: bool = False) -> dict[str, Any]:
     """Mean negative log-likelihood per completion token of ``records`` (training-set records:
     ``prompt`` messages + ``completion`` text) under the model, over all tokens of the set.
 
     Returns ``mean_loss``, ``perplexity`` (``exp(mean_loss)``), ``n_tokens`` (completion tokens
-    scored) and ``n_examples`` (records kept after the ``max_length`` cut). An empty set is an
-    error: there is nothing to measure.
+    scored) and ``n_examples`` (records kept after the ``max_length`` cut). With ``per_example``
+    also ``example_nll`` and ``example_tokens``: each kept example's summed loss and token count,
+    for bootstrap intervals (:func:`loss_intervals`). An empty set is an error: there is nothing
+    to measure.
     """
     import torch
     from tqdm.auto import tqdm
@@ -74,6 +76,7 @@ def completion_loss(model_path_or_model, records: list[dict[str, Any]], batch_si
 
     order = sorted(range(len(examples)), key=lambda i: -len(examples[i]["input_ids"]))
     total_nll, total_tokens = 0.0, 0
+    ex_nll, ex_tok = [0.0] * len(examples), [0] * len(examples)
     bar = tqdm(total=sum(sum(e["completion_mask"]) for e in examples), unit="tok", desc="completion loss")
     with torch.no_grad():
         for start in range(0, len(order), batch_size):
@@ -91,8 +94,42 @@ def completion_loss(model_path_or_model, records: list[dict[str, Any]], batch_si
                         fused_lm_head=True, use_cache=False)
             total_nll += float(-out.log_probs.double().sum())
             n_tok = int(out.label_mask.sum())
+            if per_example:  # log_probs is (batch, len) and zero where the label is ignored
+                row_nll, row_tok = -out.log_probs.double().sum(dim=-1), out.label_mask.sum(dim=-1)
+                for r, i in enumerate(order[start:start + batch_size]):
+                    ex_nll[i], ex_tok[i] = float(row_nll[r]), int(row_tok[r])
             total_tokens += n_tok
             bar.update(n_tok)
     bar.close()
     mean = total_nll / total_tokens
-    return {"mean_loss": mean, "perplexity": math.exp(mean), "n_tokens": total_tokens, "n_examples": len(examples)}
+    result: dict[str, Any] = {"mean_loss": mean, "perplexity": math.exp(mean), "n_tokens": total_tokens,
+                              "n_examples": len(examples)}
+    if per_example:
+        result["example_nll"], result["example_tokens"] = ex_nll, ex_tok
+    return result
+
+
+def loss_intervals(results: dict[str, dict[str, Any]], reference: str = "H", seed: int = 0,
+                   n_boot: int = 10000) -> dict[str, dict[str, Any]]:
+    """Bootstrap intervals for the closeness of every set.
+
+    ``results`` maps a set name to :func:`completion_loss` output made with ``per_example=True``.
+    Returns, per set, the summary without the per-example arrays plus ``ci95`` (the 95 %
+    interval of ``mean_loss``, resampling examples) and, for every set but ``reference``,
+    ``minus_ref`` = reference loss - this set's loss (> 0: the set sits closer to the model than
+    the reference) with its interval ``minus_ref_ci95`` (the two sets resampled independently).
+    """
+    from cotshape.stats import ratio_diff_ci, ratio_mean_ci
+
+    out: dict[str, dict[str, Any]] = {}
+    ref = results.get(reference)
+    for name, r in results.items():
+        summary = {k: v for k, v in r.items() if k not in ("example_nll", "example_tokens")}
+        if "example_nll" in r:
+            summary["ci95"] = ratio_mean_ci(r["example_nll"], r["example_tokens"], n_boot=n_boot, seed=seed)["ci95"]
+            if ref is not None and name != reference and "example_nll" in ref:
+                d = ratio_diff_ci(ref["example_nll"], ref["example_tokens"], r["example_nll"], r["example_tokens"],
+                                  n_boot=n_boot, seed=seed)
+                summary["minus_ref"], summary["minus_ref_ci95"] = d["diff"], d["ci95"]
+        out[name] = summary
+    return out

@@ -6,7 +6,7 @@ what they agree on::
     exps = collect(Path("."))                  # runs `dvc exp show --json` (or takes its JSON)
     groups = group(exps)                       # params equal except base.seed -> one group
     result = compare(groups)                   # mean, sd, min, max per accuracy; pooled verdicts
-    write(result, Path("reports/compare"))     # compare.md + compare.json, each atomically
+    write(result, Path("compare"))     # compare.md + compare.json, each atomically
 
 ``cotshape compare`` is the command around it.
 

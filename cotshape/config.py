@@ -6,8 +6,9 @@ field's metadata (``cotshape params`` style docs are generated from it: see :fun
 key or a bad value with one :class:`ParamsError` whose message names the file and the key, e.g.
 ``params.yaml: degrade.flawed_fractions[2]: must be in [0, 1], got 1.5``.
 
-The ``sft`` section is :class:`cotshape.train.SFTParams` (it lives beside the trainer it
-configures); everything else is here.
+The ``sft`` section is :class:`cotshape.sft_params.SFTParams` (a small module of its own,
+re-exported by the trainer, so that no stage depends on the trainer's code); everything else
+is here.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class BaseParams:
     seed: int = _f(0, "One seed for every random choice of the pipeline (sampling, selection, degradation, SFT).",
                    min=0, max=MAX_SEED)
     tasks: list[str] = _f(None, "Tasks to run, any of gsm8k, math, countdown, mbpp.",
-                          default_factory=lambda: ["gsm8k", "countdown"])
+                          default_factory=lambda: ["gsm8k"])
     teacher: str = _f("smollm2-135m-instruct", "Teacher model: hub id[@revision], local folder, or the offline alias smollm2-135m-instruct.")
     student: str = _f("smollm2-135m-instruct", "Student model (fine-tuned and evaluated), same forms as teacher.")
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu or cuda.", choices=("auto", "cpu", "cuda"))
@@ -55,17 +56,21 @@ class BaseParams:
 @dataclass
 class PrepareParams:
     source: str = _f("offline", "Where problems come from: offline (generated locally), hub (each task's Hugging Face dataset), or a local dataset path in the hub layout.")
-    train_size: int = _f(16, "Training problems per task.", min=1, max=MAX_PROBLEMS)
-    test_size: int = _f(16, "Test problems per task.", min=1, max=MAX_PROBLEMS)
+    train_size: int = _f(100, "Training problems per task.", min=1, max=MAX_PROBLEMS)
+    test_size: int = _f(200, "Test problems per task (200: a 10-point paired difference is detectable).", min=1, max=MAX_PROBLEMS)
+    level: str = _f("easy", "Difficulty of the offline source: full (the task's usual offline data) or easy (a CPU proxy: problems a 135M few-shot teacher solves part of the time; gsm8k: one- and two-step word problems, countdown: three numbers 1-9, small targets). Tasks without an easy level refuse it; the hub source ignores it.",
+                    choices=("easy", "full"))
 
 
 @dataclass
 class SampleParams:
     backend: str = _f("transformers", "Generation backend: transformers (CPU/GPU) or vllm (GPU, extra 'gpu').",
                       choices=("transformers", "vllm"))
-    k: int = _f(4, "Teacher samples per training problem.", min=1, max=MAX_SAMPLES)
+    k: int = _f(8, "Teacher samples per training problem.", min=1, max=MAX_SAMPLES)
+    shots: int = _f(4, "Worked exemplars (the task's teacher_exemplars, in the teacher's own phrasing) shown to the teacher as earlier chat turns before each problem; 0 = zero-shot, as in the paper. The student is trained on the zero-shot prompt either way.",
+                    min=0, max=64)
     max_new_tokens: int = _f(128, "Longest chain of thought sampled, in tokens.", min=1, max=MAX_TOKENS)
-    temperature: float = _f(0.8, "Sampling temperature (0 = greedy, then k must be 1).", min=0, max=100)
+    temperature: float = _f(0.6, "Sampling temperature (0 = greedy, then k must be 1).", min=0, max=100)
     top_p: float = _f(0.95, "Nucleus sampling mass.", min=1e-9, max=1)
     batch_size: int = _f(128, "Sequences decoded together (transformers backend).", min=1, max=MAX_BATCH)
     tensor_parallel_size: int = _f(1, "GPUs per vLLM engine (vllm backend).", min=1, max=1024)
@@ -75,7 +80,7 @@ class SampleParams:
 
 @dataclass
 class SelectParams:
-    balance: bool = _f(False, "Keep only problems that have both a correct (G) and a wrong (W) sample, so G and W cover the same problems and have the same size.")
+    balance: bool = _f(True, "Keep only problems that have both a correct (G) and a wrong (W) sample: G and W cover the same problems, and every other set (H, P, step-degraded, mixtures) is trained and scored on those same problems (select writes their ids), so all sets compared in a claim have the same size. false: each set is used whole and sizes differ.")
     seed_offset: int = _f(0, "Added to base.seed for the draw of G and W among a problem's samples.", min=0, max=MAX_SEED)
     max_verifier_errors: float = _f(0.05, "Largest share of samples whose grading failed (verifier error: sandbox down, gold answer unusable) that select accepts; above it select stops, since a broken verifier would look like a teacher that is always wrong.",
                                     min=0, max=1)
@@ -94,24 +99,32 @@ class ParaphraseParams:
 
 @dataclass
 class DegradeParams:
-    flawed_fractions: list[float] = _f(None, "Fractions p of completely flawed CoTs in the mixtures (each in [0, 1]).",
-                                       default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    flawed_fractions: list[float] = _f(None, "Fractions p of completely flawed CoTs in the mixtures (each in (0, 1]); p = 0 is the base set itself (base_set), trained once and always the first point of the mixture curve.",
+                                       default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
     flawed_source: str = _f("corrupt", "Flawed CoTs: corrupt (every step programmatically perturbed) or model (teacher prompted to reason wrongly, verified wrong).",
                             choices=("corrupt", "model"))
     step_k: int = _f(1, "Steps corrupted per CoT in the step-degraded set.", min=1, max=1000)
-    base_set: str = _f("H", "The correct CoTs that mixtures and the step-degraded set are built from: G (teacher CoTs, as in the paper), H or P. The offline default uses H because the 135M offline teacher yields almost no correct CoT; the paper presets use G.",
+    base_set: str = _f("G", "The correct CoTs that mixtures and the step-degraded set are built from: G (teacher CoTs, as in the paper), H or P.",
                        choices=("G", "H", "P"))
 
 
 @dataclass
 class EvaluateParams:
     max_new_tokens: int = _f(128, "Longest greedy answer at evaluation, in tokens.", min=1, max=MAX_TOKENS)
-    batch_size: int = _f(32, "Sequences decoded together.", min=1, max=MAX_BATCH)
+    batch_size: int = _f(128, "Sequences decoded together (the backend refills its batch as rows finish).", min=1, max=MAX_BATCH)
 
 
 @dataclass
 class ClosenessParams:
-    batch_size: int = _f(8, "Examples per forward pass when scoring a set with the base student.", min=1, max=MAX_BATCH)
+    batch_size: int = _f(16, "Examples per forward pass when scoring a set with the base student.", min=1, max=MAX_BATCH)
+
+
+@dataclass
+class ReportParams:
+    margin: float = _f(0.1, "Equivalence margin of claim C5 (accuracy with 25 % flawed CoTs within ±margin of 0 % flawed), as a fraction: 0.1 = 10 points. Fixed before the run, never fitted to its results.",
+                       min=0, max=1)
+    n_boot: int = _f(10000, "Bootstrap resamples for every interval of the report (paired accuracy differences, closeness, the mixture slope).",
+                     min=100, max=1_000_000)
 
 
 @dataclass
@@ -121,7 +134,7 @@ class TrackingParams:
 
 
 def _sft_cls():
-    from cotshape.train import SFTParams
+    from cotshape.sft_params import SFTParams
 
     return SFTParams
 
@@ -136,6 +149,7 @@ SECTIONS: dict[str, Any] = {
     "sft": _sft_cls,
     "evaluate": EvaluateParams,
     "closeness": ClosenessParams,
+    "report": ReportParams,
     "tracking": TrackingParams,
 }
 
@@ -151,6 +165,7 @@ class Params:
     sft: Any
     evaluate: EvaluateParams
     closeness: ClosenessParams
+    report: ReportParams
     tracking: TrackingParams
 
     def to_dict(self) -> dict[str, Any]:
@@ -243,8 +258,13 @@ def _cross_checks(p: Params, where: str) -> None:
     if len(set(p.base.tasks)) != len(p.base.tasks):
         raise ParamsError(f"{where}: base.tasks: lists a task twice: {p.base.tasks}")
     for i, frac in enumerate(p.degrade.flawed_fractions):
-        if not 0.0 <= frac <= 1.0:
-            raise ParamsError(f"{where}: degrade.flawed_fractions[{i}]: must be in [0, 1], got {frac}")
+        if frac == 0.0:
+            raise ParamsError(f"{where}: degrade.flawed_fractions[{i}]: 0.0 is the base set itself "
+                              "(degrade.base_set), always the first point of the curve; list only fractions in (0, 1]")
+        if not 0.0 < frac <= 1.0:
+            raise ParamsError(f"{where}: degrade.flawed_fractions[{i}]: must be in (0, 1], got {frac}")
+    if not p.degrade.flawed_fractions:
+        raise ParamsError(f"{where}: degrade.flawed_fractions: must list at least one fraction, e.g. [1.0]")
     if len(set(p.degrade.flawed_fractions)) != len(p.degrade.flawed_fractions):
         raise ParamsError(f"{where}: degrade.flawed_fractions: lists a fraction twice")
     if not p.sample.shards:

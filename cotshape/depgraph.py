@@ -63,6 +63,8 @@ DYNAMIC_IMPORTS: dict[str, tuple[str, ...]] = {
     "cotshape/sandbox.py": (),
     # launch_command reruns the stage's own script (plain python or `accelerate launch`)
     "cotshape/train.py": (),
+    # runs `python -m dvc exp show` (DVC, not package code) and asks find_spec whether dvc exists
+    "cotshape/compare.py": (),
 }
 
 #: call names that import or run code by a string (see the module docstring)

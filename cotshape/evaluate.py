@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cotshape.generation.base import Backend, SamplingParams
+from cotshape.stats import wilson_interval
 from cotshape.tasks.base import Problem, Task, Verdict
 
 #: tasks whose answers are programs graded by running tests; they also report pass@1
@@ -74,7 +75,8 @@ def score(verdicts: Sequence[Verdict | dict[str, Any]], code: bool = False) -> d
     least ``correct`` and ``parsed``, e.g. evaluation output records).
 
     Returns ``{"n", "n_correct", "n_parsed", "accuracy", "accuracy_parsed", "parse_rate",
-    "no_parsed_answers"}`` and, when ``code`` is true, ``"pass@1"`` (with one greedy sample per
+    "no_parsed_answers", "ci95"}`` (``ci95``: the Wilson 95 % interval of ``accuracy``) and,
+    when ``code`` is true, ``"pass@1"`` (with one greedy sample per
     problem it equals ``accuracy``). An empty list is an error: an evaluation of nothing is a
     misconfiguration, not an accuracy of zero.
     """
@@ -94,6 +96,8 @@ def score(verdicts: Sequence[Verdict | dict[str, Any]], code: bool = False) -> d
         "accuracy_parsed": n_correct / n_parsed if n_parsed else 0.0,
         "parse_rate": n_parsed / n,
         "no_parsed_answers": n_parsed == 0,
+        # Wilson 95 % interval of the accuracy: the binomial uncertainty of n test problems
+        "ci95": list(wilson_interval(n_correct, n)),
     }
     if code:
         metrics["pass@1"] = metrics["accuracy"]

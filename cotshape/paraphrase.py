@@ -32,7 +32,7 @@ from typing import Any
 
 from cotshape.errors import InputError
 from cotshape.generation.base import derive_seed
-from cotshape.select import training_record
+from cotshape.records import training_record
 from cotshape.tasks.base import Messages, Problem, Task
 
 #: ``generate(prompts, seeds)``: one completion per prompt, prompt ``i`` sampled with ``seeds[i]``

@@ -233,3 +233,34 @@ def read_json(path: str | os.PathLike) -> Any:
         raise RecordError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
     except RecursionError:
         raise RecordError(f"{path}: JSON nested too deeply to read") from None
+
+
+def read_ids(path: str | os.PathLike) -> list[str]:
+    """The ``problem_ids`` list of an ids file (select writes ``data/sets/TASK/ids.json``: the
+    problems every training set is compared on)."""
+    doc = read_json(path)
+    ids = doc.get("problem_ids") if isinstance(doc, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
+        raise RecordError(f"{path}: expected {{\"problem_ids\": [string, ...]}}")
+    return ids
+
+
+def restrict_to_ids(records: list[dict[str, Any]], ids: Iterable[str]) -> list[dict[str, Any]]:
+    """The records whose ``problem_id`` is in ``ids``, in their original order."""
+    keep = set(ids)
+    return [r for r in records if r.get("problem_id") in keep]
+
+
+def training_record(task_name: str, set_name: str, problem_id: str, prompt: list[dict[str, str]],
+                    completion: str, **extra: Any) -> dict[str, Any]:
+    """One record of a training set (the format SFT and closeness read)."""
+    rec = {
+        "id": f"{task_name}-{set_name}-{problem_id}",
+        "problem_id": problem_id,
+        "task": task_name,
+        "set": set_name,
+        "prompt": prompt,
+        "completion": completion,
+    }
+    rec.update(extra)
+    return rec

@@ -179,54 +179,116 @@ def _set_label(s: str) -> str:
 
 
 # ---- tables -----------------------------------------------------------------------------
-def _accuracy_section(m: _Metrics, tasks: Sequence[str], sets: Sequence[str]) -> str:
-    parts = ["## Accuracy (greedy decoding on the test problems)", ""]
+def _pts(d: dict[str, Any] | None) -> str:
+    """A paired difference as ``+3.0 pts [-2.5, +8.5]``."""
+    if not d:
+        return DASH
+    lo, hi = d["ci95"]
+    return f"{100 * d['diff']:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+
+def _ci(m: dict[str, Any] | None) -> str:
+    ci = (m or {}).get("ci95")
+    if not isinstance(ci, list) or len(ci) != 2:
+        return DASH
+    return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _accuracy_section(m: _Metrics, tasks: Sequence[str], sets: Sequence[str],
+                      comparisons: dict[str, Any] | None = None) -> str:
+    parts = [
+        "## Accuracy (greedy decoding on the test problems)",
+        "",
+        "95 % intervals: Wilson for an accuracy; for a difference, Newcombe's paired score interval "
+        "(both students answered the same test problems).",
+        "",
+    ]
     for t in tasks:
         rows_sets = [BASE_SET, *sets]
+        cmp = (comparisons or {}).get(t, {})
         has_pass = any(m.eval_value(t, s, "pass@1") is not None for s in rows_sets)
-        header = ["set", "accuracy", "accuracy (parsed)", "parse rate", "correct", "parsed", "n"]
+        header = ["set", "accuracy", "95 % CI", "accuracy (parsed)", "parse rate", "correct", "n",
+                  "Δ vs base [95 % CI]", "Δ vs H [95 % CI]"]
         if has_pass:
-            header.insert(3, "pass@1")
-        base_acc = _num(m.eval_value(t, BASE_SET, "accuracy"))
-        header.append("Δ accuracy vs base")
+            header.insert(4, "pass@1")
         rows = []
         for s in rows_sets:
             label = f"{s} — {SET_DESCRIPTIONS[s]}" if s in SET_DESCRIPTIONS else _set_label(s)
             if m.eval_skipped(t, s):
                 rows.append([f"{label} (skipped: empty training set)"] + [NA] * (len(header) - 1))
                 continue
-            g = (m.eval.get((t, s)) or {}).get
+            ev = m.eval.get((t, s))
+            g = (ev or {}).get
+            c = cmp.get(s, {})
             row = [
                 label,
                 _pct(g("accuracy")),
+                _ci(ev),
                 _pct(g("accuracy_parsed")) + (" (none parsed)" if g("no_parsed_answers") is True else ""),
                 _pct(g("parse_rate")),
                 _int(g("n_correct")),
-                _int(g("n_parsed")),
                 _int(g("n")),
+                _pts(c.get("vs_base")),
+                _pts(c.get("vs_H")),
             ]
             if has_pass:
-                row.insert(3, _pct(g("pass@1")))
-            acc = _num(g("accuracy"))
-            delta = DASH if acc is None or base_acc is None or s == BASE_SET else f"{100 * (acc - base_acc):+.1f} pts"
-            row.append(delta)
+                row.insert(4, _pct(g("pass@1")))
             rows.append(row)
         parts += [f"### {t}", "", _table(header, rows), ""]
     return "\n".join(parts)
 
 
-def _mixture_section(m: _Metrics, tasks: Sequence[str], fractions: Sequence[float]) -> str:
+_VERDICT_MARK = {"holds": "**holds**", "contradicted": "**contradicted**", "inconclusive": "inconclusive"}
+
+
+def _evidence_text(c: dict[str, Any]) -> str:
+    ev = c.get("evidence") or {}
+    if "missing" in ev:
+        return f"not measured: {ev['missing']}"
+    if "parts" in ev:
+        bits = []
+        for name, part in ev["parts"].items():
+            lo, hi = part["ci95"]
+            bits.append(f"loss(H) − loss({name}) = {part['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
+        return "; ".join(bits)
+    lo, hi = ev["ci95"]
+    if c["id"] == "C6":
+        return (f"slope {100 * ev['diff']:+.1f} pts per unit fraction [{100 * lo:+.1f}, {100 * hi:+.1f}] "
+                f"over {', '.join(f'{100 * p:g} %' for p in ev['fractions'])} (n = {ev['n']})")
+    text = (f"{ev['b']} − {ev['a']} = {100 * ev['diff']:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}], "
+            f"McNemar p = {ev['p_mcnemar']:.3g}, n = {ev['n']}")
+    if c["kind"] == "equivalent":
+        text += f", margin ±{100 * ev['margin']:g} pts"
+    return text
+
+
+def _claims_section(claims: dict[str, Any]) -> str:
+    rows = [[c["id"], c["task"], c["statement"], _VERDICT_MARK.get(c["verdict"], c["verdict"]), _evidence_text(c)]
+            for c in claims.get("claims", [])]
+    return "\n".join([
+        "## The paper's claims on this run",
+        "",
+        "A claim *holds* when the 95 % interval of its difference excludes the alternative, is "
+        "*contradicted* when the interval excludes the claim, and is *inconclusive* otherwise (a tie, "
+        "or too few test problems to tell). The numbers are also in `metrics/claims.json`.",
+        "",
+        _table(["claim", "task", "statement", "verdict", "evidence (95 % CI)"], rows, "lllll"),
+        "",
+    ])
+
+
+def _mixture_section(m: _Metrics, tasks: Sequence[str], curve: Sequence[tuple[float, str]]) -> str:
     header = ["flawed fraction"]
     for t in tasks:
         header += [f"{t} accuracy", f"{t} accuracy (parsed)"]
     rows = []
-    for p in fractions:
-        row = [f"{100 * float(p):g} %"]
+    for p, name in curve:
+        row = [f"{100 * float(p):g} %" + (f" ({name})" if p == 0 else "")]
         for t in tasks:
-            if m.eval_skipped(t, set_name(p)):
+            if m.eval_skipped(t, name):
                 row += [NA, NA]
                 continue
-            row += [_pct(m.eval_value(t, set_name(p), "accuracy")), _pct(m.eval_value(t, set_name(p), "accuracy_parsed"))]
+            row += [_pct(m.eval_value(t, name, "accuracy")), _pct(m.eval_value(t, name, "accuracy_parsed"))]
         rows.append(row)
     return "\n".join(
         [
@@ -340,20 +402,57 @@ def _data_section(m: _Metrics, tasks: Sequence[str]) -> str:
     )
 
 
-def _headlines(m: _Metrics, tasks: Sequence[str], sets: Sequence[str]) -> list[str]:
-    """One line per task: the best trained set against the base student."""
+def _headlines(m: _Metrics, tasks: Sequence[str], sets: Sequence[str],
+               comparisons: dict[str, Any] | None = None) -> list[str]:
+    """One line per task: the base student with its interval and the sets that beat it (and H)
+    beyond noise; no "best set" is picked out of a tie."""
     lines = []
     for t in tasks:
-        scored = [(s, _num(m.eval_value(t, s, "accuracy"))) for s in sets]
-        scored = [(s, a) for s, a in scored if a is not None]
-        base = _num(m.eval_value(t, BASE_SET, "accuracy"))
+        base = m.eval.get((t, BASE_SET))
+        scored = [s for s in sets if _num(m.eval_value(t, s, "accuracy")) is not None]
         if not scored:
             lines.append(f"- **{t}**: no trained student evaluated yet.")
             continue
-        best, acc = max(scored, key=lambda x: x[1])
-        vs = f" (base student: {_pct(base)})" if base is not None else ""
-        lines.append(f"- **{t}**: best set {best} with accuracy {_pct(acc)}{vs}.")
+        cmp = (comparisons or {}).get(t, {})
+
+        def beyond(key: str, side: int, scored=scored, cmp=cmp) -> list[str]:
+            """Sets whose paired interval against ``key`` lies wholly above (side 1) or below (-1) 0."""
+            out = []
+            for s in scored:
+                lo, hi = (cmp.get(s, {}).get(key) or {}).get("ci95", [0.0, 0.0])
+                if (side > 0 and lo > 0) or (side < 0 and hi < 0):
+                    out.append(s)
+            return out
+
+        base_txt = f"base student {_pct((base or {}).get('accuracy'))} {_ci(base)}" if base else "base student —"
+        up, up_h, down_h = beyond("vs_base", 1), beyond("vs_H", 1), beyond("vs_H", -1)
+        lines.append(
+            f"- **{t}**: {base_txt}; above the base student beyond noise: {', '.join(up) or 'none'}; "
+            f"above H: {', '.join(up_h) or 'none'}; below H: {', '.join(down_h) or 'none'} "
+            f"(paired 95 % intervals; the others are ties)."
+        )
     return lines
+
+
+def _steps_section(tasks: Sequence[str], comparisons: dict[str, Any] | None) -> str:
+    """Step-level correctness of the training sets (:mod:`cotshape.steps`)."""
+    rows = []
+    for t in tasks:
+        for s, st in ((comparisons or {}).get(t, {}).get("_steps") or {}).items():
+            rows.append([t, s, _int(st.get("cots")), _int(st.get("steps")), _int(st.get("correct_steps")),
+                         _pct(st.get("step_accuracy")), _flt(st.get("mean_steps_per_cot"), 2)])
+    if not rows:
+        return ""
+    return "\n".join([
+        "## Step-level correctness of the training sets",
+        "",
+        "Every checkable arithmetic step (`a op b = c`) in the chains of thought, recomputed exactly. "
+        "W's final answers are wrong by construction; its share of correct steps says how much valid "
+        "reasoning it still carries.",
+        "",
+        _table(["task", "set", "CoTs", "steps", "correct steps", "step accuracy", "steps per CoT"], rows, "llrrrrr"),
+        "",
+    ])
 
 
 # ---- plots ------------------------------------------------------------------------------
@@ -471,7 +570,7 @@ def _plot_accuracy(m: _Metrics, tasks: Sequence[str], sets: Sequence[str], path:
     _save_png(fig, path)
 
 
-def _plot_mixture(m: _Metrics, tasks: Sequence[str], fractions: Sequence[float], path: Path) -> None:
+def _plot_mixture(m: _Metrics, tasks: Sequence[str], curve: Sequence[tuple[float, str]], path: Path) -> None:
     colors = _task_colors(tasks)
     fig = _new_figure(7.0, 4.5)
     ax = fig.subplots()
@@ -479,12 +578,20 @@ def _plot_mixture(m: _Metrics, tasks: Sequence[str], fractions: Sequence[float],
     all_ys: list[float] = []
     for t in tasks:
         for key, style, label in (("accuracy", "-o", "correct / all"), ("accuracy_parsed", "--s", "correct / parsed")):
-            pts = [(100 * float(p), _num(m.eval_value(t, set_name(p), key))) for p in fractions]
-            pts = [(x, 100 * y) for x, y in pts if y is not None]
+            pts = [(100 * float(p), _num(m.eval_value(t, name, key)), m.eval_value(t, name, "ci95"))
+                   for p, name in curve]
+            pts = [(x, 100 * y, ci) for x, y, ci in pts if y is not None]
             if pts:
                 any_data = True
-                all_ys.extend(y for _, y in pts)
-                ax.plot(*zip(*pts, strict=True), style, color=colors[t], label=f"{t}: {label}", markersize=5)
+                all_ys.extend(y for _, y, _ in pts)
+                xs, ys = [x for x, _, _ in pts], [y for _, y, _ in pts]
+                ax.plot(xs, ys, style, color=colors[t], label=f"{t}: {label}", markersize=5)
+                if key == "accuracy" and all(isinstance(ci, list) and len(ci) == 2 for _, _, ci in pts):
+                    # the Wilson 95 % interval of each point (correct / all)
+                    lows = [y - 100 * ci[0] for _, y, ci in pts]
+                    highs = [100 * ci[1] - y for _, y, ci in pts]
+                    ax.errorbar(xs, ys, yerr=[lows, highs], fmt="none", ecolor=colors[t], capsize=3, alpha=0.7)
+                    all_ys.extend(100 * c for _, _, ci in pts for c in ci)
         base = _num(m.eval_value(t, BASE_SET, "accuracy"))
         if base is not None:
             all_ys.append(100 * base)
@@ -493,7 +600,7 @@ def _plot_mixture(m: _Metrics, tasks: Sequence[str], fractions: Sequence[float],
         _no_data(ax, "mixture results")
     ax.set_xlabel("flawed CoTs in the training set (%)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_xticks([100 * float(p) for p in fractions] or [0, 100])
+    ax.set_xticks([100 * float(p) for p, _ in curve] or [0, 100])
     _pct_ylim(ax, all_ys)
     ax.grid(alpha=0.3)
     ax.set_title("Accuracy vs fraction of flawed chains of thought")
@@ -563,13 +670,13 @@ def _plot_closeness(m: _Metrics, tasks: Sequence[str], trained: Sequence[str], p
     _save_png(fig, path)
 
 
-def _mixture_csv(m: _Metrics, task: str, fractions: Sequence[float]) -> str:
+def _mixture_csv(m: _Metrics, task: str, curve: Sequence[tuple[float, str]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["fraction", "accuracy", "accuracy_parsed"])
-    for p in fractions:
-        acc = _num(m.eval_value(task, set_name(p), "accuracy"))
-        acc_p = _num(m.eval_value(task, set_name(p), "accuracy_parsed"))
+    for p, name in curve:
+        acc = _num(m.eval_value(task, name, "accuracy"))
+        acc_p = _num(m.eval_value(task, name, "accuracy_parsed"))
         if acc is not None and acc_p is not None:  # a row per evaluated mixture; gaps are left out
             w.writerow([float(p), acc, acc_p])
     return buf.getvalue()
@@ -584,12 +691,18 @@ def build_report(
     sets: Sequence[str],
     fractions: Sequence[float],
     context: dict[str, Any] | None = None,
+    base_set: str = "H",
+    claims: dict[str, Any] | None = None,
+    comparisons: dict[str, Any] | None = None,
+    notes: Sequence[str] = (),
 ) -> Path:
     """Write the report (see the module docstring) and return the path of ``summary.md``.
 
     ``sets`` are the non-mixture training sets (e.g. ``["H", "G", "W", "P", "step"]``); the
     mixture sets ``mix-{p}`` come from ``fractions`` and the base student is always included.
-    ``context`` (e.g. ``{"teacher": ..., "student": ...}``) is listed in the intro.
+    ``context`` (e.g. ``{"teacher": ..., "student": ...}``) is listed in the intro, ``notes``
+    (what the run is and is not) right after it. ``claims`` (:func:`cotshape.claims.judge_run`)
+    opens the report; ``comparisons`` adds the paired differences to the accuracy tables.
     """
     if not tasks:
         raise ValueError("tasks is empty: nothing to report")
@@ -598,7 +711,9 @@ def build_report(
             raise ValueError(f"flawed fraction {p!r} is outside [0, 1]")
     metrics_dir, plots_dir, out_dir = Path(metrics_dir), Path(plots_dir), Path(out_dir)
     sets = [s for s in sets if s != BASE_SET]
-    mixes = [set_name(p) for p in fractions if set_name(p) not in sets]
+    # the mixture curve starts at 0 % flawed: the base set itself (trained once)
+    curve = [(0.0, base_set)] + [(float(p), set_name(p)) for p in sorted(fractions) if float(p) > 0]
+    mixes = [name for p, name in curve if p > 0 and name not in sets]
     trained = [*sets, *mixes]
     m = _Metrics(metrics_dir, plots_dir, tasks, [BASE_SET, *trained])
 
@@ -614,16 +729,20 @@ def build_report(
     ]
     if context:
         intro += [f"- **{k}**: {v}" for k, v in context.items()] + [""]
-    intro += ["**Headlines**", "", *_headlines(m, tasks, trained), "", "![accuracy](accuracy.png)", ""]
+    intro += [*notes, ""] if notes else []
+    if claims:
+        intro += [_claims_section(claims)]
+    intro += ["**Headlines**", "", *_headlines(m, tasks, trained, comparisons), "", "![accuracy](accuracy.png)", ""]
 
     text = "\n".join(
         [
             "\n".join(intro),
-            _accuracy_section(m, tasks, trained),
-            _mixture_section(m, tasks, fractions),
+            _accuracy_section(m, tasks, trained, comparisons),
+            _mixture_section(m, tasks, curve),
             _closeness_section(m, tasks, trained),
             _training_section(m, tasks, trained),
             _data_section(m, tasks),
+            _steps_section(tasks, comparisons),
             HOW_TO_READ,
         ]
     )
@@ -631,11 +750,11 @@ def build_report(
     # plots and CSVs first, summary last: a summary on disk means the whole report was written
     out_dir.mkdir(parents=True, exist_ok=True)
     _plot_accuracy(m, tasks, sets, out_dir / "accuracy.png")
-    _plot_mixture(m, tasks, fractions, out_dir / "mixture_curve.png")
+    _plot_mixture(m, tasks, curve, out_dir / "mixture_curve.png")
     _plot_losses(m, tasks, trained, out_dir / "loss_curves.png")
     _plot_closeness(m, tasks, trained, out_dir / "closeness.png")
     for t in tasks:
-        write_text(plots_dir / "mixture" / f"{t}.csv", _mixture_csv(m, t, fractions))
+        write_text(plots_dir / "mixture" / f"{t}.csv", _mixture_csv(m, t, curve))
     summary = out_dir / "summary.md"
     write_text(summary, text)
     return summary

@@ -80,12 +80,12 @@ def problem_seed(seed: int, problem_id: str) -> int:
 
 
 def fingerprint(task: str, teacher: str, k: int, params: SamplingParams, shard: tuple[int, int] | None,
-                problems: list[Problem]) -> str:
+                problems: list[Problem], shots: int = 0) -> str:
     """Hash of everything that determines the samples (not the batch size or device)."""
     p = asdict(params)
     p.pop("n", None)
     h = hashlib.sha256()
-    h.update(json.dumps({"task": task, "teacher": teacher, "k": k, "params": p, "shard": shard},
+    h.update(json.dumps({"task": task, "teacher": teacher, "k": k, "params": p, "shard": shard, "shots": shots},
                         sort_keys=True).encode())
     for prob in problems:
         h.update(json.dumps([prob["id"], prob["question"]]).encode())
@@ -200,10 +200,13 @@ def run_sampling(
     shard: tuple[int, int] | None = None,
     chunk_size: int = 256,
     show_progress: bool = True,
+    shots: int = 0,
 ) -> int:
     """Sample ``k`` completions per problem (of shard ``shard``) into ``out_path``; resumes from
     ``OUT.partial``. ``chunk_size`` problems go to the backend per call (each problem is saved
-    as soon as its samples are done, whatever the chunk size). Returns the number of records."""
+    as soon as its samples are done, whatever the chunk size). ``shots`` worked exemplars of the
+    task precede each problem in the teacher's prompt (:meth:`Task.teacher_messages`); the
+    records keep the zero-shot prompt the student is trained on. Returns the number of records."""
     if k < 1:
         raise InputError(f"k must be >= 1, got {k}")
     if chunk_size < 1:
@@ -213,16 +216,18 @@ def run_sampling(
     shard = check_shard(shard)
     mine = shard_problems(problems, shard)
     params = SamplingParams(**{**asdict(params), "n": k})
-    fp = fingerprint(task.name, teacher, k, params, shard, mine)
+    task.teacher_messages(mine[0], shots) if mine else None  # a bad shots count fails before any work
+    fp = fingerprint(task.name, teacher, k, params, shard, mine, shots)
     out_path = Path(out_path)
     with partial_lock(out_path) as part:
         return _run_locked(task, mine, backend, k, params, out_path, part, teacher, shard, fp, chunk_size,
-                           show_progress)
+                           show_progress, shots)
 
 
-def _run_locked(task, mine, backend, k, params, out_path, part, teacher, shard, fp, chunk_size, show_progress):
+def _run_locked(task, mine, backend, k, params, out_path, part, teacher, shard, fp, chunk_size, show_progress,
+                shots=0):
     """The body of :func:`run_sampling`, run while this process holds the lock on ``part``."""
-    args = {"task": task.name, "teacher": teacher, "k": k, "shard": shard, **asdict(params)}
+    args = {"task": task.name, "teacher": teacher, "k": k, "shard": shard, "shots": shots, **asdict(params)}
     done = _load_partial(part, fp)
     have: dict[str, set[int]] = {}
     for r in done:
@@ -234,7 +239,7 @@ def _run_locked(task, mine, backend, k, params, out_path, part, teacher, shard, 
         _write_partial(part, fp, args, [])
 
     if todo:
-        _sample_into(task, todo, backend, k, params, part, teacher, have, chunk_size, show_progress, len(mine))
+        _sample_into(task, todo, backend, k, params, part, teacher, have, chunk_size, show_progress, len(mine), shots)
 
     recs = _load_partial(part, fp)
     order = {p["id"]: i for i, p in enumerate(mine)}
@@ -251,7 +256,7 @@ def _run_locked(task, mine, backend, k, params, out_path, part, teacher, shard, 
     return n
 
 
-def _sample_into(task, todo, backend, k, params, part, teacher, have, chunk_size, show_progress, total):
+def _sample_into(task, todo, backend, k, params, part, teacher, have, chunk_size, show_progress, total, shots=0):
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=total - len(todo), desc=f"sample {task.name}", unit="problem",
@@ -281,7 +286,7 @@ def _sample_into(task, todo, backend, k, params, part, teacher, have, chunk_size
                 os.fsync(fh.fileno())
                 bar.update(1)
 
-            backend.generate([task.chat_messages(p) for p in chunk], params, progress=on_tokens,
+            backend.generate([task.teacher_messages(p, shots) for p in chunk], params, progress=on_tokens,
                              seeds=seeds, on_result=on_result)
     bar.close()
 

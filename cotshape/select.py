@@ -41,6 +41,7 @@ from typing import Any
 
 from cotshape.errors import RecordError, StageError
 from cotshape.records import iter_jsonl
+from cotshape.records import training_record as training_record  # re-exported: moved to records
 from cotshape.tasks.base import VERIFIER_ERROR
 
 #: default share of samples whose grading failed above which selection refuses to run: a
@@ -165,18 +166,3 @@ def select_gw(
     counts["selected_W"] = len(out["W"])
     counts["verifier_errors"] = n_errors
     return out, counts
-
-
-def training_record(task_name: str, set_name: str, problem_id: str, prompt: list[dict[str, str]],
-                    completion: str, **extra: Any) -> dict[str, Any]:
-    """One record of a training set (the format SFT and closeness read)."""
-    rec = {
-        "id": f"{task_name}-{set_name}-{problem_id}",
-        "problem_id": problem_id,
-        "task": task_name,
-        "set": set_name,
-        "prompt": prompt,
-        "completion": completion,
-    }
-    rec.update(extra)
-    return rec

@@ -177,16 +177,44 @@ def _as_bools(x: Sequence[bool], name: str) -> np.ndarray:
     return arr.astype(bool)
 
 
+def newcombe_paired_interval(both: int, a_only: int, b_only: int, neither: int,
+                             z: float = 1.959963984540054) -> list[float]:
+    """95 % interval of ``acc_b - acc_a`` for paired binary outcomes: Newcombe's hybrid score
+    method (method 10 of Newcombe 1998, *Stat Med* 17:2635), built from the Wilson intervals of
+    the two accuracies and their correlation.
+
+    Unlike a bootstrap it does not collapse to ``[0, 0]`` when no problem is discordant: 0 of 12
+    discordant problems is weak evidence, 0 of 200 strong, and the interval says so.
+    """
+    n = both + a_only + b_only + neither
+    if n <= 0 or min(both, a_only, b_only, neither) < 0:
+        raise ValueError(f"newcombe_paired_interval needs non-negative counts with n >= 1, got "
+                         f"{(both, a_only, b_only, neither)}")
+    p1, p2 = (both + a_only) / n, (both + b_only) / n
+    l1, u1 = wilson_interval(both + a_only, n, z)
+    l2, u2 = wilson_interval(both + b_only, n, z)
+    den = (both + a_only) * (b_only + neither) * (both + b_only) * (a_only + neither)
+    phi = (both * neither - a_only * b_only) / math.sqrt(den) if den > 0 else 0.0
+    # interval of d = p1 - p2, then mirrored to b - a
+    dl = math.sqrt(max((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2, 0.0))
+    du = math.sqrt(max((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2, 0.0))
+    d = p1 - p2
+    return [float(max(-1.0, -(d + du))), float(min(1.0, -(d - dl)))]
+
+
 def paired_accuracy_diff(
-    a: Sequence[bool], b: Sequence[bool], *, n_boot: int = 10000, seed: int = 0
+    a: Sequence[bool], b: Sequence[bool], *, n_boot: int = 10000, seed: int = 0, method: str = "newcombe"
 ) -> dict:
     """Accuracy difference ``acc_b - acc_a`` of two models scored on the same problems, in order.
 
-    ``ci95`` is a paired percentile bootstrap: one resample of problem indices is applied to both
-    models, so the between-problem variance that both share cancels (which is what makes a paired
-    comparison sharper than two independent intervals). ``a_only``/``b_only`` are the discordant
-    counts (a right and b wrong, and the reverse), ``p_mcnemar`` the exact test on them.
+    ``ci95`` is, by default, Newcombe's paired score interval (:func:`newcombe_paired_interval`);
+    ``method="bootstrap"`` gives a paired percentile bootstrap instead (one resample of problem
+    indices applied to both models; seeded by ``seed``, ``n_boot`` resamples), which collapses to
+    ``[0, 0]`` when the two models agree on every problem. ``a_only``/``b_only`` are the
+    discordant counts (a right and b wrong, and the reverse), ``p_mcnemar`` the exact test on them.
     """
+    if method not in ("newcombe", "bootstrap"):
+        raise ValueError(f"method must be 'newcombe' or 'bootstrap', got {method!r}")
     _check_n_boot(n_boot)
     xa, xb = _as_bools(a, "a"), _as_bools(b, "b")
     if len(xa) != len(xb):
@@ -196,19 +224,22 @@ def paired_accuracy_diff(
     if len(xa) == 0:
         raise ValueError("paired_accuracy_diff needs at least one problem")
     n = len(xa)
-    # acc_b - acc_a is the mean of the per-problem differences, so the bootstrap needs one vector;
-    # when a == b every entry is 0 and so is every resample, giving ci95 == [0.0, 0.0] exactly.
     d = xb.astype(np.float64) - xa.astype(np.float64)
-    boot = _bootstrap_means(d, n_boot, _rng(seed))
     a_only = int(np.sum(xa & ~xb))
     b_only = int(np.sum(xb & ~xa))
+    both = int(np.sum(xa & xb))
+    if method == "bootstrap":
+        ci = _percentile_ci(_bootstrap_means(d, n_boot, _rng(seed)))
+    else:
+        ci = newcombe_paired_interval(both, a_only, b_only, n - both - a_only - b_only)
     acc_a, acc_b = float(xa.mean()), float(xb.mean())
     return {
         "n": n,
         "acc_a": acc_a,
         "acc_b": acc_b,
         "diff": float(d.mean()),
-        "ci95": _percentile_ci(boot),
+        "ci95": ci,
+        "ci_method": method,
         "a_only": a_only,
         "b_only": b_only,
         "p_mcnemar": mcnemar_exact(a_only, b_only),

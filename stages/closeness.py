@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from cotshape.pipeline import params, stage_main
-from cotshape.records import read_jsonl, write_json
+from cotshape.records import read_ids, read_jsonl, restrict_to_ids, write_json
 
 
 @stage_main
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     p = params()
-    from cotshape.closeness import completion_loss
+    from cotshape.closeness import completion_loss, loss_intervals
     sets_dir = Path(args.sets_dir)
     # load the base student once for every set
     from cotshape.closeness import load_scorer
@@ -28,17 +28,21 @@ def main(argv: list[str] | None = None) -> None:
     device = resolve_device(p.base.device)
     model, tokenizer = load_scorer(args.student, device, p.base.dtype, None)
     files = sorted(sets_dir.glob("*.jsonl")) + sorted((sets_dir / "mix").glob("*.jsonl"))
-    result = {}
+    # score every set on the problems it is compared on (select's ids.json), as SFT trains on them
+    ids = read_ids(sets_dir / "ids.json") if (sets_dir / "ids.json").exists() else None
+    result, empty = {}, {}
     for path in files:
         records = read_jsonl(path, required=("prompt", "completion"))
+        if ids is not None:
+            records = restrict_to_ids(records, ids)
         if not records:
-            result[path.stem] = {"n_examples": 0}
+            empty[path.stem] = {"n_examples": 0}
             continue
         result[path.stem] = completion_loss(model, records, batch_size=p.closeness.batch_size,
                                             max_length=p.sft.max_length, device=device, dtype=p.base.dtype,
-                                            tokenizer=tokenizer)
+                                            tokenizer=tokenizer, per_example=True)
         print(f"{args.task}-{path.stem}: mean loss {result[path.stem]['mean_loss']:.3f}")
-    write_json(args.out, result)
+    write_json(args.out, {**loss_intervals(result, reference="H", seed=p.base.seed), **empty})
 
 
 if __name__ == "__main__":

@@ -9,7 +9,14 @@ from pathlib import Path
 
 from cotshape.config import set_name
 from cotshape.pipeline import load_backend, params, stage_main
-from cotshape.records import read_jsonl, read_problems, write_json, write_jsonl
+from cotshape.records import (
+    read_ids,
+    read_jsonl,
+    read_problems,
+    restrict_to_ids,
+    write_json,
+    write_jsonl,
+)
 from cotshape.tasks import get_task
 
 
@@ -43,6 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--teacher", required=True)
     ap.add_argument("--mix-dir", required=True)
     ap.add_argument("--step-out", required=True)
+    ap.add_argument("--ids", help="select's ids.json: build only from the problems every set is compared on")
     ap.add_argument("--metrics", required=True)
     args = ap.parse_args(argv)
     p = params()
@@ -51,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
     task = get_task(args.task)
     by_id = {x["id"]: x for x in read_problems(args.problems)}
     good = read_jsonl(args.good, required=("problem_id", "prompt", "completion"))
+    if args.ids:
+        good = restrict_to_ids(good, read_ids(args.ids))
     if d.flawed_source == "model":
         flawed = model_flawed(task, good, by_id, args.teacher, p)
     else:

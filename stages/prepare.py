@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cotshape.pipeline import StageError, params, stage_main
-from cotshape.records import write_jsonl
-from cotshape.select import training_record
+from cotshape.records import training_record, write_jsonl
 from cotshape.tasks import get_task
 
 
@@ -20,8 +19,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = params()
     task = get_task(args.task)
-    train = task.load("train", source=p.prepare.source, limit=p.prepare.train_size, seed=p.base.seed)
-    test = task.load("test", source=p.prepare.source, limit=p.prepare.test_size, seed=p.base.seed)
+    level = p.prepare.level if p.prepare.source == "offline" else "full"
+    train = task.load("train", source=p.prepare.source, limit=p.prepare.train_size, seed=p.base.seed, level=level)
+    test = task.load("test", source=p.prepare.source, limit=p.prepare.test_size, seed=p.base.seed, level=level)
     overlap = {x["id"] for x in train} & {x["id"] for x in test}
     if overlap:
         raise StageError(f"task {args.task}: train and test share problem ids, e.g. {sorted(overlap)[:3]}")

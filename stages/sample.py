@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     backend_kw = {"tensor_parallel_size": p.sample.tensor_parallel_size} if p.sample.backend == "vllm" else {}
     backend = load_backend(p, args.model, p.sample.batch_size, name=p.sample.backend, **backend_kw)
     run_sampling(task, problems, backend, k=p.sample.k, params=sp, out_path=args.out, teacher=p.base.teacher,
-                 shard=(args.shard, len(p.sample.shards)))
+                 shard=(args.shard, len(p.sample.shards)), shots=p.sample.shots)
 
 
 if __name__ == "__main__":

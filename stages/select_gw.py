@@ -10,8 +10,8 @@ import argparse
 from pathlib import Path
 
 from cotshape.pipeline import params, stage_main
-from cotshape.records import read_problems, write_json, write_jsonl
-from cotshape.select import read_verified, select_gw, training_record
+from cotshape.records import read_problems, training_record, write_json, write_jsonl
+from cotshape.select import read_verified, select_gw
 from cotshape.tasks import get_task
 
 
@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> None:
                                r["completion"], source_sample=r.get("id"), extracted=r.get("extracted"))
                for r in recs]
         write_jsonl(Path(args.sets_dir) / f"{name}.jsonl", out)
+    # the problems every set is compared on (sft and closeness restrict H, P and the rest to them)
+    ids = [r["problem_id"] for r in sets["G"]] if p.select.balance else [x["id"] for x in problems]
+    policy = ("problems with both a correct and a wrong teacher sample" if p.select.balance
+              else "every training problem (select.balance: false; set sizes differ)")
+    write_json(Path(args.sets_dir) / "ids.json", {"problem_ids": ids, "n": len(ids), "policy": policy})
+    counts["compared"] = len(ids)
     write_json(args.metrics, counts)
     print(f"{args.task}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
 

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from cotshape.pipeline import SKIPPED, params, stage_main
-from cotshape.records import read_jsonl, write_json, write_text
+from cotshape.records import read_ids, read_jsonl, restrict_to_ids, write_json, write_text
 
 
 def write_loss_csv(path: str, log: list[dict]) -> None:
@@ -36,11 +36,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--metrics", required=True)
     ap.add_argument("--loss-plot", required=True)
+    ap.add_argument("--ids", help="select's ids.json: train only on the problems every set is compared on")
     args = ap.parse_args(argv)
     p = params()
     from cotshape.train import SFTParams, launch_command, train_sft
     sft: SFTParams = p.sft
     records = read_jsonl(args.data, required=("prompt", "completion"))
+    if args.ids:
+        records = restrict_to_ids(records, read_ids(args.ids))
     out = Path(args.out)
 
     if not records:

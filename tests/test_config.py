@@ -24,15 +24,16 @@ def with_change(path: str, value):
 
 def test_default_params_validate():
     p = load_params("params.yaml")
-    assert p.base.tasks == ["gsm8k", "countdown"]
-    assert p.degrade.flawed_fractions == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert p.base.tasks == ["gsm8k"]
+    assert p.degrade.flawed_fractions == [0.25, 0.5, 0.75, 1.0]
     assert p.sample.k >= 1
 
 
 @pytest.mark.parametrize(
     ("path", "value", "match"),
     [
-        ("degrade.flawed_fractions", [0.0, 1.5], r"degrade\.flawed_fractions\[1\]: must be in \[0, 1\]"),
+        ("degrade.flawed_fractions", [0.25, 1.5], r"degrade\.flawed_fractions\[1\]: must be in \(0, 1\]"),
+        ("degrade.flawed_fractions", [0.0, 0.5], r"degrade\.flawed_fractions\[0\]: 0\.0 is the base set itself"),
         ("degrade.flawed_fractions", [0.5, 0.5], r"degrade\.flawed_fractions: lists a fraction twice"),
         ("sample.k", 0, r"sample\.k: must be >= 1"),
         ("sample.k", "four", r"sample\.k: must be an integer"),
@@ -68,7 +69,7 @@ def test_greedy_with_k_above_one_refused():
 
 def test_missing_sections_take_defaults():
     p = validate_params({"base": {"tasks": ["countdown"]}})
-    assert p.base.tasks == ["countdown"] and p.sample.k == 4
+    assert p.base.tasks == ["countdown"] and p.sample.k == 8
 
 
 def test_invalid_yaml_names_file_and_line(tmp_path):
@@ -122,7 +123,7 @@ def test_sft_seed_is_refused_and_integer_fractions_too():
     with pytest.raises(ParamsError, match=r"unknown key 'sft\.seed'"):
         validate_params(with_change("sft.seed", 3))
     with pytest.raises(ParamsError, match=r"degrade\.flawed_fractions\[1\]: write fractions as floats \(1\.0\)"):
-        validate_params(with_change("degrade.flawed_fractions", [0.0, 1]))
+        validate_params(with_change("degrade.flawed_fractions", [0.5, 1]))
 
 
 @pytest.mark.parametrize(
@@ -133,7 +134,7 @@ def test_sft_seed_is_refused_and_integer_fractions_too():
         ("paraphrase.temperature", float("nan"), r"paraphrase\.temperature: must be a finite number"),
         ("sample.top_p", float("nan"), r"sample\.top_p: must be a finite number"),
         ("sft.learning_rate", float("inf"), r"sft\.learning_rate: must be a finite number"),
-        ("degrade.flawed_fractions", [0.0, float("nan")], r"degrade\.flawed_fractions\[1\]: must be a finite number"),
+        ("degrade.flawed_fractions", [0.5, float("nan")], r"degrade\.flawed_fractions\[1\]: must be a finite number"),
         ("sample.k", 10**12, r"sample\.k: must be <= \d+, got 1000000000000"),
         ("prepare.train_size", 10**30, r"prepare\.train_size: must be <= \d+"),
         ("prepare.train_size", 1e30, r"prepare\.train_size: must be an integer"),

@@ -147,7 +147,7 @@ def test_degrade_stage_with_model_flawed_source(tmp_path, tiny_model_dir):
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["base"].update(device="cpu", dtype="float32", teacher=str(tiny_model_dir))
     params["sample"].update(max_new_tokens=8, batch_size=8)
-    params["degrade"].update(flawed_source="model", flawed_fractions=[0.0, 1.0])
+    params["degrade"].update(flawed_source="model", flawed_fractions=[1.0])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     proc = subprocess.run(
         [sys.executable, str(root / "stages" / "degrade.py"), "--task", "gsm8k", "--problems", str(tmp_path / "train.jsonl"),
@@ -160,4 +160,4 @@ def test_degrade_stage_with_model_flawed_source(tmp_path, tiny_model_dir):
     assert metrics["flawed_source"] == "model" and metrics["size"] == 3
     full = metrics["fractions"]["1.0"]
     assert full["flawed"] + full["flawed_unavailable"] == 3 and full["flawed"] == metrics["flawed_available"]
-    assert sorted(p.name for p in (tmp_path / "mix").iterdir()) == ["mix-0.0.jsonl", "mix-1.0.jsonl"]
+    assert sorted(p.name for p in (tmp_path / "mix").iterdir()) == ["mix-1.0.jsonl"]

@@ -8,6 +8,7 @@ import pytest
 from cotshape.evaluate import OUTPUT_FIELDS, evaluate, score
 from cotshape.generation.base import Backend, Completion, SamplingParams
 from cotshape.records import make_problem
+from cotshape.stats import wilson_interval
 from cotshape.tasks import Verdict, get_task
 
 PROBLEMS = [
@@ -67,12 +68,15 @@ def test_score_both_definitions_with_unparsed_answers():
         "accuracy_parsed": 2 / 3,
         "parse_rate": 0.6,
         "no_parsed_answers": False,
+        "ci95": list(wilson_interval(2, 5)),
     }
+    assert score(verdicts)["ci95"] == pytest.approx([0.1176, 0.7693], abs=1e-4)  # Wilson 95 % of 2/5
 
 
 def test_score_nothing_parsed_is_zero_and_flagged():
     m = score([Verdict(False, False, None, "no answer"), {"correct": False, "parsed": False}])
     assert (m["accuracy"], m["accuracy_parsed"], m["parse_rate"], m["no_parsed_answers"]) == (0.0, 0.0, 0.0, True)
+    assert m["ci95"][0] == 0.0 and m["ci95"][1] == pytest.approx(0.6576, abs=1e-4)  # 0 of 2 is not certainly 0
 
 
 def test_score_code_task_reports_pass_at_1():

@@ -2,9 +2,14 @@
 
 Tiny random Llama as teacher and student, tiny sizes, one task (countdown): every stage runs for
 real (sampling, verification, selection, paraphrase, degradation, TRL SFT, greedy evaluation,
-closeness, MLflow, report). Then: a second `dvc repro` does nothing; `dvc push` to a local
-remote, a fresh clone and `dvc pull` give identical data; changing `degrade.flawed_fractions`
-re-runs only degrade and what depends on it; `dvc exp run -S sample.k=...` works.
+closeness, MLflow, the claims and the report). Then: a second `dvc repro` does nothing; `dvc push`
+to a local remote, a fresh clone and `dvc pull` give identical data; changing
+`degrade.flawed_fractions` re-runs only degrade and what depends on it; `dvc exp run -S
+sample.k=...` works.
+
+A random tiny teacher almost never answers correctly, so G is (nearly) empty here: the tiny run
+uses `select.balance: false` (every set keeps all training problems; balance would leave none)
+and builds the mixtures from H (`degrade.base_set: H`), so that the mixture stages train for real.
 """
 
 from __future__ import annotations
@@ -26,14 +31,20 @@ pytestmark = pytest.mark.slow
 
 TINY_PARAMS = {
     "base": {"seed": 0, "tasks": ["countdown"], "device": "cpu", "dtype": "float32"},
-    "prepare": {"source": "offline", "train_size": 6, "test_size": 4},
-    "sample": {"k": 2, "max_new_tokens": 12, "temperature": 1.0, "batch_size": 8},
+    "prepare": {"source": "offline", "train_size": 6, "test_size": 4, "level": "easy"},
+    # shots: the few-shot teacher prompt is exercised (countdown has 4 exemplars; at most 4)
+    "sample": {"k": 2, "shots": 2, "max_new_tokens": 12, "temperature": 1.0, "batch_size": 8},
+    "select": {"balance": False},
     "paraphrase": {"max_new_tokens": 12, "retries": 0},
-    "degrade": {"flawed_fractions": [0.0, 1.0]},
+    # fractions in (0, 1]: 0 % is the base set itself
+    "degrade": {"flawed_fractions": [1.0], "base_set": "H"},
     "sft": {"epochs": 1, "batch_size": 4, "max_length": 256},
     "evaluate": {"max_new_tokens": 12, "batch_size": 8},
     "closeness": {"batch_size": 4},
+    "report": {"margin": 0.1, "n_boot": 200},
 }
+CLAIM_IDS = ["C1", "C2", "C3", "C4", "C5", "C6"]
+VERDICTS = {"holds", "contradicted", "inconclusive"}
 
 
 def _env(repo: Path) -> dict[str, str]:
@@ -71,6 +82,8 @@ def repo(tmp_path_factory, tiny_model_dir):
     for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(ROOT / name, repo / name)
     shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    # dvc.yaml lists the cotshape/ modules each stage runs as deps: they must exist in the repo
+    shutil.copytree(ROOT / "cotshape", repo / "cotshape", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in TINY_PARAMS.items():
         params[section].update(values)
@@ -99,15 +112,36 @@ def test_repro_builds_everything(repo):
     for png in ("mixture_curve.png", "loss_curves.png", "closeness.png"):
         data = (repo / "reports" / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## The paper's claims on this run" in summary
+    assert "| 0 % (H) |" in summary and "mix-0.0" not in summary  # the curve's 0 % point is the base set
     base = json.loads((repo / "metrics" / "eval" / "countdown-base.json").read_text())
     assert base["n"] == 4 and 0.0 <= base["accuracy"] <= 1.0
+    lo, hi = base["ci95"]
+    assert 0.0 <= lo <= base["accuracy"] <= hi <= 1.0
+    ids = json.loads((repo / "data" / "sets" / "countdown" / "ids.json").read_text())
+    assert ids["n"] == len(ids["problem_ids"]) == 6  # select.balance: false keeps every training problem
     h = json.loads((repo / "metrics" / "sft" / "countdown-H.json").read_text())
     assert h["examples"] == 6 and h["steps"] >= 1
     assert (repo / "models" / "sft" / "countdown-H").is_dir()
+    mix = json.loads((repo / "metrics" / "sft" / "countdown-mix-1.0.json").read_text())
+    assert mix["examples"] == 6
+    assert not (repo / "data" / "sets" / "countdown" / "mix" / "mix-0.0.jsonl").exists()
     samples = [json.loads(x) for x in (repo / "data" / "samples" / "countdown.jsonl").read_text().splitlines()]
     assert len(samples) == 6 * 2 and len({s["id"] for s in samples}) == 12
+
+    claims = json.loads((repo / "metrics" / "claims.json").read_text())
+    assert claims["margin"] == 0.1
+    assert [c["id"] for c in claims["claims"]] == CLAIM_IDS  # 6 claims per task, one task
+    assert all(c["task"] == "countdown" and c["verdict"] in VERDICTS for c in claims["claims"])
+    summary_metrics = json.loads((repo / "metrics" / "summary.json").read_text())
+    entry = summary_metrics["countdown"]
+    assert entry["n_test"] == 4 and entry["compared"] == 6
+    assert entry["base"]["lo"] <= entry["base"]["acc"] <= entry["base"]["hi"]
+    assert "acc" in entry["H"]
+    # metrics/summary.json is the one DVC metrics file; the per-stage metrics are plain outs
     shown = dvc(repo, "metrics", "show").stdout
-    assert "accuracy" in shown and "metrics/eval/countdown-H.json" in shown
+    assert "metrics/summary.json" in shown and "acc" in shown
+    assert "metrics/eval/countdown-H.json" not in shown
 
 
 def test_second_repro_is_a_noop(repo):
@@ -118,6 +152,24 @@ def test_second_repro_is_a_noop(repo):
     assert "Running stage" not in proc.stdout
     assert "up to date" in proc.stdout.lower()
     print(f"no-op dvc repro: {elapsed:.2f}s")
+
+
+def test_library_change_reruns_only_the_stages_that_run_it(repo):
+    """dvc.yaml lists each stage's library modules: editing cotshape/select.py changes the select
+    stage (and nothing upstream of it, such as sampling), and reverting it restores the state."""
+    repo, _ = repo
+    path = repo / "cotshape" / "select.py"
+    original = path.read_text()
+    try:
+        path.write_text(original + "\n# a change\n")
+        status = dvc(repo, "status").stdout
+        changed = {line.strip().rstrip(":") for line in status.splitlines() if line and not line.startswith((" ", "\t"))}
+        assert "select@countdown" in changed, status
+        assert not any(s.startswith(("sample@", "prepare@", "verify@", "models")) for s in changed), status
+        assert "modified:" in status and "cotshape/select.py" in status
+    finally:
+        path.write_text(original)
+    assert "up to date" in dvc(repo, "status").stdout.lower()
 
 
 def test_push_clone_pull_identical(repo):
@@ -181,7 +233,7 @@ def test_push_pull_through_s3_on_loopback(repo, s3_server):
 def test_changing_fractions_reruns_only_downstream(repo):
     repo, _ = repo
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["degrade"]["flawed_fractions"] = [0.0, 0.5]
+    params["degrade"]["flawed_fractions"] = [0.5]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = dvc(repo, "repro")
     ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}

@@ -6,13 +6,17 @@ import json
 
 import pytest
 
+from cotshape.claims import STATEMENTS, judge_task
 from cotshape.config import set_name as mix_set
 from cotshape.records import RecordError
 from cotshape.report import build_report, read_loss_csv
+from cotshape.stats import wilson_interval
 
 TASKS = ["gsm8k", "countdown"]
 SETS = ["H", "G", "W", "P", "step"]
-FRACTIONS = [0.0, 0.5, 1.0]
+# the nonzero fractions only: the curve's 0 % point is the base set itself (BASE_SET below)
+FRACTIONS = [0.5, 1.0]
+BASE_SET = "G"  # the pipeline default (degrade.base_set)
 PNGS = ["accuracy.png", "mixture_curve.png", "loss_curves.png", "closeness.png"]
 
 
@@ -25,7 +29,25 @@ def _eval(n_correct: int, n_parsed: int, n: int) -> dict:
         "accuracy_parsed": n_correct / n_parsed if n_parsed else 0.0,
         "parse_rate": n_parsed / n,
         "no_parsed_answers": n_parsed == 0,
+        "ci95": list(wilson_interval(n_correct, n)),
     }
+
+
+def _cmp(diff: float, lo: float, hi: float) -> dict:
+    return {"diff": diff, "ci95": [lo, hi]}
+
+
+#: paired comparisons of gsm8k as cotshape.claims computes them (countdown has none): G and W
+#: beat the base student beyond noise, nothing beats H, step is below H
+COMPARISONS = {
+    "gsm8k": {
+        "H": {"vs_base": _cmp(2 / 24, -0.04, 0.21)},
+        "G": {"vs_base": _cmp(5 / 24, 0.05, 0.37), "vs_H": _cmp(3 / 24, -0.02, 0.27)},
+        "W": {"vs_base": _cmp(4 / 24, 0.02, 0.31), "vs_H": _cmp(2 / 24, -0.06, 0.23)},
+        "P": {"vs_base": _cmp(3 / 24, -0.01, 0.26), "vs_H": _cmp(1 / 24, -0.08, 0.16)},
+        "step": {"vs_base": _cmp(1 / 24, -0.08, 0.17), "vs_H": _cmp(-1 / 24, -0.1, -0.01)},
+    }
+}
 
 
 def _write(path, obj) -> None:
@@ -35,7 +57,8 @@ def _write(path, obj) -> None:
 
 def make_tree(root):
     """Write a literal metrics tree of two tasks under ``root``; countdown-P's eval, countdown's
-    mix-0.5 eval and countdown's select counts are missing."""
+    mix-0.5 eval and countdown's select counts are missing. There is no mix-0.0: the mixture
+    curve's 0 % point is the base set (G)."""
     metrics, plots = root / "metrics", root / "plots"
     evals = {
         ("gsm8k", "base"): _eval(1, 8, 24),
@@ -44,7 +67,6 @@ def make_tree(root):
         ("gsm8k", "W"): _eval(5, 20, 24),
         ("gsm8k", "P"): _eval(4, 16, 24),
         ("gsm8k", "step"): _eval(2, 10, 24),
-        ("gsm8k", "mix-0.0"): _eval(6, 12, 24),
         ("gsm8k", "mix-0.5"): _eval(3, 12, 24),
         ("gsm8k", "mix-1.0"): _eval(0, 12, 24),
         ("countdown", "base"): _eval(0, 0, 24),
@@ -52,7 +74,6 @@ def make_tree(root):
         ("countdown", "G"): _eval(4, 8, 24),
         ("countdown", "W"): _eval(3, 6, 24),
         ("countdown", "step"): _eval(1, 2, 24),
-        ("countdown", "mix-0.0"): _eval(4, 8, 24),
         ("countdown", "mix-1.0"): _eval(1, 4, 24),
     }
     for (t, s), m in evals.items():
@@ -104,7 +125,7 @@ def tree(tmp_path):
 def built(tmp_path_factory):
     """The report of the literal tree, built once (plots take about a second)."""
     root = make_tree(tmp_path_factory.mktemp("report"))
-    summary = _build(root, context={"student": "smollm2-135m-instruct"})
+    summary = _build(root, context={"student": "smollm2-135m-instruct"}, comparisons=COMPARISONS)
     return root, summary.read_text(encoding="utf-8")
 
 
@@ -114,6 +135,7 @@ def text(built):
 
 
 def _build(tree, **kw):
+    kw.setdefault("base_set", BASE_SET)
     return build_report(
         tree / "metrics", tree / "plots", tree / "reports", TASKS, SETS, FRACTIONS, **kw
     )
@@ -126,25 +148,65 @@ def _section(text: str, title: str) -> str:
     return text[start : end if end != -1 else None]
 
 
-def test_accuracy_table_has_both_definitions_and_counts(text):
+ACCURACY_HEADER = (
+    "| set | accuracy | 95 % CI | accuracy (parsed) | parse rate | correct | n "
+    "| Δ vs base [95 % CI] | Δ vs H [95 % CI] |"
+)
+
+
+def test_accuracy_table_has_both_definitions_interval_and_paired_differences(text):
     gsm = _section(text, "### gsm8k")
-    assert "| G — teacher CoTs with a correct final answer | 25.0 % | 33.3 % | 75.0 % | 6 | 18 | 24 | +20.8 pts |" in gsm
+    assert ACCURACY_HEADER in gsm
+    # Wilson interval of 6/24 = [0.120, 0.449]; the Δ columns come from COMPARISONS
+    assert (
+        "| G — teacher CoTs with a correct final answer | 25.0 % | [12.0, 44.9] | 33.3 % | 75.0 % | 6 | 24 "
+        "| +20.8 pts [+5.0, +37.0] | +12.5 pts [-2.0, +27.0] |"
+    ) in gsm
+    # H has no difference against itself
+    assert "| H — human-written solutions | 12.5 % | [4.3, 31.0] | 25.0 % | 50.0 % | 3 | 24 | +8.3 pts [-4.0, +21.0] | — |" in gsm
+    assert "| parsed |" not in gsm  # the parsed-count column is gone (parse rate says it)
+
+
+def test_paired_differences_are_dashes_without_comparisons(text):
+    cd = _section(text, "### countdown")
+    assert ACCURACY_HEADER in cd
+    assert "| G — teacher CoTs with a correct final answer | 16.7 % | [6.7, 35.9] | 50.0 % | 33.3 % | 4 | 24 | — | — |" in cd
 
 
 def test_base_student_row_comes_first(text):
     gsm = _section(text, "### gsm8k")
     rows = [ln for ln in gsm.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
-    assert rows[0] == "| base — the untrained student | 4.2 % | 12.5 % | 33.3 % | 1 | 8 | 24 | — |"
+    assert rows[0] == "| base — the untrained student | 4.2 % | [0.7, 20.2] | 12.5 % | 33.3 % | 1 | 24 | — | — |"
 
 
 def test_nothing_parsed_is_flagged_in_the_table(text):
     cd = _section(text, "### countdown")
-    assert "| base — the untrained student | 0.0 % | 0.0 % (none parsed) | 0.0 % | 0 | 0 | 24 | — |" in cd
+    assert "| base — the untrained student | 0.0 % | [0.0, 13.8] | 0.0 % (none parsed) | 0.0 % | 0 | 24 | — | — |" in cd
 
 
 def test_missing_eval_file_is_a_dash_row(text):
     cd = _section(text, "### countdown")
-    assert "| P — human solutions paraphrased by a model | — | — | — | — | — | — | — |" in cd
+    assert "| P — human solutions paraphrased by a model | — | — | — | — | — | — | — | — |" in cd
+
+
+def test_interval_is_a_dash_when_the_eval_metrics_lack_it(tree):
+    # eval metrics written before score() returned ci95
+    m = _eval(3, 12, 24)
+    del m["ci95"]
+    _write(tree / "metrics" / "eval" / "gsm8k-H.json", m)
+    text = _build(tree).read_text(encoding="utf-8")
+    assert "| H — human-written solutions | 12.5 % | — | 25.0 % | 50.0 % | 3 | 24 | — | — |" in _section(text, "### gsm8k")
+
+
+def test_code_task_gets_a_pass_at_1_column(tree):
+    _write(tree / "metrics" / "eval" / "gsm8k-H.json", dict(_eval(3, 12, 24), **{"pass@1": 0.125}))
+    gsm = _section(_build(tree).read_text(encoding="utf-8"), "### gsm8k")
+    assert (
+        "| set | accuracy | 95 % CI | accuracy (parsed) | pass@1 | parse rate | correct | n "
+        "| Δ vs base [95 % CI] | Δ vs H [95 % CI] |"
+    ) in gsm
+    assert "| H — human-written solutions | 12.5 % | [4.3, 31.0] | 25.0 % | 12.5 % | 50.0 % | 3 | 24 | — | — |" in gsm
+    assert "| G — teacher CoTs with a correct final answer | 25.0 % | [12.0, 44.9] | 33.3 % | — | 75.0 % | 6 | 24 | — | — |" in gsm
 
 
 def test_skipped_set_shows_na_not_a_dash(tree):
@@ -155,7 +217,7 @@ def test_skipped_set_shows_na_not_a_dash(tree):
     text = _build(tree).read_text(encoding="utf-8")
     assert (
         "| W — teacher CoTs with a wrong final answer (skipped: empty training set) "
-        "| n/a | n/a | n/a | n/a | n/a | n/a | n/a |"
+        "| n/a | n/a | n/a | n/a | n/a | n/a | n/a | n/a |"
     ) in _section(text, "### gsm8k")
     assert "| W (skipped: empty training set) | 0 | n/a | n/a | n/a | n/a | n/a |" in _section(text, "## Fine-tuning")
     assert "| 50 % | n/a | n/a | — | — |" in _section(text, "## Flawed mixtures")
@@ -165,19 +227,35 @@ def test_skipped_set_shows_na_not_a_dash(tree):
 def test_mixture_table_rows(text):
     mix = _section(text, "## Flawed mixtures")
     assert "| flawed fraction | gsm8k accuracy | gsm8k accuracy (parsed) | countdown accuracy | countdown accuracy (parsed) |" in mix
-    assert "| 0 % | 25.0 % | 50.0 % | 16.7 % | 50.0 % |" in mix
+    # the 0 % point is the base set G itself (trained once), labelled with its name
+    assert "| 0 % (G) | 25.0 % | 33.3 % | 16.7 % | 50.0 % |" in mix
     assert "| 50 % | 12.5 % | 25.0 % | — | — |" in mix
     assert "| 100 % | 0.0 % | 0.0 % | 4.2 % | 25.0 % |" in mix
+    rows = [ln for ln in mix.splitlines() if ln.startswith("| ") and "---" not in ln][1:]
+    assert [r.split(" | ")[0] for r in rows] == ["| 0 % (G)", "| 50 %", "| 100 %"]
+
+
+def test_no_mix_0_set_anywhere(text):
+    assert "mix-0.0" not in text
+    assert "(0 % flawed)" not in text  # no "mix-0.0 (0 % flawed)" row in the training tables
 
 
 def test_mixture_csv_for_dvc_plots_skips_missing_fractions(built):
     tree = built[0]
+    # the 0.0 row is the base set's (G's) accuracy
     assert (tree / "plots" / "mixture" / "gsm8k.csv").read_text(encoding="utf-8") == (
-        "fraction,accuracy,accuracy_parsed\n0.0,0.25,0.5\n0.5,0.125,0.25\n1.0,0.0,0.0\n"
+        "fraction,accuracy,accuracy_parsed\n0.0,0.25,0.3333333333333333\n0.5,0.125,0.25\n1.0,0.0,0.0\n"
     )
     assert (tree / "plots" / "mixture" / "countdown.csv").read_text(encoding="utf-8") == (
         "fraction,accuracy,accuracy_parsed\n0.0,0.16666666666666666,0.5\n1.0,0.041666666666666664,0.25\n"
     )
+
+
+def test_mixture_curve_starts_at_the_default_base_set_h(tree):
+    build_report(tree / "metrics", tree / "plots", tree / "reports", TASKS, SETS, FRACTIONS)
+    assert "| 0 % (H) | 12.5 % | 25.0 % | 8.3 % | 50.0 % |" in _section(
+        (tree / "reports" / "summary.md").read_text(encoding="utf-8"), "## Flawed mixtures")
+    assert (tree / "plots" / "mixture" / "gsm8k.csv").read_text(encoding="utf-8").splitlines()[1] == "0.0,0.125,0.25"
 
 
 def test_closeness_table_adds_first_sft_loss(text):
@@ -219,13 +297,41 @@ def test_empty_metrics_tree_still_builds(tmp_path):
     summary = build_report(tmp_path / "metrics", tmp_path / "plots", tmp_path / "out", ["gsm8k"], SETS, FRACTIONS)
     text = summary.read_text(encoding="utf-8")
     assert "- **gsm8k**: no trained student evaluated yet." in text
+    assert "| 0 % (H) | — | — |" in text
     assert "| 50 % | — | — |" in text
     assert all((tmp_path / "out" / png).stat().st_size > 0 for png in PNGS)
     assert (tmp_path / "plots" / "mixture" / "gsm8k.csv").read_text(encoding="utf-8") == "fraction,accuracy,accuracy_parsed\n"
 
 
-def test_headline_names_best_set(text):
-    assert "- **gsm8k**: best set G with accuracy 25.0 % (base student: 4.2 %)." in text
+def test_headlines_list_sets_beyond_noise(text):
+    assert (
+        "- **gsm8k**: base student 4.2 % [0.7, 20.2]; above the base student beyond noise: G, W; "
+        "above H: none; below H: step (paired 95 % intervals; the others are ties)."
+    ) in text
+    # no comparisons for countdown: nothing is beyond noise
+    assert (
+        "- **countdown**: base student 0.0 % [0.0, 13.8]; above the base student beyond noise: none; "
+        "above H: none; below H: none (paired 95 % intervals; the others are ties)."
+    ) in text
+
+
+def test_headline_picks_no_best_set_out_of_a_tie(tree):
+    # G and W have the same accuracy; only G's paired interval against the base lies above 0
+    _write(tree / "metrics" / "eval" / "gsm8k-W.json", _eval(6, 18, 24))
+    comparisons = {
+        "gsm8k": {
+            "G": {"vs_base": {"diff": 0.2, "ci95": [0.1, 0.3]}, "vs_H": {"diff": 0.0, "ci95": [-0.05, 0.05]}},
+            "W": {"vs_base": {"diff": 0.2, "ci95": [-0.01, 0.4]}, "vs_H": {"diff": 0.0, "ci95": [-0.05, 0.05]}},
+            "P": {"vs_base": {"diff": 0.0, "ci95": [0.0, 0.1]}},  # touching 0 is not above it
+        }
+    }
+    text = _build(tree, comparisons=comparisons).read_text(encoding="utf-8")
+    headlines = text.split("**Headlines**")[1].split("## ")[0]
+    assert "best" not in headlines
+    assert (
+        "- **gsm8k**: base student 4.2 % [0.7, 20.2]; above the base student beyond noise: G; "
+        "above H: none; below H: none (paired 95 % intervals; the others are ties)."
+    ) in headlines
 
 
 def test_malformed_loss_csv_names_file_and_line(tree):
@@ -251,4 +357,62 @@ def test_invalid_metrics_json_names_the_file(tree):
 
 def test_fraction_outside_unit_interval_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"flawed fraction 25 is outside \[0, 1\]"):
-        build_report(tmp_path, tmp_path, tmp_path / "out", ["gsm8k"], SETS, [0.0, 25])
+        build_report(tmp_path, tmp_path, tmp_path / "out", ["gsm8k"], SETS, [0.5, 25])
+
+
+def _claim(cid: str, kind: str, verdict: str, evidence: dict) -> dict:
+    return {"id": cid, "task": "gsm8k", "statement": STATEMENTS[cid], "kind": kind, "verdict": verdict,
+            "evidence": evidence}
+
+
+def test_claims_table_renders_every_verdict(tree):
+    def pair(a, b, diff, lo, hi, p):
+        return {"a": a, "b": b, "diff": diff, "ci95": [lo, hi], "p_mcnemar": p, "n": 24}
+
+    claims = {"margin": 0.1, "claims": [
+        _claim("C1", "greater", "holds", {"parts": {"G": {"diff": 0.9, "ci95": [0.8, 1.0]},
+                                                    "W": {"diff": 0.85, "ci95": [0.7, 1.0]}}}),
+        _claim("C2", "greater", "holds", pair("H", "G", 0.125, 0.05, 0.2, 0.0123)),
+        _claim("C3", "greater", "contradicted", pair("H", "W", -0.2, -0.3, -0.1, 0.001)),
+        _claim("C4", "greater", "inconclusive", {"missing": "no evaluation of H or P"}),
+        _claim("C5", "equivalent", "inconclusive", dict(pair("G", "mix-0.25", -0.05, -0.2, 0.1, 0.5), margin=0.1)),
+        _claim("C6", "less", "holds", {"diff": -0.25, "ci95": [-0.4, -0.1], "n": 24, "fractions": [0.0, 0.5, 1.0]}),
+    ]}
+    text = _build(tree, claims=claims).read_text(encoding="utf-8")
+    section = _section(text, "## The paper's claims on this run")
+    assert text.index("## The paper's claims on this run") < text.index("## Accuracy")  # near the top
+    assert "| claim | task | statement | verdict | evidence (95 % CI) |" in section
+    s = STATEMENTS
+    assert (f"| C1 | gsm8k | {s['C1']} | **holds** | loss(H) − loss(G) = +0.900 [+0.800, +1.000]; "
+            "loss(H) − loss(W) = +0.850 [+0.700, +1.000] |") in section
+    assert f"| C2 | gsm8k | {s['C2']} | **holds** | G − H = +12.5 pts [+5.0, +20.0], McNemar p = 0.0123, n = 24 |" in section
+    assert (f"| C3 | gsm8k | {s['C3']} | **contradicted** | W − H = -20.0 pts [-30.0, -10.0], "
+            "McNemar p = 0.001, n = 24 |") in section
+    assert f"| C4 | gsm8k | {s['C4']} | inconclusive | not measured: no evaluation of H or P |" in section
+    assert (f"| C5 | gsm8k | {s['C5']} | inconclusive | mix-0.25 − G = -5.0 pts [-20.0, +10.0], "
+            "McNemar p = 0.5, n = 24, margin ±10 pts |") in section
+    assert (f"| C6 | gsm8k | {s['C6']} | **holds** | slope -25.0 pts per unit fraction [-40.0, -10.0] "
+            "over 0 %, 50 %, 100 % (n = 24) |") in section
+
+
+def test_claims_of_judge_task_render_and_no_claims_no_section(tree):
+    ids = [f"p{i:02d}" for i in range(24)]
+
+    def right(k):
+        return {pid: i < k for i, pid in enumerate(ids)}
+
+    evals = {"base": right(1), "H": right(3), "G": right(6), "W": right(5), "P": None,
+             "mix-0.5": right(3), "mix-1.0": right(0)}
+    claims, comparisons = judge_task("gsm8k", evals, None, FRACTIONS, BASE_SET, 0.1, n_boot=200)
+    assert len(claims) == 6
+    text = _build(tree, claims={"margin": 0.1, "claims": claims},
+                  comparisons={"gsm8k": comparisons}).read_text(encoding="utf-8")
+    section = _section(text, "## The paper's claims on this run")
+    for c in claims:
+        assert c["verdict"] in {"holds", "contradicted", "inconclusive"}
+        row = next(ln for ln in section.splitlines() if ln.startswith(f"| {c['id']} | gsm8k |"))
+        assert c["verdict"] in row
+    assert "| C4 | gsm8k |" in section and "not measured: no evaluation of H or P" in section
+    # G is 5 problems above the base on the same problems: its Δ column is filled in
+    assert "| G — teacher CoTs with a correct final answer | 25.0 % | [12.0, 44.9] | 33.3 % | 75.0 % | 6 | 24 | +20.8 pts [" in text
+    assert "## The paper's claims" not in _build(tree).read_text(encoding="utf-8")

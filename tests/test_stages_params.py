@@ -33,11 +33,12 @@ STAGES = {
     "evaluate": ["--task", "countdown", "--set", "H", "--problems", "IN/test.jsonl", "--model", "IN/m",
                  "--out", "OUT/eval.jsonl", "--metrics", "OUT/eval.json"],
     "closeness": ["--task", "countdown", "--student", "IN/m", "--sets-dir", "IN", "--out", "OUT/c.json"],
-    "report": ["--metrics-dir", "IN", "--plots-dir", "IN", "--out-dir", "OUT/reports"],
+    "report": ["--metrics-dir", "IN", "--plots-dir", "IN", "--out-dir", "OUT/reports", "--eval-dir", "IN",
+               "--sets-dir", "IN", "--claims-out", "OUT/claims.json", "--summary-out", "OUT/summary.json"],
 }
 
 BAD = [
-    ({"degrade": {"flawed_fractions": [0.0, 1.5]}}, "degrade.flawed_fractions[1]: must be in [0, 1]"),
+    ({"degrade": {"flawed_fractions": [0.25, 1.5]}}, "degrade.flawed_fractions[1]: must be in (0, 1]"),
     ({"sample": {"k": 0}}, "sample.k: must be >= 1"),
     ({"base": {"tasks": ["countdwn"]}}, "base.tasks[0]: unknown task 'countdwn'"),
     ({"sft": {"lerning_rate": 0.1}}, "unknown key 'sft.lerning_rate'"),

@@ -14,6 +14,7 @@ from cotshape.stats import (
     _binom_half_cdf_exact,
     _binom_half_log_cdf,
     mcnemar_exact,
+    newcombe_paired_interval,
     paired_accuracy_diff,
     paired_slope,
     pooled_difference,
@@ -129,14 +130,38 @@ def test_paired_diff_counts_and_point_estimate():
 
 
 def test_paired_diff_same_seed_same_ci():
-    assert paired_accuracy_diff(A, B, seed=3)["ci95"] == paired_accuracy_diff(A, B, seed=3)["ci95"]
+    r1 = paired_accuracy_diff(A, B, seed=3, method="bootstrap")
+    assert r1["ci95"] == paired_accuracy_diff(A, B, seed=3, method="bootstrap")["ci95"]
 
 
 def test_paired_diff_different_seed_different_ci():
     assert (
-        paired_accuracy_diff(A, B, n_boot=500, seed=0)["ci95"]
-        != paired_accuracy_diff(A, B, n_boot=500, seed=1)["ci95"]
+        paired_accuracy_diff(A, B, n_boot=500, seed=0, method="bootstrap")["ci95"]
+        != paired_accuracy_diff(A, B, n_boot=500, seed=1, method="bootstrap")["ci95"]
     )
+
+
+def test_paired_diff_default_is_newcombe_and_seed_free():
+    r = paired_accuracy_diff(A, B, seed=0)
+    assert r["ci_method"] == "newcombe"
+    assert r["ci95"] == paired_accuracy_diff(A, B, seed=1)["ci95"]
+
+
+def test_newcombe_matches_the_normal_approximation_on_a_large_table():
+    # 50 both right, 5 only a, 25 only b, 120 neither: d = +0.10; the normal approximation of the
+    # paired difference gives 0.10 ± 1.96 * sqrt(30/200**2 - 20**2/200**3) = [0.0481, 0.1519]
+    lo, hi = newcombe_paired_interval(50, 5, 25, 120)
+    assert lo == pytest.approx(0.0481, abs=2e-3) and hi == pytest.approx(0.1519, abs=2e-3)
+
+
+def test_newcombe_interval_does_not_collapse_without_discordant_pairs():
+    # two students that agree on all 12 problems (both wrong): the interval is the Wilson upper
+    # bound of 0/12 on each side, not [0, 0]
+    lo, hi = newcombe_paired_interval(0, 0, 0, 12)
+    assert lo == pytest.approx(-0.2425, abs=1e-4) and hi == pytest.approx(0.2425, abs=1e-4)
+    # the same agreement on 200 problems is strong evidence of a small difference
+    lo, hi = newcombe_paired_interval(40, 0, 0, 160)
+    assert -0.02 < lo < 0 < hi < 0.02
 
 
 def test_paired_diff_ci_contains_estimate():
@@ -145,10 +170,12 @@ def test_paired_diff_ci_contains_estimate():
     assert lo <= r["diff"] <= hi
 
 
-def test_paired_diff_identical_models_have_zero_ci():
-    r = paired_accuracy_diff(A, A)
+def test_paired_diff_identical_models_bootstrap_has_zero_ci():
+    r = paired_accuracy_diff(A, A, method="bootstrap")
     assert r["ci95"] == [0.0, 0.0]
     assert r["p_mcnemar"] == 1.0
+    lo, hi = paired_accuracy_diff(A, A)["ci95"]
+    assert lo < 0 < hi
 
 
 def test_paired_diff_is_json_serialisable():

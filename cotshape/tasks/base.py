@@ -138,8 +138,21 @@ class Task:
         "step wrong: use wrong numbers and wrong operations, and end with a wrong final answer."
     )
 
+    #: worked examples shown to the *teacher* before each problem when ``sample.shots`` > 0: a
+    #: problem (``question`` plus whatever :meth:`user_prompt` reads) and the ``cot`` answered to
+    #: it, as earlier chat turns. The CPU proxy needs them: the 135M offline teacher solves almost
+    #: nothing zero-shot. They are never training or test problems (offline loaders skip a
+    #: generated problem whose question equals an exemplar's), and the student never sees them:
+    #: training records keep the zero-shot prompt of :meth:`chat_messages`.
+    teacher_exemplars: ClassVar[tuple[dict[str, Any], ...]] = ()
+
     # ---- data -------------------------------------------------------------------------
-    def load(self, split: str, source: str = "offline", limit: int | None = None, seed: int = 0) -> list[Problem]:
+    #: difficulty levels of the offline source: "full" (the task's usual offline data) and, for
+    #: tasks with a CPU proxy, "easy" (problems a 135M few-shot teacher solves part of the time)
+    offline_levels: ClassVar[tuple[str, ...]] = ("full",)
+
+    def load(self, split: str, source: str = "offline", limit: int | None = None, seed: int = 0,
+             level: str = "full") -> list[Problem]:
         """Load problems of ``split`` ("train" or "test").
 
         ``source`` is ``"offline"`` (generated locally, works without network), ``"hub"`` (the
@@ -151,13 +164,16 @@ class Task:
             raise InputError(f"split must be 'train' or 'test', got {split!r}")
         if limit is not None and limit < 1:
             raise InputError(f"limit must be >= 1, got {limit}")
+        if level not in self.offline_levels:
+            raise InputError(f"prepare.level: task {self.name!r} has no offline level {level!r} "
+                             f"(it has: {', '.join(self.offline_levels)})")
         if source == "offline":
-            problems = self.load_offline(split, limit=limit, seed=seed)
+            problems = self.load_offline(split, limit=limit, seed=seed, level=level)
         else:
             problems = self.load_hub(split, source=self.hub_id if source == "hub" else source, limit=limit, seed=seed)
         return problems[:limit] if limit is not None else problems
 
-    def load_offline(self, split: str, limit: int | None, seed: int) -> list[Problem]:
+    def load_offline(self, split: str, limit: int | None, seed: int, level: str = "full") -> list[Problem]:
         raise NotImplementedError(f"task {self.name!r} has no offline source")
 
     def load_hub(self, split: str, source: str, limit: int | None, seed: int) -> list[Problem]:
@@ -170,6 +186,21 @@ class Task:
     def chat_messages(self, problem: Problem) -> Messages:
         """Prompt for chat (instruct) models: one user turn."""
         return [{"role": "user", "content": self.user_prompt(problem)}]
+
+    def teacher_messages(self, problem: Problem, shots: int = 0) -> Messages:
+        """The teacher's prompt: the first ``shots`` of :attr:`teacher_exemplars` as earlier
+        user/assistant turns, then the problem's own user turn (``shots=0``: :meth:`chat_messages`)."""
+        if isinstance(shots, bool) or not isinstance(shots, int) or not 0 <= shots <= len(self.teacher_exemplars):
+            raise InputError(f"sample.shots: task {self.name!r} has {len(self.teacher_exemplars)} teacher "
+                             f"exemplars, so shots must be an integer in [0, {len(self.teacher_exemplars)}], got {shots!r}")
+        turns: Messages = []
+        for ex in self.teacher_exemplars[:shots]:
+            turns += [{"role": "user", "content": self.user_prompt(ex)}, {"role": "assistant", "content": ex["cot"]}]
+        return turns + self.chat_messages(problem)
+
+    def is_exemplar(self, question: str) -> bool:
+        """True when ``question`` is one of the teacher exemplars (loaders skip such problems)."""
+        return any(ex["question"] == question for ex in self.teacher_exemplars)
 
     def base_prompt(self, problem: Problem) -> str:
         """Prompt for base (non-chat) models: a plain-text template ending where the CoT starts."""

@@ -258,23 +258,47 @@ class Countdown(Task):
                 break
         return out
 
-    def load_offline(self, split: str, limit: int | None, seed: int) -> list[Problem]:
+    offline_levels = ("easy", "full")
+    #: worked exemplars for a few-shot teacher (``sample.shots``), written as a chat model answers
+    #: (prose, "I can ... to get ..."), not in H's "Step 1:" derivation format. Measured on the easy
+    #: level (SmolLM2-135M-Instruct, 4 shots, k = 8, 40 problems): 1.3 % of samples correct, so
+    #: Countdown is not part of the offline default (its G would be near empty)
+    teacher_exemplars = tuple(
+        {"question": _question(nums, target), "meta": {"numbers": nums, "target": target},
+         "cot": f"To make {target} from {nums[0]}, {nums[1]} and {nums[2]}, I can {how}. So the expression is "
+                f"{expr} = {target}.\n<answer>{expr}</answer>"}
+        for nums, target, how, expr in (
+            ([3, 5, 2], 13, "multiply 3 by 5 to get 15, and then subtract 2 to get 13", "3 * 5 - 2"),
+            ([4, 6, 1], 11, "add 4 and 6 to get 10, and then add 1 to get 11", "4 + 6 + 1"),
+            ([9, 2, 7], 14, "add 9 and 7 to get 16, and then subtract 2 to get 14", "9 + 7 - 2"),
+            ([2, 8, 3], 19, "multiply 2 by 8 to get 16, and then add 3 to get 19", "2 * 8 + 3"),
+        )
+    )
+
+    def load_offline(self, split: str, limit: int | None, seed: int, level: str = "full") -> list[Problem]:
         import reasoning_gym
 
         want = limit or OFFLINE_SIZES[split]
         # items are generated lazily (item i is seeded with seed + i): spread the seeds apart
         pool = 64 + 50 * want
-        ds = reasoning_gym.create_dataset(
-            "countdown", size=pool, seed=seed * SEED_STRIDE, min_numbers=3, max_numbers=4,
-            min_target=10, max_target=100,
-        )
+        if level == "easy":  # the CPU proxy: three numbers 1-9, + - * only, targets up to 30
+            ds = reasoning_gym.create_dataset(
+                "countdown", size=pool, seed=seed * SEED_STRIDE, min_numbers=3, max_numbers=3, min_value=1,
+                max_value=9, min_target=2, max_target=30, operators=("+", "-", "*"),
+            )
+        else:
+            ds = reasoning_gym.create_dataset(
+                "countdown", size=pool, seed=seed * SEED_STRIDE, min_numbers=3, max_numbers=4,
+                min_target=10, max_target=100,
+            )
         out: list[Problem] = []
         seen: set[str] = set()
         for idx in range(pool):
             item = ds[idx]
             numbers, target = list(item["metadata"]["numbers"]), int(item["metadata"]["target"])
             key = f"{sorted(numbers)}->{target}"
-            if key in seen or is_test_key(key, TEST_FRACTION) != (split == "test"):
+            if (key in seen or is_test_key(key, TEST_FRACTION) != (split == "test")
+                    or self.is_exemplar(_question(numbers, target))):
                 continue
             expr = item["metadata"]["expression"]
             if not grade(expr, numbers, target)[0]:  # reasoning-gym allows "at most once"
@@ -282,7 +306,7 @@ class Countdown(Task):
                 if expr is None:
                     continue
             seen.add(key)
-            meta = {"source": "reasoning_gym/countdown", "seed": seed, "index": idx}
+            meta = {"source": "reasoning_gym/countdown", "seed": seed, "index": idx, "level": level}
             out.append(self._problem(split, len(out), numbers, target, expr, meta))
             if len(out) >= want:
                 break

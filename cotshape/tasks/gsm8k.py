@@ -115,7 +115,32 @@ class GSM8K(Task):
             )
         return out
 
-    def load_offline(self, split: str, limit: int | None, seed: int) -> list[Problem]:
+    offline_levels = ("easy", "full")
+    #: SmolLM2-135M-Instruct's own zero-shot answers to generated easy problems (temperature 0.8),
+    #: picked among its correct ones, with the arithmetic slips of two corrected: the few-shot
+    #: teacher prompt of the CPU proxy then shows the teacher its own phrasing, not H's.
+    teacher_exemplars = (
+        {"question": "Ben buys 6 bags of pencils. Each of the bags has 3 pencils. How many pencils does Ben buy?",
+         "cot": "Ben buys 6 bags of pencils and each of these bags has 3 pencils. To find out how many pencils Ben "
+                "buys, you multiply the number of bags by the number of pencils they have: 6 x 3 = 18 pencils.\n"
+                "The answer is 18."},
+        {"question": "Emma has 11 marbles. She gives 8 marbles to a friend. How many marbles does Emma have left?",
+         "cot": "Emma has 11 marbles, and she gives 8 marbles to a friend, so she has 11 - 8 = 3 marbles left.\n"
+                "The answer is 3."},
+        {"question": "Eli has 2 jars with 3 apples in each. He also has 7 loose apples. How many apples does Eli "
+                     "have in all?",
+         "cot": "Let's break it down step by step:\n\nEli has 2 jars with 3 apples in each. This means 2 jars have "
+                "2 x 3 = 6 apples.\nHe also has 7 loose apples.\nThe total number of apples is the sum of apples, "
+                "which is 6 + 7 = 13.\nThe answer is 13."},
+        {"question": "Ben has 6 eggs. He buys 4 baskets with 5 eggs in each, then gives away 14 eggs. How many eggs "
+                     "does Ben have now?",
+         "cot": "Ben has 6 eggs, and he buys 4 baskets with 5 eggs in each, so he buys 4 x 5 = 20 eggs. Now he has "
+                "6 + 20 = 26 eggs. He gives away 14 eggs, so he now has 26 - 14 = 12 eggs left.\n\nThe answer is 12."},
+    )
+
+    def load_offline(self, split: str, limit: int | None, seed: int, level: str = "full") -> list[Problem]:
+        if level == "easy":
+            return self._load_easy(split, limit, seed)
         import reasoning_gym
 
         want = limit or OFFLINE_SIZES[split]
@@ -148,6 +173,32 @@ class GSM8K(Task):
                 break
         if limit and len(out) < limit:
             raise InputError(f"gsm8k offline: only {len(out)} distinct {split} problems for limit={limit}")
+        return out
+
+    def _load_easy(self, split: str, limit: int | None, seed: int) -> list[Problem]:
+        """The CPU proxy: one- and two-step word problems from :mod:`cotshape.tasks.wordgen`,
+        split into train/test by a hash of the question like the full offline source."""
+        from cotshape.tasks import wordgen
+
+        want = limit or OFFLINE_SIZES[split]
+        out: list[Problem] = []
+        seen: set[str] = set()
+        for idx in range(64 + 50 * want):
+            item = wordgen.generate(idx, seed)
+            question = str(item["question"])
+            if question in seen or self.is_exemplar(question) or is_test_key(question, TEST_FRACTION) != (split == "test"):
+                continue
+            seen.add(question)
+            out.append(make_problem(
+                id=f"gsm8k-{split}-{len(out):05d}", task=self.name, question=question, answer=str(item["answer"]),
+                solution=str(item["solution"]),
+                meta={"source": "cotshape/wordgen", "level": "easy", "family": item["family"],
+                      "steps": item["steps"], "seed": seed, "index": idx},
+            ))
+            if len(out) >= want:
+                break
+        if limit and len(out) < limit:
+            raise InputError(f"gsm8k offline (easy): only {len(out)} distinct {split} problems for limit={limit}")
         return out
 
     def human_completion(self, problem: Problem) -> str:

@@ -316,7 +316,7 @@ class MATH(Task):
             out = [p for i, p in enumerate(out) if i in keep]
         return out
 
-    def load_offline(self, split: str, limit: int | None, seed: int) -> list[Problem]:
+    def load_offline(self, split: str, limit: int | None, seed: int, level: str = "full") -> list[Problem]:
         want = limit or OFFLINE_SIZES[split]
         out: list[Problem] = []
         seen: set[str] = set()

