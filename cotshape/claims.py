@@ -148,7 +148,8 @@ def judge_task(
     claims.append(_claim("C1", task, "greater", {"parts": parts, "diff_is": "loss(H) - loss(set)"} if parts else None,
                          "no closeness of G or W against H"))
     for cid, s in (("C2", "G"), ("C3", "W"), ("C4", "P")):
-        claims.append(_claim(cid, task, "greater", pair("H", s), f"no evaluation of H or {s}"))
+        # the set-vs-H comparison computed above for the tables; not paired a second time
+        claims.append(_claim(cid, task, "greater", comparisons.get(s, {}).get("vs_H"), f"no evaluation of H or {s}"))
 
     curve = [(p, name) for p, name in mixture_sets(fractions, base_set) if evals.get(name) is not None]
     at = dict(curve)
