@@ -6,8 +6,14 @@
     cotshape models materialize SPEC OUT_DIR
     cotshape tasks list
     cotshape tasks show gsm8k --source offline -n 3
-    cotshape preset ...            (see cotshape.presets)
+    cotshape preset list | show NAME | apply NAME [--set K=V] | exp NAME [--run]
     cotshape compare [--repo .] [--json SAVED] [--out compare]   (seeds, sweeps)
+    cotshape export [--repo .] --out DIR [--push-to-hub REPO]    (the training sets as a DatasetDict)
+    cotshape -h | --version
+
+The pipeline itself (prepare ... report) runs with ``dvc repro``; these commands are its parts that
+make sense on their own, and the tools around it. Defaults of ``cotshape sample`` are the params
+defaults (cotshape/config.py), so a command and a stage sample alike.
 
 Bad input (a malformed record file, an unknown task, model spec or parameter) prints one line
 ``error: ...`` to stderr and exits with status 2, without a traceback.
@@ -15,6 +21,7 @@ Bad input (a malformed record file, an unknown task, model spec or parameter) pr
 
 from __future__ import annotations
 
+import enum
 import json
 import os
 import sys
@@ -23,11 +30,57 @@ from typing import Annotated
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Shape of Thought experiments: sample, verify, train, evaluate.")
-models_app = typer.Typer(no_args_is_help=True, help="Model folders: materialise a spec into a plain HF folder.")
-tasks_app = typer.Typer(no_args_is_help=True, help="The reasoning tasks.")
+from cotshape.config import BaseParams, SampleParams
+
+# -h as well as --help everywhere; plain help text (rich markup would eat "[@revision]")
+_TYPER = {"no_args_is_help": True, "rich_markup_mode": None,
+          "context_settings": {"help_option_names": ["-h", "--help"]}}
+app = typer.Typer(add_completion=False, help="Shape of Thought experiments. The pipeline runs with `dvc repro` "
+                  "(README); these commands sample and verify chains of thought on their own, materialise "
+                  "models, show tasks, apply paper presets, compare experiments and export the training sets.",
+                  **_TYPER)
+models_app = typer.Typer(help="Model folders: materialise a spec into a plain HF folder.", **_TYPER)
+tasks_app = typer.Typer(help="The reasoning tasks.", **_TYPER)
+preset_app = typer.Typer(help="Paper-scale presets (presets/*.yaml): list, show, apply to params.yaml, "
+                         "or run as a DVC experiment.", **_TYPER)
 app.add_typer(models_app, name="models")
 app.add_typer(tasks_app, name="tasks")
+app.add_typer(preset_app, name="preset")
+
+_SAMPLE = SampleParams()
+_BASE = BaseParams()
+
+
+class BackendChoice(str, enum.Enum):
+    transformers = "transformers"
+    vllm = "vllm"
+
+
+class DtypeChoice(str, enum.Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+_DEFAULT_BACKEND = BackendChoice(_SAMPLE.backend)
+_DEFAULT_DTYPE = DtypeChoice(_BASE.dtype)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from cotshape import __version__
+
+        typer.echo(f"cotshape {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")] = False,
+) -> None:
+    """Shape of Thought experiments (see `cotshape -h`)."""
 
 DEFAULT_MODEL_CACHE = Path(os.environ.get("COTSHAPE_CACHE", Path.home() / ".cache" / "cotshape")) / "models"
 
@@ -76,18 +129,18 @@ def sample(
     problems: Annotated[Path, typer.Option(help="problem file (JSONL/Parquet)")],
     model: Annotated[str, typer.Option(help="model spec: hub id[@rev], local folder, or alias")],
     out: Annotated[Path, typer.Option(help="output JSONL (OUT.partial holds resumable progress)")],
-    k: Annotated[int, typer.Option(help="samples per problem")] = 4,
-    max_new_tokens: Annotated[int, typer.Option()] = 256,
-    temperature: Annotated[float, typer.Option()] = 0.8,
-    top_p: Annotated[float, typer.Option()] = 1.0,
-    seed: Annotated[int, typer.Option()] = 0,
+    k: Annotated[int, typer.Option(help="samples per problem (sample.k)")] = _SAMPLE.k,
+    max_new_tokens: Annotated[int, typer.Option(help="sample.max_new_tokens")] = _SAMPLE.max_new_tokens,
+    temperature: Annotated[float, typer.Option(help="sample.temperature (0: greedy, with --k 1)")] = _SAMPLE.temperature,
+    top_p: Annotated[float, typer.Option(help="sample.top_p")] = _SAMPLE.top_p,
+    seed: Annotated[int, typer.Option(help="base.seed")] = _BASE.seed,
     stop: Annotated[list[str] | None, typer.Option(help="stop string (repeatable)")] = None,
     shard: Annotated[str | None, typer.Option(help="I/N: sample problems with index % N == I")] = None,
-    backend: Annotated[str, typer.Option(help="transformers | vllm")] = "transformers",
-    batch_size: Annotated[int, typer.Option(help="sequences decoded together (transformers)")] = 128,
-    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16")] = "auto",
-    tensor_parallel_size: Annotated[int, typer.Option(help="GPUs per model (vllm)")] = 1,
+    backend: Annotated[BackendChoice, typer.Option(help="sample.backend")] = _DEFAULT_BACKEND,
+    batch_size: Annotated[int, typer.Option(help="sequences decoded together (transformers)")] = _SAMPLE.batch_size,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (base.device)")] = _BASE.device,
+    dtype: Annotated[DtypeChoice, typer.Option(help="base.dtype")] = _DEFAULT_DTYPE,
+    tensor_parallel_size: Annotated[int, typer.Option(help="GPUs per model (vllm)")] = _SAMPLE.tensor_parallel_size,
     chunk_size: Annotated[int, typer.Option(help="problems per backend call")] = 256,
     model_cache: Annotated[Path | None, typer.Option(help="where an alias is materialised")] = None,
     limit: Annotated[int | None, typer.Option(help="only the first N problems")] = None,
@@ -100,6 +153,7 @@ def sample(
     from cotshape.sampling import parse_shard, run_sampling
     from cotshape.tasks import get_task
 
+    backend, dtype = BackendChoice(backend).value, DtypeChoice(dtype).value
     t = get_task(task)
     sh = parse_shard(shard)
     _check_sample_options(k=k, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
@@ -170,12 +224,51 @@ def tasks_show(
         typer.echo(json.dumps(p, ensure_ascii=False))
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []})
-def preset(ctx: typer.Context) -> None:
-    """Paper-scale presets: cotshape preset list | show NAME | apply NAME | exp NAME (see --help)."""
-    from cotshape.presets import cli_main
+_SET = typer.Option("--set", metavar="KEY=VALUE", help="override one key after the preset, e.g. "
+                    "--set prepare.train_size=500 (repeatable)")
+_PARAMS = typer.Option("--params", help="params file")
 
-    code = cli_main(list(ctx.args))
+
+@preset_app.command("list")
+def preset_list() -> None:
+    """List the presets, one line each."""
+    from cotshape.presets import cmd_list
+
+    cmd_list()
+
+
+@preset_app.command("show")
+def preset_show(name: Annotated[str, typer.Argument(help="preset name (or its short form, e.g. gemma-2-9b)")]) -> None:
+    """Print a preset file, with the source of each setting."""
+    from cotshape.presets import cmd_show
+
+    cmd_show(name)
+
+
+@preset_app.command("apply")
+def preset_apply(
+    name: Annotated[str, typer.Argument(help="preset name")],
+    overrides: Annotated[list[str] | None, _SET] = None,
+    params_file: Annotated[str, _PARAMS] = "params.yaml",
+    dry_run: Annotated[bool, typer.Option(help="print the changes, write nothing")] = False,
+) -> None:
+    """Rewrite params.yaml with the preset (validated first; comments kept)."""
+    from cotshape.presets import cmd_apply
+
+    cmd_apply(name, list(overrides or []), params_file, dry_run)
+
+
+@preset_app.command("exp")
+def preset_exp(
+    name: Annotated[str, typer.Argument(help="preset name")],
+    overrides: Annotated[list[str] | None, _SET] = None,
+    params_file: Annotated[str, _PARAMS] = "params.yaml",
+    run: Annotated[bool, typer.Option(help="run `dvc exp run` instead of printing it")] = False,
+) -> None:
+    """Print (or --run) the `dvc exp run -S ...` command of the preset."""
+    from cotshape.presets import cmd_exp
+
+    code = cmd_exp(name, list(overrides or []), params_file, run)
     if code:
         raise typer.Exit(code)
 
@@ -209,6 +302,29 @@ def compare(
     result = cmp.compare(groups, skipped)
     md, _ = cmp.write(result, out if out is not None else repo / "compare")
     typer.echo(f"compared {len(exps)} experiments in {len(groups)} group(s): {md}", err=True)
+
+
+class ExportFormat(str, enum.Enum):
+    disk = "disk"
+    parquet = "parquet"
+
+
+@app.command()
+def export(
+    out: Annotated[Path, typer.Option(help="folder to write: OUT/TASK per task (replaced)")] = Path("export"),
+    repo: Annotated[Path, typer.Option(help="the pipeline's repository (params.yaml, data/sets, dvc.lock)")] = Path("."),
+    fmt: Annotated[ExportFormat, typer.Option("--format", help="disk: DatasetDict.save_to_disk; "
+                                              "parquet: the hub layout data/SPLIT-*.parquet")] = ExportFormat.disk,
+    push_to_hub: Annotated[str | None, typer.Option(help="also push each task as a config of this hub "
+                                                    "dataset repo (needs network and a token)")] = None,
+) -> None:
+    """Export the training sets (H, G, W, P, step, mixtures) as a Hugging Face DatasetDict per task,
+    with a dataset card (counts, teacher, selection policy, seed, DVC hashes, licenses)."""
+    from cotshape.export import export as run_export
+
+    written = run_export(repo, out, ExportFormat(fmt).value, push_to_hub)
+    for task, path in written.items():
+        typer.echo(f"{task}: {path}", err=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -44,8 +44,10 @@ def _f(default: Any, help: str, *, choices: tuple | None = None, min: float | No
 class BaseParams:
     seed: int = _f(0, "One seed for every random choice of the pipeline (sampling, selection, degradation, SFT).",
                    min=0, max=MAX_SEED)
-    tasks: list[str] = _f(None, "Tasks to run, any of gsm8k, math, countdown, mbpp.",
+    tasks: list[str] = _f(None, "Tasks to run, any of gsm8k, math, countdown, mbpp, or a task registered by task_modules or an installed plugin.",
                           default_factory=lambda: ["gsm8k"])
+    task_modules: list[str] = _f(None, "Importable modules that register more tasks with @register (e.g. mytasks.parity for mytasks/parity.py in the repository); imported before base.tasks is checked.",
+                                 default_factory=list)
     teacher: str = _f("smollm2-135m-instruct", "Teacher model: hub id[@revision], local folder, or the offline alias smollm2-135m-instruct.")
     student: str = _f("smollm2-135m-instruct", "Student model (fine-tuned and evaluated), same forms as teacher.")
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu or cuda.", choices=("auto", "cpu", "cuda"))
@@ -245,8 +247,12 @@ def _build_section(name: str, raw: Any, where: str):
 
 
 def _cross_checks(p: Params, where: str) -> None:
-    from cotshape.tasks import list_tasks  # the registry is the one list of task names
+    from cotshape.tasks import (  # the registry is the one list of task names
+        list_tasks,
+        load_task_modules,
+    )
 
+    load_task_modules(p.base.task_modules)
     known = list_tasks()
     for i, t in enumerate(p.base.tasks):
         if t not in known:

@@ -65,6 +65,9 @@ DYNAMIC_IMPORTS: dict[str, tuple[str, ...]] = {
     "cotshape/train.py": (),
     # runs `python -m dvc exp show` (DVC, not package code) and asks find_spec whether dvc exists
     "cotshape/compare.py": (),
+    # imports the user's task modules (base.task_modules) and the cotshape.tasks entry points:
+    # code outside the package (README, "Adding a task": add such a file to the stages' deps)
+    "cotshape/tasks/__init__.py": (),
 }
 
 #: call names that import or run code by a string (see the module docstring)

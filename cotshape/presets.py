@@ -316,39 +316,55 @@ def _fmt(v: Any) -> str:
     return "(absent)" if v is None else repr(v)
 
 
+def cmd_list() -> int:
+    for name in list_presets():
+        print(f"{name:24s} {describe_preset(name)}")
+    return 0
+
+
+def cmd_show(name: str) -> int:
+    print(preset_path(name).read_text(encoding="utf-8"), end="")
+    return 0
+
+
+def cmd_apply(name: str, overrides: list[str], params_file: str = "params.yaml", dry_run: bool = False) -> int:
+    params = read_params(params_file)
+    merged = apply_preset(name, params, overrides)
+    changes = changed_keys(params, merged)
+    for key, old, new in changes:
+        print(f"{key}: {_fmt(old)} -> {_fmt(new)}")
+    if dry_run:
+        print(f"(dry run: {params_file} not written)")
+    elif changes:
+        write_params(params_file, changes)
+        print(f"wrote {params_file} ({len(changes)} keys changed)")
+    else:
+        print(f"{params_file} already matches the preset")
+    return 0
+
+
+def cmd_exp(name: str, overrides: list[str], params_file: str = "params.yaml", run: bool = False) -> int:
+    cmd = ["dvc", "exp", "run", *exp_run_args(name, overrides, params_file)]
+    if not run:
+        print(shlex.join(cmd))
+        return 0
+    return subprocess.call(cmd)
+
+
 def cli_main(argv: list[str]) -> int:
-    """``cotshape preset list | show NAME | apply NAME ... | exp NAME ...``; returns the exit code."""
+    """``python -m cotshape.presets list | show NAME | apply NAME ... | exp NAME ...`` (the same
+    commands as ``cotshape preset``); returns the exit code."""
     from cotshape.config import ParamsError
 
     args = _parser().parse_args(argv)
     try:
         if args.cmd == "list":
-            for name in list_presets():
-                print(f"{name:24s} {describe_preset(name)}")
-            return 0
+            return cmd_list()
         if args.cmd == "show":
-            print(preset_path(args.name).read_text(encoding="utf-8"), end="")
-            return 0
+            return cmd_show(args.name)
         if args.cmd == "apply":
-            params = read_params(args.params)
-            merged = apply_preset(args.name, params, args.overrides)
-            changes = changed_keys(params, merged)
-            for key, old, new in changes:
-                print(f"{key}: {_fmt(old)} -> {_fmt(new)}")
-            if args.dry_run:
-                print(f"(dry run: {args.params} not written)")
-            elif changes:
-                write_params(args.params, changes)
-                print(f"wrote {args.params} ({len(changes)} keys changed)")
-            else:
-                print(f"{args.params} already matches the preset")
-            return 0
-        # exp
-        cmd = ["dvc", "exp", "run", *exp_run_args(args.name, args.overrides, args.params)]
-        if not args.run:
-            print(shlex.join(cmd))
-            return 0
-        return subprocess.call(cmd)
+            return cmd_apply(args.name, args.overrides, args.params, args.dry_run)
+        return cmd_exp(args.name, args.overrides, args.params, args.run)
     except (PresetError, ParamsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

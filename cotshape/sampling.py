@@ -5,9 +5,20 @@ For every problem, ``k`` completions of the task's chat prompt. One output recor
     {"id": "<problem_id>#<j>", "problem_id", "sample_index": j, "task", "prompt" (the chat
      messages), "completion", "num_tokens", "finish_reason", "teacher", "seed"}
 
-Determinism: sample ``j`` of problem ``p`` draws from its own generator seeded with
+Determinism, precisely: sample ``j`` of problem ``p`` draws from its own generator seeded with
 ``derive_seed(derive_seed(seed, p), j)`` (stored as ``seed``), so a resumed or sharded run draws
-the same random numbers as an uninterrupted one.
+the same random numbers as an uninterrupted one. The *samples* are the same only when they are
+decoded in the same batches too: the same problems in the same order, the same batch size,
+device, dtype and library versions (then a rerun reproduces them bit for bit). A resumed run,
+another shard split or another ``sample.batch_size`` decodes each sample next to other rows, the
+bf16 logits change in their last bits with the batch, and once one sampled token differs the
+rest of that sample does too: ``bench/repro_sampling.py`` measures the share of samples that
+stay identical (README, "Reproducibility"). Each sample is still a valid draw from the same
+distribution, so the statistics do not change, but for bit-identical data rerun the whole
+shard from scratch (delete ``OUT.partial``) with the same settings. What produced the samples
+is recorded: in the pipeline, dvc.lock holds the sample stage's params (``sample.*`` with the
+batch size, ``base.dtype``, ``base.device``, the teacher); the partial file's header holds the
+same for a ``cotshape sample`` run while it works.
 
 Resume: records are appended to ``OUT.partial`` (next to the output) as soon as each problem's
 ``k`` samples are done, flushed and fsynced. Its first line is a fingerprint of everything that

@@ -28,7 +28,7 @@ class SFTParams:
     """The ``sft:`` section of params.yaml (plus ``seed``, taken from ``base.seed``)."""
 
     method: str = _f("lora", "lora (peft adapters on attention + MLP projections) | full (all weights)")
-    epochs: float = _f(3.0, "passes over the training set (fractions allowed)", max=10_000)
+    epochs: float = _f(2.0, "passes over the training set (fractions allowed)", max=10_000)
     learning_rate: float = _f(2e-4, "peak AdamW learning rate (linear decay after warmup)")
     batch_size: int = _f(8, "examples per device per micro-step", min=1, max=65_536)
     grad_accum: int = _f(1, "micro-steps accumulated per optimizer step", min=1, max=65_536)

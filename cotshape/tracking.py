@@ -10,9 +10,15 @@
 Tracking never breaks a stage: if the store is unreachable (a dead server, a bad URI) or fails
 mid-run, the tracker warns once per URI ("MLflow at URI unreachable: ...") and becomes a no-op;
 the stage's own metrics files are the record, and what was logged stays in ``run.history`` (and in
-``fallback_dir`` when given). HTTP requests get short timeouts and few retries so a dead server
-costs seconds, not minutes. The default store is ``sqlite:///mlflow.db`` (the plain ``./mlruns``
-file store needs an opt-in in mlflow 3).
+``fallback_dir`` when given). An unreachable store of any scheme costs at most ``CONNECT_TIMEOUT`` seconds per stage: local stores
+(``sqlite:``, ``file:``, a path) are checked before MLflow opens them (MLflow's own SQL engine retries
+an unopenable database for about 100 s), network stores get a TCP probe and the first request runs
+under a deadline; HTTP requests get short timeouts and few retries. The default store is
+``sqlite:///mlflow.db`` (the plain ``./mlruns`` file store needs an opt-in in mlflow 3).
+
+A stage killed hard (``kill -9``, the machine lost) cannot end its run; every run is tagged with the
+host and pid of its process, and the next run started on that host ends such leftovers as KILLED
+(``cotshape.killed_by`` names the run that noticed).
 """
 
 from __future__ import annotations
@@ -21,7 +27,9 @@ import json
 import math
 import os
 import re
+import socket
 import subprocess
+import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -30,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+CONNECT_TIMEOUT = 5.0  # seconds an unreachable store may cost a stage
 _WARNED: set[str] = set()  # URIs already warned about in this process
 
 
@@ -54,6 +63,80 @@ def run_tags(task: str | None = None, set: str | None = None, student: str | Non
         tags["dvc_exp_name"] = os.environ["DVC_EXP_NAME"]
     tags.update(extra)
     return {k: str(v) for k, v in tags.items() if v is not None}
+
+
+def _preflight(uri: str, timeout: float = 2.0) -> str | None:
+    """Why the store at ``uri`` cannot be reached, found without MLflow (None: worth trying).
+
+    Local stores: the database file or store folder must be creatable/writable. Network stores: a
+    TCP connection to host:port within ``timeout`` seconds."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+")[0].lower()
+    if scheme == "sqlite":
+        path = uri.split(":///", 1)[1] if ":///" in uri else ""
+        if not path or path == ":memory:":
+            return None
+        db = Path(path)
+        if db.exists():
+            return None if os.access(db, os.R_OK | os.W_OK) else f"database file {db} is not readable and writable"
+        parent = db.parent
+        if not parent.is_dir():
+            return f"folder {parent} of the database does not exist"
+        return None if os.access(parent, os.W_OK) else f"folder {parent} of the database is not writable"
+    if scheme in ("", "file") or len(scheme) == 1:  # a path (a drive letter on Windows)
+        folder = Path(parts.path if scheme == "file" else uri)
+        probe = folder
+        while not probe.exists() and probe != probe.parent:
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK):
+            return f"store folder {folder} cannot be created or written"
+        return None
+    if parts.hostname and scheme not in ("databricks", "uc"):
+        default_port = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}.get(scheme)
+        try:
+            port = parts.port or default_port
+        except ValueError:
+            return f"bad port in {uri}"
+        if port is None:
+            return None
+        try:
+            with socket.create_connection((parts.hostname, port), timeout=timeout):
+                return None
+        except OSError as e:
+            return f"no connection to {parts.hostname}:{port} ({e})"
+    return None
+
+
+def _within(seconds: float, fn):
+    """``fn()`` in a daemon thread; its result, its exception re-raised, or TimeoutError."""
+    box: dict[str, Any] = {}
+
+    def work():
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    t = threading.Thread(target=work, daemon=True, name="mlflow-connect")
+    t.start()
+    t.join(seconds)
+    if t.is_alive():
+        raise TimeoutError(f"no answer within {seconds:g} s")
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 class TrackedRun:
@@ -144,13 +227,50 @@ class Tracker:
         if not self.enabled:
             return None
         if self._experiment_id is None:
-            try:
+            reason = _preflight(self.uri)
+            if reason is not None:
+                self._disable(ConnectionError(reason))
+                return None
+
+            def connect():
                 exp = self.client.get_experiment_by_name(self.experiment)
-                self._experiment_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+                return exp.experiment_id if exp else self.client.create_experiment(self.experiment)
+
+            try:
+                if self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri:
+                    # local and checked above: the first open may create the schema (seconds)
+                    self._experiment_id = connect()
+                else:
+                    self._experiment_id = _within(CONNECT_TIMEOUT, connect)
             except Exception as e:
                 self._disable(e)
                 return None
         return self._experiment_id
+
+    def end_stale_runs(self, killed_by: str | None = None) -> list[str]:
+        """End as KILLED the RUNNING runs of this experiment whose process (tagged
+        ``cotshape.host`` / ``cotshape.pid``) ran on this host and no longer exists. Returns
+        their run ids. Runs of other hosts, and runs without these tags, are left alone."""
+        exp_id = self._connect()
+        if exp_id is None:
+            return []
+        host = socket.gethostname()
+        ended: list[str] = []
+        try:
+            runs = self.client.search_runs(
+                [exp_id], filter_string=f"attributes.status = 'RUNNING' and tags.`cotshape.host` = '{host}'",
+                max_results=1000)
+            for r in runs:
+                pid = r.data.tags.get("cotshape.pid", "")
+                if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+                    continue
+                if killed_by:
+                    self.client.set_tag(r.info.run_id, "cotshape.killed_by", killed_by)
+                self.client.set_terminated(r.info.run_id, status="KILLED")
+                ended.append(r.info.run_id)
+        except Exception as e:
+            self._disable(e)
+        return ended
 
     def _disable(self, error: BaseException) -> None:
         self.enabled = False
@@ -167,7 +287,8 @@ class Tracker:
             params: dict[str, Any] | None = None) -> Iterator[TrackedRun]:
         """Start a run (ended FINISHED, or FAILED if the block raises) and yield it. The git
         commit and DVC revision tags are added when ``tags`` lacks them (see :func:`run_tags`)."""
-        tags = {**run_tags(), **{k: str(v) for k, v in (tags or {}).items() if v is not None}}
+        tags = {**run_tags(), **{k: str(v) for k, v in (tags or {}).items() if v is not None},
+                "cotshape.host": socket.gethostname(), "cotshape.pid": str(os.getpid())}
         run_id = None
         exp_id = self._connect()
         if exp_id is not None:
@@ -175,6 +296,8 @@ class Tracker:
                 run_id = self.client.create_run(exp_id, run_name=name, tags=tags).info.run_id
             except Exception as e:
                 self._disable(e)
+        if run_id is not None:
+            self.end_stale_runs(killed_by=run_id)
         run = TrackedRun(self, run_id, name)
         run.history["tags"].update(tags)
         if params:

@@ -3,7 +3,7 @@
 # e.g. `bash scripts/test.sh -m "not slow"` for the fast ones only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+EXTRAS=dev bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export PATH="$PWD/.venv/bin:$PATH"
 # pytest exits 5 when it collected no test: that is a failure here, like any non-zero code

@@ -62,9 +62,10 @@ def problems_file(tmp_path):
         (["--seed", "4294967296"], "error: --seed: must be <= 4294967295"),
         (["--max-new-tokens", "1000000000"], "error: --max-new-tokens: must be <= "),
         (["--batch-size", "0"], "error: --batch-size: must be >= 1"),
-        (["--backend", "vlm"], "error: --backend: must be one of transformers, vllm"),
+        # enum options: click refuses them while parsing (its wording, the option and the choices)
+        (["--backend", "vlm"], "error: Invalid value for '--backend': Value error, 'vlm' is not one of 'transformers', 'vllm'"),
         (["--device", "tpu"], "error: --device: must be one of auto, cpu, cuda"),
-        (["--dtype", "fp8"], "error: --dtype: must be one of auto, float32, bfloat16, float16"),
+        (["--dtype", "fp8"], "error: Invalid value for '--dtype': Value error, 'fp8' is not one of 'auto', 'float32'"),
         (["--chunk-size", "0"], "error: --chunk-size: must be >= 1"),
         (["--limit", "0"], "error: --limit: must be >= 1"),
     ],
@@ -148,3 +149,57 @@ def test_sample_killed_with_sigkill_resumes_without_loss(problems_file, tiny_mod
             continue  # the torn last line, if the kill landed mid-write
         assert by_id[rec["id"]] == rec
     assert not part.exists()
+
+
+def test_short_help_and_version(capsys):
+    from cotshape import __version__
+
+    assert main(["-h"]) == 0
+    out = capsys.readouterr().out
+    assert "Usage: cotshape" in out and "dvc repro" in out
+    for cmd in ("sample", "verify", "models", "tasks", "preset", "compare"):
+        assert f"  {cmd} " in out
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"cotshape {__version__}"
+    assert main(["preset", "-h"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"  {c} " in out for c in ("list", "show", "apply", "exp"))
+
+
+def test_help_texts_keep_square_brackets(capsys):
+    assert main(["models", "materialize", "-h"]) == 0
+    assert "hub id[@rev]" in capsys.readouterr().out  # rich markup would eat "[@rev]"
+
+
+def test_sample_defaults_are_the_params_defaults():
+    """One source: `cotshape sample` without options samples like the sample stage's defaults."""
+    import inspect
+
+    from cotshape.cli import sample
+    from cotshape.config import BaseParams, SampleParams
+
+    defaults = {k: v.default for k, v in inspect.signature(sample).parameters.items()}
+    sp, bp = SampleParams(), BaseParams()
+    for key in ("k", "max_new_tokens", "temperature", "top_p", "batch_size", "tensor_parallel_size"):
+        assert defaults[key] == getattr(sp, key), key
+    assert defaults["backend"].value == sp.backend and defaults["dtype"].value == bp.dtype
+    assert defaults["seed"] == bp.seed and defaults["device"] == bp.device
+
+
+def test_preset_subcommands(tmp_path, capsys):
+    import shutil
+
+    target = tmp_path / "params.yaml"
+    shutil.copy("params.yaml", target)
+    assert main(["preset", "list"]) == 0
+    assert "paper-gemma-2-2b" in capsys.readouterr().out
+    assert main(["preset", "show", "gemma-2-2b"]) == 0
+    assert "sft.py" in capsys.readouterr().out
+    assert main(["preset", "apply", "gemma-2-2b", "--params", str(target), "--dry-run"]) == 0
+    assert "dry run" in capsys.readouterr().out and target.read_text() == open("params.yaml").read()
+    assert main(["preset", "exp", "gemma-2-2b", "--params", str(target), "--set", "prepare.train_size=50"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("dvc exp run") and "prepare.train_size=50" in out
+    assert main(["preset", "apply", "no-such-preset", "--params", str(target)]) == 2
+    assert "error: unknown preset 'no-such-preset'" in capsys.readouterr().err
+    assert main(["preset"]) == 0  # no args: the help, as for every group

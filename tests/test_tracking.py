@@ -152,3 +152,72 @@ def test_run_is_marked_failed_when_the_block_raises(tmp_path, monkeypatch):
 
 def test_git_commit_outside_a_repo_is_unknown(tmp_path):
     assert git_commit(tmp_path) == "unknown"
+
+
+def test_unreachable_sqlite_store_costs_seconds_and_warns_once(tmp_path, monkeypatch):
+    """MLflow's SQL engine retries an unopenable database for ~100 s; the preflight refuses it."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path}/no/such/folder/mlflow.db"
+    start = time.time()
+    with pytest.warns(RuntimeWarning) as caught:
+        tracker = Tracker("cotshape-test", uri)
+        for name in ("a", "b"):
+            with tracker.run(name) as run:
+                run.log_metrics({"loss": 1.0})
+    assert time.time() - start < 5
+    msgs = [str(w.message) for w in caught if "unreachable" in str(w.message)]
+    assert len(msgs) == 1 and "does not exist" in msgs[0]
+    assert run.run_id is None
+
+
+@pytest.mark.parametrize("scheme", ["http", "postgresql"])
+def test_silent_or_refusing_network_store_is_bounded(tmp_path, monkeypatch, scheme):
+    """A port that accepts but never answers (http) is cut at CONNECT_TIMEOUT; a closed port
+    (postgresql, a scheme whose driver is not even installed) fails the TCP probe at once."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    if scheme == "http":
+        listener.listen(8)  # accepts connections in the kernel's backlog; never replies
+        uri = f"http://127.0.0.1:{port}"
+    else:
+        uri = f"postgresql://u:p@127.0.0.1:{port}/db"  # bound, not listening: refused
+    try:
+        start = time.time()
+        with pytest.warns(RuntimeWarning, match="unreachable"):
+            tracker = Tracker("cotshape-test", uri)
+            with tracker.run("a") as run:
+                run.log_metrics({"loss": 1.0})
+        assert time.time() - start < 5 + 1
+        assert run.run_id is None
+    finally:
+        listener.close()
+
+
+def test_runs_of_killed_stages_end_as_killed_on_the_next_start(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    uri = f"sqlite:///{tmp_path}/m.db"
+    tracker = Tracker("cotshape-test", uri)
+    client = MlflowClient(uri)
+    exp_id = tracker._connect()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # its pid is free now
+    host = socket.gethostname()
+
+    def leftover(pid: int, on_host: str = host) -> str:
+        return client.create_run(exp_id, run_name="killed", tags={"cotshape.host": on_host,
+                                                                  "cotshape.pid": str(pid)}).info.run_id
+
+    stale = leftover(dead.pid)
+    alive = leftover(os.getppid())  # a live process: a stage still running
+    elsewhere = leftover(dead.pid, on_host=host + "-other")  # cannot be judged from here
+    with tracker.run("next") as run:
+        pass
+    assert client.get_run(stale).info.status == "KILLED"
+    assert client.get_run(stale).data.tags["cotshape.killed_by"] == run.run_id
+    assert client.get_run(alive).info.status == "RUNNING"
+    assert client.get_run(elsewhere).info.status == "RUNNING"
+    assert client.get_run(run.run_id).info.status == "FINISHED"
