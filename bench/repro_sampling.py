@@ -42,7 +42,13 @@ def main() -> None:
     from cotshape.generation import get_backend
     from cotshape.generation.base import SamplingParams
     from cotshape.records import read_jsonl, read_problems
-    from cotshape.sampling import _write_partial, fingerprint, merge_shards, partial_path, run_sampling
+    from cotshape.sampling import (
+        _write_partial,
+        fingerprint,
+        merge_shards,
+        partial_path,
+        run_sampling,
+    )
     from cotshape.tasks import get_task
 
     p = load_params("params.yaml")
