@@ -17,8 +17,8 @@ the tables and as a gap in the plots, so a partly-run pipeline still gets a repo
 
 and writes, each file atomically: ``summary.md`` (tables and a how-to-read note, with the plots
 embedded), ``accuracy.png``, ``mixture_curve.png``, ``loss_curves.png``, ``closeness.png`` in
-``out_dir``, and ``plots/mixture/{task}.csv`` (``fraction,accuracy,accuracy_parsed``) for
-``dvc plots``. A file that exists but is malformed is an error naming it (a
+``out_dir``, and the long-format tables of dvc.yaml's top-level plots in ``plots/summary/``
+(:func:`summary_csvs`). A file that exists but is malformed is an error naming it (a
 :class:`~cotshape.records.RecordError`): a silently wrong report is worse than none.
 """
 
@@ -542,16 +542,28 @@ def _plot_accuracy(m: _Metrics, tasks: Sequence[str], sets: Sequence[str], path:
         (axes[1], "accuracy_parsed", "accuracy (parsed) = correct / parsed"),
     ):
         for j, s in enumerate(rows_sets):
-            xs, ys = [], []
+            xs, ys, errs = [], [], []
             for i, t in enumerate(tasks):
+                x = i - 0.4 + width * (j + 0.5)
                 v = _num(m.eval_value(t, s, key))
-                if v is not None:
-                    xs.append(i - 0.4 + width * (j + 0.5))
-                    ys.append(100 * v)
+                if v is None:
+                    # no result: say so, instead of a gap that reads like a 0 % bar
+                    ax.text(x, 0, "n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
+                    continue
+                xs.append(x)
+                ys.append(100 * v)
+                ci = m.eval_value(t, s, "ci95") if key == "accuracy" else None
+                errs.append((100 * v - 100 * ci[0], 100 * ci[1] - 100 * v)
+                            if isinstance(ci, list) and len(ci) == 2 else (0.0, 0.0))
             any_data |= bool(ys)
             bars = ax.bar(xs, ys, width=width, color=colors[s], edgecolor="white", linewidth=0.5)
+            if key == "accuracy" and ys:  # the Wilson 95 % interval of each bar
+                ax.errorbar(xs, ys, yerr=[[e[0] for e in errs], [e[1] for e in errs]], fmt="none",
+                            ecolor="0.2", elinewidth=0.8, capsize=2)
+                all_ys.extend(y + e[1] for y, e in zip(ys, errs, strict=True))
             # value labels: a 0 % bar is otherwise indistinguishable from a missing one
-            ax.bar_label(bars, labels=[f"{y:.0f}" for y in ys], fontsize=7, padding=1, color="0.25")
+            ax.bar_label(bars, labels=[f"{y:.0f}" for y in ys], fontsize=7, padding=1, color="0.25",
+                         label_type="center" if key == "accuracy" else "edge")
             all_ys.extend(ys)
         ax.set_xticks(range(len(tasks)), list(tasks))
         ax.set_title(title)
@@ -576,9 +588,13 @@ def _plot_mixture(m: _Metrics, tasks: Sequence[str], curve: Sequence[tuple[float
     ax = fig.subplots()
     any_data = False
     all_ys: list[float] = []
-    for t in tasks:
-        for key, style, label in (("accuracy", "-o", "correct / all"), ("accuracy_parsed", "--s", "correct / parsed")):
-            pts = [(100 * float(p), _num(m.eval_value(t, name, key)), m.eval_value(t, name, "ci95"))
+    markers = "osD^v<>P*X"
+    for ti, t in enumerate(tasks):
+        # tasks side by side around each fraction (±1.5 points), so no series hides another
+        shift = 3.0 * (ti - (len(tasks) - 1) / 2) / max(1, len(tasks) - 1) if len(tasks) > 1 else 0.0
+        for key, style, label in (("accuracy", "-", "correct / all"), ("accuracy_parsed", "--", "correct / parsed")):
+            style += markers[ti % len(markers)] if key == "accuracy" else "x"
+            pts = [(100 * float(p) + shift, _num(m.eval_value(t, name, key)), m.eval_value(t, name, "ci95"))
                    for p, name in curve]
             pts = [(x, 100 * y, ci) for x, y, ci in pts if y is not None]
             if pts:
@@ -623,6 +639,9 @@ def _plot_losses(m: _Metrics, tasks: Sequence[str], trained: Sequence[str], path
                 ax.plot(steps, losses, color=colors[s], label=s, linewidth=1.5, marker="." if len(pts) < 30 else None)
         if not drawn:
             _no_data(ax, "loss logs")
+        from matplotlib.ticker import MaxNLocator
+
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # optimizer steps: no 1.5 ticks
         ax.set_title(t)
         ax.set_xlabel("training step")
         ax.set_ylabel("training loss (completion tokens)")
@@ -670,16 +689,62 @@ def _plot_closeness(m: _Metrics, tasks: Sequence[str], trained: Sequence[str], p
     _save_png(fig, path)
 
 
-def _mixture_csv(m: _Metrics, task: str, curve: Sequence[tuple[float, str]]) -> str:
+def _csv(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["fraction", "accuracy", "accuracy_parsed"])
-    for p, name in curve:
-        acc = _num(m.eval_value(task, name, "accuracy"))
-        acc_p = _num(m.eval_value(task, name, "accuracy_parsed"))
-        if acc is not None and acc_p is not None:  # a row per evaluated mixture; gaps are left out
-            w.writerow([float(p), acc, acc_p])
+    w.writerow(header)
+    w.writerows(rows)
     return buf.getvalue()
+
+
+def _r(x: float | None, digits: int = 4) -> Any:
+    return "" if x is None else round(x, digits)
+
+
+def summary_csvs(m: _Metrics, tasks: Sequence[str], trained: Sequence[str],
+                 curve: Sequence[tuple[float, str]]) -> dict[str, str]:
+    """The long-format tables behind dvc.yaml's top-level plots (``plots/summary/``), one row per
+    task and set, so a plot overlays every set of a task whatever the tasks and fractions:
+
+    * ``loss.csv``: task, set, step, loss (every SFT loss curve);
+    * ``accuracy.csv``: task, set, accuracy (%), lo, hi (Wilson 95 %), label; a set without a
+      result gets an empty accuracy and the label ``n/a`` (drawn as text, not as a 0 bar);
+    * ``closeness.csv``: task, set, loss (the untrained student's loss per token), lo, hi, label;
+    * ``mixture.csv``: task, fraction, accuracy, lo, hi (the 0 point is the base set).
+    """
+    loss_rows, acc_rows, close_rows, mix_rows = [], [], [], []
+    for t in tasks:
+        for s in trained:
+            for step, loss in m.loss.get((t, s)) or []:
+                loss_rows.append([t, s, int(step) if float(step).is_integer() else step, _r(loss)])
+        for s in [BASE_SET, *trained]:
+            acc, ci = _num(m.eval_value(t, s, "accuracy")), m.eval_value(t, s, "ci95")
+            if acc is None:
+                acc_rows.append([t, s, "", 0, 0, "n/a"])
+            else:
+                lo, hi = (ci if isinstance(ci, list) and len(ci) == 2 else (acc, acc))
+                acc_rows.append([t, s, _r(100 * acc, 2), _r(100 * lo, 2), _r(100 * hi, 2), f"{100 * acc:.1f}"])
+        close = m.closeness[t] or {}
+        for s in [*trained, *(x for x in close if x not in trained)]:
+            c = close.get(s)
+            v = _num(c.get("mean_loss")) if isinstance(c, dict) else None
+            if v is None:
+                if s in ("H", "G", "W", "P"):
+                    close_rows.append([t, s, "", 0, 0, "n/a"])
+                continue
+            lo, hi = c.get("ci95") or (v, v)
+            close_rows.append([t, s, _r(v), _r(lo), _r(hi), f"{v:.3f}"])
+        for p, name in curve:
+            acc, ci = _num(m.eval_value(t, name, "accuracy")), m.eval_value(t, name, "ci95")
+            if acc is not None:
+                lo, hi = (ci if isinstance(ci, list) and len(ci) == 2 else (acc, acc))
+                mix_rows.append([t, float(p), _r(acc), _r(lo), _r(hi)])
+    return {
+        "loss.csv": _csv(["task", "set", "step", "loss"], loss_rows),
+        "accuracy.csv": _csv(["task", "set", "accuracy", "lo", "hi", "label"], acc_rows),
+        "closeness.csv": _csv(["task", "set", "loss", "lo", "hi", "label"], close_rows),
+        "mixture.csv": _csv(["task", "fraction", "accuracy", "lo", "hi"], mix_rows),
+    }
 
 
 # ---- entry point ------------------------------------------------------------------------
@@ -753,8 +818,8 @@ def build_report(
     _plot_mixture(m, tasks, curve, out_dir / "mixture_curve.png")
     _plot_losses(m, tasks, trained, out_dir / "loss_curves.png")
     _plot_closeness(m, tasks, trained, out_dir / "closeness.png")
-    for t in tasks:
-        write_text(plots_dir / "mixture" / f"{t}.csv", _mixture_csv(m, t, curve))
+    for name, text_ in summary_csvs(m, tasks, trained, curve).items():
+        write_text(plots_dir / "summary" / name, text_)
     summary = out_dir / "summary.md"
     write_text(summary, text)
     return summary

@@ -221,7 +221,7 @@ def test_skipped_set_shows_na_not_a_dash(tree):
     ) in _section(text, "### gsm8k")
     assert "| W (skipped: empty training set) | 0 | n/a | n/a | n/a | n/a | n/a |" in _section(text, "## Fine-tuning")
     assert "| 50 % | n/a | n/a | — | — |" in _section(text, "## Flawed mixtures")
-    assert "0.5," not in (tree / "plots" / "mixture" / "gsm8k.csv").read_text(encoding="utf-8")
+    assert "gsm8k,0.5," not in (tree / "plots" / "summary" / "mixture.csv").read_text(encoding="utf-8")
 
 
 def test_mixture_table_rows(text):
@@ -240,22 +240,21 @@ def test_no_mix_0_set_anywhere(text):
     assert "(0 % flawed)" not in text  # no "mix-0.0 (0 % flawed)" row in the training tables
 
 
-def test_mixture_csv_for_dvc_plots_skips_missing_fractions(built):
+def test_mixture_table_for_dvc_plots_skips_missing_fractions(built):
     tree = built[0]
-    # the 0.0 row is the base set's (G's) accuracy
-    assert (tree / "plots" / "mixture" / "gsm8k.csv").read_text(encoding="utf-8") == (
-        "fraction,accuracy,accuracy_parsed\n0.0,0.25,0.3333333333333333\n0.5,0.125,0.25\n1.0,0.0,0.0\n"
-    )
-    assert (tree / "plots" / "mixture" / "countdown.csv").read_text(encoding="utf-8") == (
-        "fraction,accuracy,accuracy_parsed\n0.0,0.16666666666666666,0.5\n1.0,0.041666666666666664,0.25\n"
-    )
+    rows = (tree / "plots" / "summary" / "mixture.csv").read_text(encoding="utf-8").splitlines()
+    # the 0.0 row is the base set's (G's) accuracy; countdown's mix-0.5 was not evaluated
+    assert [r.split(",")[:3] for r in rows[1:]] == [
+        ["gsm8k", "0.0", "0.25"], ["gsm8k", "0.5", "0.125"], ["gsm8k", "1.0", "0.0"],
+        ["countdown", "0.0", "0.1667"], ["countdown", "1.0", "0.0417"]]
+    assert not (tree / "plots" / "mixture").exists()
 
 
 def test_mixture_curve_starts_at_the_default_base_set_h(tree):
     build_report(tree / "metrics", tree / "plots", tree / "reports", TASKS, SETS, FRACTIONS)
     assert "| 0 % (H) | 12.5 % | 25.0 % | 8.3 % | 50.0 % |" in _section(
         (tree / "reports" / "summary.md").read_text(encoding="utf-8"), "## Flawed mixtures")
-    assert (tree / "plots" / "mixture" / "gsm8k.csv").read_text(encoding="utf-8").splitlines()[1] == "0.0,0.125,0.25"
+    assert (tree / "plots" / "summary" / "mixture.csv").read_text(encoding="utf-8").splitlines()[1].startswith("gsm8k,0.0,0.125,")
 
 
 def test_closeness_table_adds_first_sft_loss(text):
@@ -300,7 +299,7 @@ def test_empty_metrics_tree_still_builds(tmp_path):
     assert "| 0 % (H) | — | — |" in text
     assert "| 50 % | — | — |" in text
     assert all((tmp_path / "out" / png).stat().st_size > 0 for png in PNGS)
-    assert (tmp_path / "plots" / "mixture" / "gsm8k.csv").read_text(encoding="utf-8") == "fraction,accuracy,accuracy_parsed\n"
+    assert (tmp_path / "plots" / "summary" / "mixture.csv").read_text(encoding="utf-8") == "task,fraction,accuracy,lo,hi\n"
 
 
 def test_headlines_list_sets_beyond_noise(text):
@@ -416,3 +415,30 @@ def test_claims_of_judge_task_render_and_no_claims_no_section(tree):
     # G is 5 problems above the base on the same problems: its Δ column is filled in
     assert "| G — teacher CoTs with a correct final answer | 25.0 % | [12.0, 44.9] | 33.3 % | 75.0 % | 6 | 24 | +20.8 pts [" in text
     assert "## The paper's claims" not in _build(tree).read_text(encoding="utf-8")
+
+
+def test_summary_csvs_for_the_top_level_plots(built):
+    """plots/summary/*.csv: long format (task, set, ...), every set of every task, n/a rows for
+    missing results instead of zeros."""
+    import csv
+
+    tree = built[0]
+
+    def rows(name):
+        with open(tree / "plots" / "summary" / name, encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+
+    acc = rows("accuracy.csv")
+    assert {(r["task"], r["set"]) for r in acc} >= {(t, s) for t in TASKS for s in ["base", *SETS]}
+    g = next(r for r in acc if r["task"] == "gsm8k" and r["set"] == "G")
+    lo, hi = wilson_interval(6, 24)
+    assert float(g["accuracy"]) == 25.0 and float(g["lo"]) == round(100 * lo, 2) and float(g["hi"]) == round(100 * hi, 2)
+    missing = next(r for r in acc if r["task"] == "countdown" and r["set"] == "P")  # its eval file is absent
+    assert missing["accuracy"] == "" and missing["label"] == "n/a"
+    loss = rows("loss.csv")
+    assert {r["set"] for r in loss if r["task"] == "gsm8k"} >= {"H", "G"} and all(r["step"].isdigit() for r in loss)
+    mix = rows("mixture.csv")
+    assert [(r["task"], r["fraction"]) for r in mix if r["task"] == "gsm8k"] == [("gsm8k", "0.0"), ("gsm8k", "0.5"), ("gsm8k", "1.0")]
+    assert all(float(r["lo"]) <= float(r["accuracy"]) <= float(r["hi"]) for r in mix)
+    close = rows("closeness.csv")
+    assert {r["set"] for r in close if r["task"] == "gsm8k"} >= {"H", "G", "W"}
