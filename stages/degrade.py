@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     # the mixture folder is one DVC out: build it aside, then swap it in whole
     mix_dir = Path(args.mix_dir)
     mix_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in mix_dir.parent.glob(".mix.*"):  # left by a killed run (DVC runs one degrade per task)
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=".mix.", dir=mix_dir.parent))
     try:
         for frac, recs in mixtures.items():

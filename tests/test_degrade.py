@@ -161,3 +161,39 @@ def test_degrade_stage_with_model_flawed_source(tmp_path, tiny_model_dir):
     full = metrics["fractions"]["1.0"]
     assert full["flawed"] + full["flawed_unavailable"] == 3 and full["flawed"] == metrics["flawed_available"]
     assert sorted(p.name for p in (tmp_path / "mix").iterdir()) == ["mix-1.0.jsonl"]
+
+
+def test_degrade_stage_removes_folders_a_killed_run_left(tmp_path):
+    """A killed degrade leaves ``.mix.*`` beside the mixture folder (DVC ignores it); the next
+    run removes it and writes the mixtures (programmatic flaws: no model loaded)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from cotshape.records import write_jsonl
+    from cotshape.select import training_record
+
+    root = Path(__file__).resolve().parents[1]
+    task = get_task("gsm8k")
+    problems = task.load("train", source="offline", limit=4, seed=0)
+    write_jsonl(tmp_path / "train.jsonl", problems)
+    write_jsonl(tmp_path / "G.jsonl", [training_record("gsm8k", "G", p["id"], task.chat_messages(p),
+                                                        task.human_completion(p)) for p in problems])
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["degrade"].update(flawed_source="corrupt", flawed_fractions=[0.5, 1.0])
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    stale = tmp_path / ".mix.killed"
+    stale.mkdir()
+    (stale / "mix-0.5.jsonl").write_text('{"torn": ')
+    proc = subprocess.run(
+        [sys.executable, str(root / "stages" / "degrade.py"), "--task", "gsm8k", "--problems", str(tmp_path / "train.jsonl"),
+         "--good", str(tmp_path / "G.jsonl"), "--teacher", "unused-with-corrupt", "--mix-dir", str(tmp_path / "mix"),
+         "--step-out", str(tmp_path / "step.jsonl"), "--metrics", str(tmp_path / "d.json")],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, COTSHAPE_PARAMS=str(tmp_path / "params.yaml"), HF_HUB_OFFLINE="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not stale.exists() and not list(tmp_path.glob(".mix.*"))
+    assert sorted(p.name for p in (tmp_path / "mix").iterdir()) == ["mix-0.5.jsonl", "mix-1.0.jsonl"]
