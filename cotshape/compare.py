@@ -344,6 +344,8 @@ def collect(
 # ---- grouping --------------------------------------------------------------------------------
 
 _ABSENT = "<absent>"
+#: task-level summary fields that are counts (the others are fractions, shown in %)
+COUNT_FIELDS = frozenset({"compared"})
 
 
 def _hashable(v: Any) -> str:
@@ -640,6 +642,8 @@ def render_markdown(result: dict[str, Any]) -> str:
                     if f == "n_test":
                         vals = sorted({int(v) for v in a["values"] if v is not None})
                         bits.append(f"n_test {', '.join(map(str, vals)) or DASH}")
+                    elif f in COUNT_FIELDS:  # counts, not fractions
+                        bits.append(f"{f} {_mean_sd(a, scale=1.0, digits=1)}")
                     else:
                         bits.append(f"{f} {_mean_sd(a)} %")
                 parts += ["", "Also: " + "; ".join(bits) + " (mean ± sd over the experiments)."]

@@ -28,7 +28,7 @@ def _claim(cid, kind, diff, half, n=200, verdict="inconclusive", task="gsm8k", *
 
 
 def _exp(name, seed, h_acc, *, epochs=1, claims=None, rev=None, **sets):
-    summary = {"gsm8k": {"teacher_acc": 0.3, "n_test": 200,
+    summary = {"gsm8k": {"teacher_acc": 0.3, "n_test": 200, "compared": 71,
                          "base": {"acc": 0.1, "lo": 0.06, "hi": 0.15},
                          "H": {"acc": h_acc, "lo": h_acc - 0.07, "hi": h_acc + 0.07, "d_base": h_acc - 0.1},
                          **sets}}
@@ -258,6 +258,8 @@ def test_markdown_holds_the_numbers():
     assert "inconclusive, inconclusive" in md and "0 / 0 / 2" in md
     assert "+0.050 [+0.004, +0.096] (k 2, n 400) | **holds** |" in md
     assert "n-weighted mean" in md and "Skipped (not compared): q (1234567): queued." in md
+    # a count stays a count, a fraction is shown in %
+    assert "Also: compared 71.0 ± 0.0; n_test 200; teacher_acc 30.0 ± 0.0 %" in md
 
 
 def test_write_is_atomic_and_complete(tmp_path):
