@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cotshape.errors import InputError
+from cotshape.records import read_ids, read_jsonl, restrict_to_ids
 
 #: where each task's problems and human solutions come from, per prepare.source, and their license
 SOURCE_LICENSES = {
@@ -81,37 +82,27 @@ def features():
     })
 
 
-def trained_ids(sets_dir: Path) -> set[str] | None:
+def trained_ids(sets_dir: Path) -> list[str] | None:
     """The problems every set was trained on (``ids.json``, written when ``select.balance`` is
     true), or None when each set was used whole."""
-    from cotshape.records import read_json
-
     path = sets_dir / "ids.json"
-    if not path.exists():
-        return None
-    data = read_json(path)
-    ids = data.get("problem_ids", data) if isinstance(data, dict) else data
-    if not isinstance(ids, list):
-        raise InputError(f"{path}: expected a list of problem ids (or {{'problem_ids': [...]}})")
-    return {str(i) for i in ids}
+    return read_ids(path) if path.exists() else None
 
 
-def build(sets_dir: str | os.PathLike):
+def build(sets_dir: str | os.PathLike, ids: list[str] | None = None):
     """The ``DatasetDict`` of one task's set files: the rows SFT trained on (restricted to
-    ``ids.json`` when it exists, as the sft stage does)."""
+    ``ids``, the problems of ``ids.json``, as the sft stage does; None: every row)."""
     from datasets import Dataset, DatasetDict
-
-    from cotshape.records import read_jsonl
 
     sets_dir = Path(sets_dir)
     files = set_files(sets_dir)
     if not files:
         raise InputError(f"{sets_dir}: no training sets (*.jsonl) here; run `dvc repro` (or `dvc pull`) first")
-    keep = trained_ids(sets_dir)
     feats = features()
     return DatasetDict({
         split_name(name): Dataset.from_list(
-            [_row(r) for r in read_jsonl(path) if keep is None or str(r["problem_id"]) in keep], features=feats)
+            [_row(r) for r in (read_jsonl(path) if ids is None else restrict_to_ids(read_jsonl(path), ids))],
+            features=feats)
         for name, path in files.items()})
 
 
@@ -131,8 +122,10 @@ def dvc_hashes(repo: Path) -> dict[str, str]:
     return out
 
 
-def card(task: str, dd, params, repo: Path, sets_dir: Path, with_configs: bool = True) -> str:
-    """The dataset card (README.md with YAML metadata) of one task's export."""
+def card(task: str, dd, params, repo: Path, sets_dir: Path, ids: list[str] | None,
+         with_configs: bool = True) -> str:
+    """The dataset card (README.md with YAML metadata) of one task's export; ``ids`` as for
+    :func:`build`."""
     hashes = dvc_hashes(repo)
     rel = sets_dir.resolve().relative_to(repo.resolve()) if sets_dir.resolve().is_relative_to(repo.resolve()) else sets_dir
     source_kind = "offline" if params.prepare.source == "offline" else "hub"
@@ -145,8 +138,7 @@ def card(task: str, dd, params, repo: Path, sets_dir: Path, with_configs: bool =
     splits_yaml = "\n".join(f"    - split: {split_name(n)}\n      path: data/{split_name(n)}-*" for n in set_files(sets_dir))
     configs = f"configs:\n  - config_name: {task}\n    data_files:\n{splits_yaml}\n" if with_configs else ""
     balanced = ("the problems that have both a right and a wrong teacher sample (`ids.json`, "
-                f"{len(trained_ids(sets_dir) or ())} problems): the rows each set was trained on"
-                if trained_ids(sets_dir) is not None else "each set whole")
+                f"{len(ids)} problems): the rows each set was trained on" if ids is not None else "each set whole")
     return f"""---
 {configs}tags:
   - chain-of-thought
@@ -205,8 +197,9 @@ def export(repo: str | os.PathLike = ".", out: str | os.PathLike = "export", fmt
     written: dict[str, Path] = {}
     for task in params.base.tasks:
         sets_dir = repo / "data" / "sets" / task
-        dd = build(sets_dir)
-        text = card(task, dd, params, repo, sets_dir, with_configs=fmt == "parquet")
+        ids = trained_ids(sets_dir)
+        dd = build(sets_dir, ids)
+        text = card(task, dd, params, repo, sets_dir, ids, with_configs=fmt == "parquet")
         target = out / task
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{task}.", dir=target.parent))

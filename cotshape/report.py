@@ -130,6 +130,16 @@ class _Metrics:
         m = self.eval.get((task, set_))
         return None if m is None or _skipped(m) else m.get(key)
 
+    def eval_interval(self, task: str, set_: str) -> tuple[float, float, float] | None:
+        """``(accuracy, lo, hi)``: the accuracy and its 95 % interval (the accuracy itself for a
+        file without ``ci95``); None when there is no result."""
+        acc = _num(self.eval_value(task, set_, "accuracy"))
+        if acc is None:
+            return None
+        ci = self.eval_value(task, set_, "ci95")
+        lo, hi = ci if isinstance(ci, list) and len(ci) == 2 else (acc, acc)
+        return acc, lo, hi
+
 
 def _skipped(m: dict[str, Any] | None) -> bool:
     return bool(m and m.get("skipped"))
@@ -718,11 +728,11 @@ def summary_csvs(m: _Metrics, tasks: Sequence[str], trained: Sequence[str],
             for step, loss in m.loss.get((t, s)) or []:
                 loss_rows.append([t, s, int(step) if float(step).is_integer() else step, _r(loss)])
         for s in [BASE_SET, *trained]:
-            acc, ci = _num(m.eval_value(t, s, "accuracy")), m.eval_value(t, s, "ci95")
-            if acc is None:
+            res = m.eval_interval(t, s)
+            if res is None:
                 acc_rows.append([t, s, "", 0, 0, "n/a"])
             else:
-                lo, hi = (ci if isinstance(ci, list) and len(ci) == 2 else (acc, acc))
+                acc, lo, hi = res
                 acc_rows.append([t, s, _r(100 * acc, 2), _r(100 * lo, 2), _r(100 * hi, 2), f"{100 * acc:.1f}"])
         close = m.closeness[t] or {}
         for s in [*trained, *(x for x in close if x not in trained)]:
@@ -735,9 +745,9 @@ def summary_csvs(m: _Metrics, tasks: Sequence[str], trained: Sequence[str],
             lo, hi = c.get("ci95") or (v, v)
             close_rows.append([t, s, _r(v), _r(lo), _r(hi), f"{v:.3f}"])
         for p, name in curve:
-            acc, ci = _num(m.eval_value(t, name, "accuracy")), m.eval_value(t, name, "ci95")
-            if acc is not None:
-                lo, hi = (ci if isinstance(ci, list) and len(ci) == 2 else (acc, acc))
+            res = m.eval_interval(t, name)
+            if res is not None:
+                acc, lo, hi = res
                 mix_rows.append([t, float(p), _r(acc), _r(lo), _r(hi)])
     return {
         "loss.csv": _csv(["task", "set", "step", "loss"], loss_rows),

@@ -123,6 +123,19 @@ def test_flawed_from_model_keeps_first_wrong_candidate_seeded_by_problem():
     assert flawed_from_model([], generate, is_wrong, seed=0) == {} and len(seen) == 2
 
 
+def _stage_inputs(tmp_path, set_name: str, n: int) -> None:
+    """The degrade stage's inputs in ``tmp_path``: ``n`` offline gsm8k training problems
+    (train.jsonl) and their human solutions as the good set (``SET_NAME.jsonl``)."""
+    from cotshape.records import write_jsonl
+    from cotshape.select import training_record
+
+    task = get_task("gsm8k")
+    problems = task.load("train", source="offline", limit=n, seed=0)
+    write_jsonl(tmp_path / "train.jsonl", problems)
+    write_jsonl(tmp_path / f"{set_name}.jsonl", [training_record("gsm8k", set_name, p["id"], task.chat_messages(p),
+                                                                  task.human_completion(p)) for p in problems])
+
+
 @pytest.mark.slow
 def test_degrade_stage_with_model_flawed_source(tmp_path, tiny_model_dir):
     """The degrade stage with ``flawed_source: model`` on the tiny model: the teacher really
@@ -135,15 +148,9 @@ def test_degrade_stage_with_model_flawed_source(tmp_path, tiny_model_dir):
 
     import yaml
 
-    from cotshape.records import write_jsonl
-    from cotshape.select import training_record
 
     root = Path(__file__).resolve().parents[1]
-    task = get_task("gsm8k")
-    problems = task.load("train", source="offline", limit=3, seed=0)
-    write_jsonl(tmp_path / "train.jsonl", problems)
-    write_jsonl(tmp_path / "H.jsonl", [training_record("gsm8k", "H", p["id"], task.chat_messages(p),
-                                                        task.human_completion(p)) for p in problems])
+    _stage_inputs(tmp_path, "H", 3)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["base"].update(device="cpu", dtype="float32", teacher=str(tiny_model_dir))
     params["sample"].update(max_new_tokens=8, batch_size=8)
@@ -173,15 +180,9 @@ def test_degrade_stage_removes_folders_a_killed_run_left(tmp_path):
 
     import yaml
 
-    from cotshape.records import write_jsonl
-    from cotshape.select import training_record
 
     root = Path(__file__).resolve().parents[1]
-    task = get_task("gsm8k")
-    problems = task.load("train", source="offline", limit=4, seed=0)
-    write_jsonl(tmp_path / "train.jsonl", problems)
-    write_jsonl(tmp_path / "G.jsonl", [training_record("gsm8k", "G", p["id"], task.chat_messages(p),
-                                                        task.human_completion(p)) for p in problems])
+    _stage_inputs(tmp_path, "G", 4)
     params = yaml.safe_load((root / "params.yaml").read_text())
     params["degrade"].update(flawed_source="corrupt", flawed_fractions=[0.5, 1.0])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
