@@ -53,6 +53,10 @@ from typing import Any
 
 PACKAGE = "cotshape"
 REPO_ROOT = Path(__file__).resolve().parents[1]
+#: where the ``code`` stage writes one fingerprint per stage script (``code/sft.txt``)
+CODE_DIR = "code"
+#: the folder of the stage scripts that get a fingerprint
+SCRIPTS_DIR = "stages"
 
 #: Package files that load code by a name computed at run time, and the package modules
 #: they load that way (added to the closure whenever the file is in it). ``()`` records a
@@ -291,6 +295,39 @@ def _needed(dvc_yaml: Path, stage: str, body, package: str) -> tuple[list[str], 
     return scripts, files
 
 
+def fingerprint_path(script: str) -> str:
+    """The fingerprint file that stands for stage script ``stages/X.py``: ``code/X.txt``."""
+    return f"{CODE_DIR}/{posixpath.splitext(posixpath.basename(script))[0]}.txt"
+
+
+def _fingerprinted(script: str) -> bool:
+    return posixpath.dirname(posixpath.normpath(script)) == SCRIPTS_DIR
+
+
+def _needed_deps(dvc_yaml: Path, stage: str, body, package: str) -> tuple[list[str], list[str]]:
+    """(deps the stage must list for its code, deps that stand for code and are redundant).
+
+    A ``python stages/X.py`` command needs ``code/X.txt`` (the fingerprint of the script and
+    every package file it runs, written by the ``code`` stage); the script and those package
+    files listed one by one are then redundant. A ``python -m cotshape.x`` command needs the
+    package files it runs, or the whole package folder.
+    """
+    scripts, modules = _entry_points(body.get("cmd", ""))
+    listed = [_dep_path(d) for d in body.get("deps") or []]
+    needed = [fingerprint_path(s) for s in scripts if _fingerprinted(s)]
+    plain_scripts = [s for s in scripts if not _fingerprinted(s)]
+    redundant = [s for s in scripts if _fingerprinted(s)]
+    if plain_scripts or modules:
+        if package in listed:
+            needed.append(package)
+        else:
+            root = _stage_root(dvc_yaml, body, stage)
+            needed += _closure(root, [root / s for s in plain_scripts], modules, package)
+    if not plain_scripts and not modules:
+        redundant += [d for d in listed if _is_package_dep(d, package)]
+    return needed, redundant
+
+
 def _dep_path(dep) -> str:
     if isinstance(dep, dict):  # a dep with options is a one-key mapping
         dep = next(iter(dep))
@@ -307,38 +344,90 @@ def stage_code_deps(dvc_yaml: Path, package: str = PACKAGE) -> dict[str, list[st
     return {name: _needed(dvc_yaml, name, body, package)[1] for name, body in _stage_bodies(data).items()}
 
 
+def _is_code_dep(path: str, package: str) -> bool:
+    """A dep that stands for code: a package file or folder, or a fingerprint file."""
+    return _is_package_dep(path, package) or path.startswith(CODE_DIR + "/")
+
+
 def _compare(dvc_yaml: Path, package: str) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     _, data, _ = _load(dvc_yaml)
     missing, extra = {}, {}
     for name, body in _stage_bodies(data).items():
-        needed = _needed(dvc_yaml, name, body, package)[1]
+        needed, redundant = _needed_deps(dvc_yaml, name, body, package)
         listed = [_dep_path(d) for d in body.get("deps") or []]
         if miss := [f for f in needed if f not in listed]:
             missing[name] = miss
-        if ext := [d for d in listed if _is_package_dep(d, package) and d not in needed]:
+        if ext := [d for d in listed if d not in needed and (d in redundant or _is_code_dep(d, package))]:
             extra[name] = ext
     return missing, extra
 
 
 def missing_deps(dvc_yaml: Path, package: str = PACKAGE) -> dict[str, list[str]]:
-    """stage -> package files it runs that its ``deps:`` do not list (stages with none left out)."""
+    """stage -> code deps it needs that its ``deps:`` do not list (stages with none left out):
+    ``code/X.txt`` for a ``stages/X.py`` script, package files for a ``python -m`` module."""
     return _compare(dvc_yaml, package)[0]
 
 
 def extra_deps(dvc_yaml: Path, package: str = PACKAGE) -> dict[str, list[str]]:
-    """stage -> ``deps:`` entries inside the package that it does not run (they rerun it for nothing)."""
+    """stage -> code deps it lists for nothing: package files it does not run, fingerprints of
+    other scripts, and the script and package files a fingerprint already stands for."""
     return _compare(dvc_yaml, package)[1]
 
 
-def write_deps(dvc_yaml: Path, package: str = PACKAGE) -> list[str]:
-    """Make each stage's package deps exactly the files it runs, right after its script line.
+# --------------------------------------------------------------------------------------------
+# fingerprints (the ``code`` stage)
 
-    Every other dep keeps its place, and the rest of the file (comments included) is kept byte
-    for byte; refuses (``RuntimeError``, file untouched) when a plain round trip of the file
-    would already change it, or when the edit would change any line other than package dep
-    lines (ruamel drops a comment that hangs on a removed item). Writes
-    atomically (temp file + ``os.replace``) and only when something changed. Returns the names
-    of the stages changed.
+
+def _md5(path: Path) -> str:
+    import hashlib
+
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def fingerprint(script: str | Path, root: Path = REPO_ROOT, package: str = PACKAGE) -> str:
+    """The text of ``code/X.txt`` for ``stages/X.py``: ``md5  path`` of the script and of every
+    package file it runs (sorted), so the text changes exactly when one of those files does."""
+    root = Path(root)
+    rel = Path(script).as_posix()  # relative to root
+    files = [rel, *module_files(rel, root, package)]
+    lines = [f"{_md5(root / f)}  {f}" for f in files]
+    return (f"# the code {rel} runs (python -m cotshape.depgraph --fingerprint): "
+            "a stage depending on this file reruns when any of them changes\n" + "\n".join(lines) + "\n")
+
+
+def write_fingerprints(out_dir: str | Path = CODE_DIR, root: Path = REPO_ROOT, package: str = PACKAGE,
+                       scripts_dir: str = SCRIPTS_DIR) -> list[str]:
+    """Write ``out_dir/X.txt`` for every ``scripts_dir/X.py`` (each atomically, only when its text
+    changes, so an unchanged fingerprint keeps its mtime) and remove fingerprints of scripts that
+    are gone. Returns the paths written."""
+    root = Path(root)
+    out = root / out_dir if not Path(out_dir).is_absolute() else Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    scripts = sorted((root / scripts_dir).glob("*.py"))
+    written, keep = [], set()
+    for script in scripts:
+        target = out / f"{script.stem}.txt"
+        keep.add(target.name)
+        text = fingerprint(script.relative_to(root).as_posix(), root, package)
+        if not target.exists() or target.read_text(encoding="utf-8") != text:
+            _atomic_write(target, text)
+            written.append(target.relative_to(root).as_posix() if target.is_relative_to(root) else str(target))
+    for stale in out.glob("*.txt"):
+        if stale.name not in keep:
+            stale.unlink()
+    return written
+
+
+def write_deps(dvc_yaml: Path, package: str = PACKAGE) -> list[str]:
+    """Make each stage's code deps exactly what :func:`missing_deps` asks for, first in its list.
+
+    A ``stages/X.py`` stage gets ``code/X.txt`` in place of its script and package files; a
+    ``python -m`` stage its package files. Every other dep keeps its order, and the rest of the
+    file (comments included) is kept byte for byte; refuses (``RuntimeError``, file untouched)
+    when a plain round trip of the file would already change it, or when the edit would change
+    any line other than code dep lines (ruamel drops a comment that hangs on a removed item).
+    Writes atomically (temp file + ``os.replace``) and only when something changed. Returns the
+    names of the stages changed.
     """
     from ruamel.yaml.comments import CommentedSeq
 
@@ -346,14 +435,18 @@ def write_deps(dvc_yaml: Path, package: str = PACKAGE) -> list[str]:
     yaml, data, text = _load(dvc_yaml)
     if _dump(yaml, data) != text:
         raise RuntimeError(f"a ruamel.yaml round trip would reformat {dvc_yaml}; not rewriting it")
-    changed = []
+    changed, code_lines = [], set()
     for name, body in _stage_bodies(data).items():
-        scripts, needed = _needed(dvc_yaml, name, body, package)
+        needed, redundant = _needed_deps(dvc_yaml, name, body, package)
         deps = body.get("deps")
         current = [_dep_path(d) for d in deps or []]
-        others = [d for d in current if not _is_package_dep(d, package)]
-        at = next((i + 1 for i, d in enumerate(others) if d in scripts), 0)
-        if current == others[:at] + needed + others[at:]:
+
+        def is_code(d: str) -> bool:
+            return d in needed or d in redundant or _is_code_dep(d, package)
+
+        others = [d for d in current if not is_code(d)]
+        code_lines.update(d for d in current + needed if is_code(d))
+        if current == needed + others:
             continue
         if deps is None:
             deps = CommentedSeq()
@@ -361,27 +454,28 @@ def write_deps(dvc_yaml: Path, package: str = PACKAGE) -> list[str]:
             body.insert(keys.index("cmd") + 1 if "cmd" in keys else len(keys), "deps", deps)
         # edit in place, so that comments attached to the kept items stay with them
         for i in reversed(range(len(deps))):
-            if _is_package_dep(_dep_path(deps[i]), package):
+            if is_code(_dep_path(deps[i])):
                 del deps[i]
         for j, f in enumerate(needed):
-            deps.insert(at + j, f)
+            deps.insert(j, f)
         changed.append(name)
     if changed:
         new_text = _dump(yaml, data)
         # ruamel hangs a comment or blank line that follows a seq item on that item: deleting
-        # the item would drop it. Apart from package dep lines the text must not change.
-        if _without_package_deps(new_text, package) != _without_package_deps(text, package):
+        # the item would drop it. Apart from code dep lines the text must not change.
+        if _without_dep_lines(new_text, code_lines) != _without_dep_lines(text, code_lines):
             raise RuntimeError(
-                f"rewriting {dvc_yaml} would change more than its {package}/ dep lines (a comment or blank "
+                f"rewriting {dvc_yaml} would change more than its code dep lines (a comment or blank "
                 f"line hangs on a removed dep?); not rewriting it: edit those deps by hand"
             )
         _atomic_write(dvc_yaml, new_text)
     return changed
 
 
-def _without_package_deps(text: str, package: str) -> list[str]:
-    dep_line = re.compile(rf"^\s*-\s+['\"]?{re.escape(package)}(/[^\s'\"]*)?['\"]?\s*(#.*)?$")
-    return [line for line in text.splitlines(keepends=True) if not dep_line.match(line)]
+def _without_dep_lines(text: str, paths: set[str]) -> list[str]:
+    dep_line = re.compile(r"^\s*-\s+['\"]?(?P<path>[^\s'\"#]+)['\"]?\s*(#.*)?$")
+    return [line for line in text.splitlines(keepends=True)
+            if not ((m := dep_line.match(line)) and posixpath.normpath(m.group("path")) in paths)]
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -389,7 +483,7 @@ def _atomic_write(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
             f.write(text)
-        os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o644)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -408,9 +502,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="report missing/extra cotshape deps; exit 1 if any")
-    mode.add_argument("--write", action="store_true", help="rewrite deps: so that cotshape files are exact")
+    mode.add_argument("--write", action="store_true", help="rewrite deps: so that code deps are exact")
+    mode.add_argument("--fingerprint", metavar="OUT_DIR", nargs="?", const=CODE_DIR,
+                      help=f"write OUT_DIR/X.txt (default {CODE_DIR}/) for every {SCRIPTS_DIR}/X.py: the code stage")
     ap.add_argument("dvc_yaml", nargs="?", default="dvc.yaml")
     args = ap.parse_args(argv)
+    if args.fingerprint:
+        written = write_fingerprints(args.fingerprint, root=Path.cwd())
+        print(f"{args.fingerprint}/: {len(written)} fingerprint(s) changed" + (f": {', '.join(written)}" if written else ""))
+        return 0
     path = Path(args.dvc_yaml)
     if args.write:
         changed = write_deps(path)

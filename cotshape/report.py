@@ -1,19 +1,20 @@
 """The experiment report: the tables and plots a researcher came for, built from the metrics
 the stages wrote.
 
-:func:`build_report` reads this layout (every file is optional; a missing one shows as "—" in
-the tables and as a gap in the plots, so a partly-run pipeline still gets a report)::
+:func:`build_report` reads this layout under ``metrics_dir`` (``metrics/stages`` in dvc.yaml);
+every file is optional: a missing one shows as "—" in the tables and as a gap in the plots, so a
+partly-run pipeline still gets a report::
 
-    metrics/eval/{task}-{set}.json      score() of cotshape.evaluate; set in H, G, W, P, step,
-                                        mix-{p} (p as a Python float: mix-0.0 ... mix-1.0), base
-    metrics/sft/{task}-{set}.json       train_loss, first_loss, final_loss, steps, train_tokens,
-                                        tokens_per_second, examples
-    metrics/closeness/{task}.json       {set: {mean_loss, perplexity, n_tokens, n_examples}}
-    metrics/select/{task}.json          problems, with_correct, with_wrong, with_both,
-                                        selected_G, selected_W
-    metrics/paraphrase/{task}.json      success_rate, ...
-    metrics/verify/{task}.json          the teacher's accuracy on its own samples
-    plots/loss/{task}-{set}.csv         step,loss
+    eval/{task}-{set}.json          score() of cotshape.evaluate; set in H, G, W, P, step-K,
+                                    mix-{p} (p as a Python float: mix-0.0 ... mix-1.0), base
+    sft/{task}-{set}.json           train_loss, first_loss, final_loss, steps, train_tokens,
+                                    tokens_per_second, examples
+    closeness/{task}.json           {set: {mean_loss, perplexity, n_tokens, n_examples}}
+    select/{task}.json              problems, with_correct, with_wrong, with_both,
+                                    selected_G, selected_W
+    paraphrase/{task}.json          success_rate, ...
+    verify/{task}.json              the teacher's accuracy on its own samples
+    plots/loss/{task}-{set}.csv     step,loss (under ``plots_dir``)
 
 and writes, each file atomically: ``summary.md`` (tables and a how-to-read note, with the plots
 embedded), ``accuracy.png``, ``mixture_curve.png``, ``loss_curves.png``, ``closeness.png`` in
@@ -49,7 +50,7 @@ SET_DESCRIPTIONS = {
     "G": "teacher CoTs with a correct final answer",
     "W": "teacher CoTs with a wrong final answer",
     "P": "human solutions paraphrased by a model",
-    "step": "CoTs with some steps corrupted",
+    "step": "CoTs with some steps corrupted",  # sets step-K: K steps per CoT (degrade.step_k)
 }
 
 HOW_TO_READ = """\
@@ -185,6 +186,9 @@ def _set_label(s: str) -> str:
             return f"{s} ({100 * float(s[4:]):g} % flawed)"
         except ValueError:
             return s
+    if s.startswith("step-") and s[5:].isdigit():  # degrade.step_k: one set per k
+        k = int(s[5:])
+        return f"{s} — {SET_DESCRIPTIONS['step']} ({k} step{'s' if k != 1 else ''} per CoT)"
     return s
 
 
@@ -519,9 +523,13 @@ def _set_colors(sets: Sequence[str]) -> dict[str, Any]:
     seq, other = colormaps["viridis"], colormaps["tab10"]
     colors: dict[str, Any] = {}
     k = 0
+    steps = [s for s in sets if s.startswith("step-")]
     for s in sets:
         if s in _SET_PALETTE:
             colors[s] = _SET_PALETTE[s]
+        elif s in steps:
+            # browns, darker with more corrupted steps per CoT
+            colors[s] = colormaps["copper"](0.75 - 0.5 * steps.index(s) / max(1, len(steps) - 1))
         elif s in mixes:
             # viridis runs dark to light; 0 % flawed gets the light end
             colors[s] = seq(0.9 - 0.75 * mixes.index(s) / max(1, len(mixes) - 1))

@@ -102,15 +102,15 @@ def test_mixture_curve_starts_at_the_base_set():
     assert mixture_sets([1.0, 0.25], "G") == [(0.0, "G"), (0.25, "mix-0.25"), (1.0, "mix-1.0")]
 
 
-def test_summary_entry_is_small_numbers():
+def test_summary_entry_is_one_column_per_number():
     evm = {"base": {"accuracy": 0.05, "ci95": [0.03, 0.09], "n": 200},
            "H": {"accuracy": 0.3, "ci95": [0.24, 0.37], "n": 200}, "G": {"n": 0, "skipped": 1}}
     cmp = {"H": {"vs_base": {"diff": 0.25}}}
     s = summary_entry(evm, cmp, {"H": {"mean_loss": 1.1}}, {"H": {"step_accuracy": 1.0}},
                       {"teacher_accuracy": 0.2}, {"problems": 100, "with_both": 60, "compared": 60})
     assert s == {"teacher_acc": 0.2, "both_frac": 0.6, "compared": 60, "n_test": 200,
-                 "base": {"acc": 0.05, "lo": 0.03, "hi": 0.09},
-                 "H": {"acc": 0.3, "lo": 0.24, "hi": 0.37, "d_base": 0.25, "loss": 1.1, "step_acc": 1.0}}
+                 "base": {"acc": 0.05, "ci": "[0.030, 0.090]"},
+                 "H": {"acc": 0.3, "ci": "[0.240, 0.370]", "loss": 1.1, "step_acc": 1.0}}
 
 
 def test_judge_run_reads_the_pipeline_layout(tmp_path):

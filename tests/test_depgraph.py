@@ -1,11 +1,13 @@
 """cotshape.depgraph: each stage's library files from the import graph, and the dvc.yaml fixer.
 
 Fast: ast only, no model, no DVC run. The first test is the guard for the repository itself:
-every stage of dvc.yaml lists exactly the cotshape files its script runs.
+every stage of dvc.yaml depends on the fingerprint of its script (code/X.txt: the script and
+every cotshape file it runs), and on no code dep a fingerprint already stands for.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -40,10 +42,13 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
 # the repository's own dvc.yaml
 
 
-def test_real_dvc_yaml_lists_exactly_the_library_files_each_stage_runs():
+def test_real_dvc_yaml_depends_on_exactly_the_code_each_stage_runs():
     fix = "fix with: python -m cotshape.depgraph --write dvc.yaml"
     assert missing_deps(DVC_YAML) == {}, fix
     assert extra_deps(DVC_YAML) == {}, fix
+    code = depgraph._stage_bodies(depgraph._load(DVC_YAML)[1])["code"]
+    assert [depgraph._dep_path(d) for d in code["deps"]] == ["cotshape", "stages"]
+    assert code["cmd"] == "python -m cotshape.depgraph --fingerprint code"
 
 
 def test_select_code_reruns_select_but_not_sampling():
@@ -177,10 +182,7 @@ stages:
   one:
     cmd: python stages/one.py --out out.txt  # why this command
     deps:
-      - stages/one.py  # the script
-      - cotshape/__init__.py
-      - cotshape/core.py
-      - cotshape/util.py
+      - code/one.txt
       - data/in.txt  # data stays put
     outs:
       - out.txt
@@ -192,13 +194,8 @@ stages:
         python stages/two.py --item ${item}
         --out out-${item}.txt
       deps:
+        - code/two.txt
         - data/${item}.txt
-        - stages/two.py
-        - cotshape/__init__.py
-        - cotshape/deep/__init__.py
-        - cotshape/deep/mod.py
-        - cotshape/sub/__init__.py
-        - cotshape/sub/leaf.py
       outs:
         - out-${item}.txt
 
@@ -232,14 +229,45 @@ def project(tmp_path):
 
 def test_missing_and_extra_per_stage(project):
     dvc = project / "dvc.yaml"
+    # a stages/ script needs its fingerprint; a `python -m` module its package files
     assert missing_deps(dvc) == {
-        "one": ["cotshape/__init__.py", "cotshape/core.py", "cotshape/util.py"],
-        "many": ["cotshape/__init__.py", "cotshape/deep/__init__.py", "cotshape/deep/mod.py",
-                 "cotshape/sub/__init__.py", "cotshape/sub/leaf.py"],
+        "one": ["code/one.txt"],
+        "many": ["code/two.txt"],
         "grid": ["cotshape/__init__.py", "cotshape/deep/__init__.py"],
     }
-    assert extra_deps(dvc) == {"one": ["cotshape/unused.py"]}
+    # the script and package files a fingerprint stands for are redundant columns
+    assert extra_deps(dvc) == {"one": ["stages/one.py", "cotshape/unused.py"], "many": ["stages/two.py"]}
     assert stage_code_deps(dvc)["shell"] == []
+
+
+def test_a_stage_on_the_whole_package_folder_needs_nothing_else(project):
+    dvc = project / "dvc.yaml"
+    dvc.write_text(BEFORE.replace("      - cotshape/deep/mod.py\n", "      - cotshape\n"))
+    assert "grid" not in missing_deps(dvc) and "grid" not in extra_deps(dvc)
+
+
+def test_fingerprints_change_exactly_with_the_code_a_script_runs(project):
+    (project / "stages" / "run.py").write_text("import cotshape.deep.mod\n")
+    written = depgraph.write_fingerprints("code", root=project)
+    assert sorted(written) == ["code/one.txt", "code/run.txt", "code/two.txt"]
+    one = (project / "code" / "one.txt").read_text()
+    assert [line.split()[1] for line in one.splitlines()[1:]] == [
+        "stages/one.py", "cotshape/__init__.py", "cotshape/core.py", "cotshape/util.py"]
+    assert depgraph.write_fingerprints("code", root=project) == []  # unchanged code: untouched files
+    (project / "cotshape" / "util.py").write_text("def helper():\n    return 2\n")
+    (project / "stages" / "run.py").unlink()
+    assert depgraph.write_fingerprints("code", root=project) == ["code/one.txt"]  # two.py does not run util
+    assert (project / "code" / "one.txt").read_text() != one
+    assert not (project / "code" / "run.txt").exists()  # the script is gone, so is its fingerprint
+
+
+def test_fingerprint_cli_writes_into_the_working_directory(project):
+    proc = subprocess.run([sys.executable, "-m", "cotshape.depgraph", "--fingerprint", "code"],
+                          cwd=project, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    assert (project / "code" / "two.txt").is_file()
+    assert "stages/two.py" in (project / "code" / "two.txt").read_text()
 
 
 def test_write_keeps_comments_and_other_deps_and_check_then_passes(project, capsys):
@@ -256,7 +284,7 @@ def test_cli_runs_as_a_module(project):
     proc = subprocess.run([sys.executable, "-m", "cotshape.depgraph", "--check", "dvc.yaml"],
                           cwd=project, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1, proc.stderr
-    assert "many: missing cotshape/sub/leaf.py" in proc.stdout
+    assert "many: missing code/two.txt" in proc.stdout
 
 
 def test_write_refuses_a_file_a_round_trip_would_reformat(project):

@@ -82,7 +82,7 @@ def repo(tmp_path_factory, tiny_model_dir):
     for name in ("dvc.yaml", ".gitignore", ".dvcignore"):
         shutil.copy(ROOT / name, repo / name)
     shutil.copytree(ROOT / "stages", repo / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    # dvc.yaml lists the cotshape/ modules each stage runs as deps: they must exist in the repo
+    # the code stage fingerprints the cotshape/ modules each stage runs: they must exist in the repo
     shutil.copytree(ROOT / "cotshape", repo / "cotshape", ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for section, values in TINY_PARAMS.items():
@@ -114,16 +114,16 @@ def test_repro_builds_everything(repo):
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## The paper's claims on this run" in summary
     assert "| 0 % (H) |" in summary and "mix-0.0" not in summary  # the curve's 0 % point is the base set
-    base = json.loads((repo / "metrics" / "eval" / "countdown-base.json").read_text())
+    base = json.loads((repo / "metrics" / "stages" / "eval" / "countdown-base.json").read_text())
     assert base["n"] == 4 and 0.0 <= base["accuracy"] <= 1.0
     lo, hi = base["ci95"]
     assert 0.0 <= lo <= base["accuracy"] <= hi <= 1.0
     ids = json.loads((repo / "data" / "sets" / "countdown" / "ids.json").read_text())
     assert ids["n"] == len(ids["problem_ids"]) == 6  # select.balance: false keeps every training problem
-    h = json.loads((repo / "metrics" / "sft" / "countdown-H.json").read_text())
+    h = json.loads((repo / "metrics" / "stages" / "sft" / "countdown-H.json").read_text())
     assert h["examples"] == 6 and h["steps"] >= 1
     assert (repo / "models" / "sft" / "countdown-H").is_dir()
-    mix = json.loads((repo / "metrics" / "sft" / "countdown-mix-1.0.json").read_text())
+    mix = json.loads((repo / "metrics" / "stages" / "sft" / "countdown-mix-1.0.json").read_text())
     assert mix["examples"] == 6
     assert not (repo / "data" / "sets" / "countdown" / "mix" / "mix-0.0.jsonl").exists()
     samples = [json.loads(x) for x in (repo / "data" / "samples" / "countdown.jsonl").read_text().splitlines()]
@@ -136,12 +136,13 @@ def test_repro_builds_everything(repo):
     summary_metrics = json.loads((repo / "metrics" / "summary.json").read_text())
     entry = summary_metrics["countdown"]
     assert entry["n_test"] == 4 and entry["compared"] == 6
-    assert entry["base"]["lo"] <= entry["base"]["acc"] <= entry["base"]["hi"]
+    lo, hi = json.loads(entry["base"]["ci"])  # one text column "[lo, hi]" in dvc exp show
+    assert lo <= entry["base"]["acc"] <= hi
     assert "acc" in entry["H"]
     # metrics/summary.json is the one DVC metrics file; the per-stage metrics are plain outs
     shown = dvc(repo, "metrics", "show").stdout
     assert "metrics/summary.json" in shown and "acc" in shown
-    assert "metrics/eval/countdown-H.json" not in shown
+    assert "metrics/stages/eval/countdown-H.json" not in shown
 
 
 def test_second_repro_is_a_noop(repo):
@@ -154,21 +155,34 @@ def test_second_repro_is_a_noop(repo):
     print(f"no-op dvc repro: {elapsed:.2f}s")
 
 
+def _ran(proc: subprocess.CompletedProcess) -> set[str]:
+    return {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
+
+
 def test_library_change_reruns_only_the_stages_that_run_it(repo):
-    """dvc.yaml lists each stage's library modules: editing cotshape/select.py changes the select
-    stage (and nothing upstream of it, such as sampling), and reverting it restores the state."""
+    """Each stage depends on the fingerprint of the code its script runs (code/X.txt, written by
+    the code stage): editing cotshape/select.py reruns the code stage and select (not sampling
+    and nothing upstream); an edit of a module no stage runs (the CLI) reruns only the code stage;
+    reverting restores the state."""
     repo, _ = repo
-    path = repo / "cotshape" / "select.py"
-    original = path.read_text()
+    path, cli = repo / "cotshape" / "select.py", repo / "cotshape" / "cli.py"
+    original, cli_original = path.read_text(), cli.read_text()
     try:
         path.write_text(original + "\n# a change\n")
-        status = dvc(repo, "status").stdout
-        changed = {line.strip().rstrip(":") for line in status.splitlines() if line and not line.startswith((" ", "\t"))}
-        assert "select@countdown" in changed, status
-        assert not any(s.startswith(("sample@", "prepare@", "verify@", "models")) for s in changed), status
-        assert "modified:" in status and "cotshape/select.py" in status
+        assert "cotshape" in dvc(repo, "status").stdout  # the code stage's package folder changed
+        proc = dvc(repo, "repro")
+        ran = _ran(proc)
+        assert {"code", "select@countdown"} <= ran, proc.stdout
+        assert not any(s.startswith(("sample@", "prepare@", "verify@", "models", "merge_samples@")) for s in ran), ran
+        # a comment leaves select's outputs byte-identical: nothing downstream trains again
+        assert not any(s.startswith(("sft", "evaluate")) for s in ran), ran
+        assert "cotshape/select.py" in (repo / "code" / "select_gw.txt").read_text()
+        cli.write_text(cli_original + "\n# a change\n")
+        assert _ran(dvc(repo, "repro")) == {"code"}
     finally:
         path.write_text(original)
+        cli.write_text(cli_original)
+    dvc(repo, "repro")
     assert "up to date" in dvc(repo, "status").stdout.lower()
 
 
@@ -236,7 +250,7 @@ def test_changing_fractions_reruns_only_downstream(repo):
     params["degrade"]["flawed_fractions"] = [0.5]
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = dvc(repo, "repro")
-    ran = {line.split("'")[1] for line in proc.stdout.splitlines() if line.startswith("Running stage")}
+    ran = _ran(proc)
     assert "degrade@countdown" in ran and "sft_mix@countdown-0.5" in ran and "report" in ran
     assert not any(s.startswith(("sample@", "merge_samples@", "verify@", "select@", "prepare@", "paraphrase@", "models"))
                    for s in ran), ran
@@ -252,3 +266,6 @@ def test_exp_run_with_param_override(repo):
     assert "Running stage 'sample@countdown-0'" in proc.stdout
     shown = dvc(repo, "exp", "show", "--csv").stdout
     assert "k3" in shown
+    # the compact metrics/summary.json is what dvc exp show lists: one column per number
+    header = shown.splitlines()[0].split(",")
+    assert "countdown.H.acc" in header and "countdown.H.ci" in header
