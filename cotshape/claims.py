@@ -193,8 +193,9 @@ def summary_entry(
     if verify:
         out["teacher_acc"] = verify.get("teacher_accuracy")
     if select and select.get("problems"):
+        # the share of training problems with both a G and a W (the problems every set is trained
+        # on when select.balance is true: metrics/stages/select/ has the counts)
         out["both_frac"] = select.get("with_both", 0) / select["problems"]
-        out["compared"] = select.get("compared")
     close = closeness or {}
     for s, m in evals_metrics.items():
         if not m or m.get("skipped"):

@@ -63,7 +63,7 @@ class DtypeChoice(str, enum.Enum):
     float16 = "float16"
 
 
-_DEFAULT_BACKEND = BackendChoice(_SAMPLE.backend)
+_DEFAULT_BACKEND = BackendChoice(_BASE.backend)
 _DEFAULT_DTYPE = DtypeChoice(_BASE.dtype)
 
 
@@ -109,7 +109,7 @@ def _check_sample_options(**opts) -> None:
     from cotshape.errors import InputError
 
     mirrors = {"k": "sample", "max_new_tokens": "sample", "temperature": "sample", "top_p": "sample",
-               "seed": "base", "backend": "sample", "batch_size": "sample", "device": "base", "dtype": "base",
+               "seed": "base", "backend": "base", "batch_size": "sample", "device": "base", "dtype": "base",
                "tensor_parallel_size": "sample"}
     for name, section in mirrors.items():
         if name == "device" and re.fullmatch(r"cuda:\d+|mps", opts[name]):
@@ -136,7 +136,7 @@ def sample(
     seed: Annotated[int, typer.Option(help="base.seed")] = _BASE.seed,
     stop: Annotated[list[str] | None, typer.Option(help="stop string (repeatable)")] = None,
     shard: Annotated[str | None, typer.Option(help="I/N: sample problems with index % N == I")] = None,
-    backend: Annotated[BackendChoice, typer.Option(help="sample.backend")] = _DEFAULT_BACKEND,
+    backend: Annotated[BackendChoice, typer.Option(help="base.backend")] = _DEFAULT_BACKEND,
     batch_size: Annotated[int, typer.Option(help="sequences decoded together (transformers)")] = _SAMPLE.batch_size,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N (base.device)")] = _BASE.device,
     dtype: Annotated[DtypeChoice, typer.Option(help="base.dtype")] = _DEFAULT_DTYPE,

@@ -3,7 +3,8 @@ perplexity) on the set's completions.
 
 This is the paper's evidence that model-written CoTs (G, W, P) sit closer to the student's own
 distribution than human solutions (H): the untrained student's loss on them is lower. The loss is
-measured exactly as SFT measures it: the same chat-template tokenization and completion mask
+measured exactly as SFT measures it: the same tokenization (chat template, or the plain-text
+prompt with ``base.prompt_format: plain``) and completion mask
 (:func:`cotshape.train.tokenize_records`), the same ``max_length`` cut, and TRL's fused LM head
 for the per-token log-probabilities, so ``mean_loss`` equals SFT's first-step loss on the same
 batch (a test checks it). Batched (sorted by length to limit padding), no gradients.
@@ -38,9 +39,13 @@ def load_scorer(model_path_or_model, device: str, dtype: str, tokenizer):
 
 def completion_loss(model_path_or_model, records: list[dict[str, Any]], batch_size: int = 8,
                     max_length: int | None = 512, device: str = "cpu", dtype: str = "float32",
-                    tokenizer=None, per_example: bool = False) -> dict[str, Any]:
+                    tokenizer=None, per_example: bool = False, prompt_format: str = "chat", task=None,
+                    problems: dict[str, Any] | None = None) -> dict[str, Any]:
     """Mean negative log-likelihood per completion token of ``records`` (training-set records:
     ``prompt`` messages + ``completion`` text) under the model, over all tokens of the set.
+
+    ``prompt_format``, ``task`` and ``problems`` as in :func:`cotshape.train.train_sft`: with
+    ``plain`` the completion is scored after the task's plain-text prompt, as SFT trains it.
 
     Returns ``mean_loss``, ``perplexity`` (``exp(mean_loss)``), ``n_tokens`` (completion tokens
     scored) and ``n_examples`` (records kept after the ``max_length`` cut). With ``per_example``
@@ -52,7 +57,7 @@ def completion_loss(model_path_or_model, records: list[dict[str, Any]], batch_si
     from tqdm.auto import tqdm
     from trl.trainer.utils import add_fused_lm_head
 
-    from cotshape.train import tokenize_records, use_cpu_label_head
+    from cotshape.train import record_prompts, tokenize_records, use_cpu_label_head
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"closeness.batch_size: got {batch_size!r}, expected an integer >= 1")
@@ -62,7 +67,8 @@ def completion_loss(model_path_or_model, records: list[dict[str, Any]], batch_si
 
     device = resolve_device(device)  # "auto" -> cuda or cpu
     model, tokenizer = load_scorer(model_path_or_model, device, dtype, tokenizer)
-    examples = tokenize_records(tokenizer, records, max_length)
+    examples = tokenize_records(tokenizer, records, max_length,
+                                record_prompts(tokenizer, records, prompt_format, task, problems))
     if not examples:
         raise ValueError(f"completion_loss: every record loses its completion at max_length={max_length}")
     if not getattr(model, "_cotshape_fused_lm_head", False):

@@ -5,7 +5,8 @@ what they agree on::
 
     exps = collect(Path("."))                  # runs `dvc exp show --json` (or takes its JSON)
     groups = group(exps)                       # params equal except base.seed -> one group
-    result = compare(groups)                   # mean, sd, min, max per accuracy; pooled verdicts
+    result = compare(groups)                   # mean, sd, min, max per accuracy; pooled verdicts;
+                                               # result["students"]: H/G/W/P and P - H by student
     write(result, Path("compare"))     # compare.md + compare.json, each atomically
 
 ``cotshape compare`` is the command around it.
@@ -23,7 +24,9 @@ rows (the workspace only when asked); queued, running and failed experiments, an
 **What each row carries** (written by the pipeline's report stage)::
 
     metrics/summary.json  {task: {"teacher_acc", "both_frac", "n_test",
-                                  set: {"acc", "lo", "hi", "d_base", "loss"}}}
+                                  set: {"acc", "ci", "loss", "step_acc"}}}
+                          (older commits: set: {"acc", "lo", "hi", "d_base", "d_H", "loss", "step_acc"};
+                          both are read, d_base = acc - base.acc where absent)
     metrics/claims.json   {"margin": m, "claims": [{"id", "task", "statement", "kind", "verdict",
                                                     "evidence": {"diff", "ci95", "n"} or
                                                                 {"parts": {name: {"diff", "ci95", "n"}}}}]}
@@ -46,6 +49,7 @@ import importlib.util
 import json
 import logging
 import math
+import re
 import shutil
 import statistics
 import subprocess
@@ -410,6 +414,8 @@ def aggregate(values: Sequence[float | None]) -> dict[str, Any]:
 def _set_sort_key(s: str) -> tuple[int, float, str]:
     if s in SET_ORDER:
         return (0, float(SET_ORDER.index(s)), "")
+    if s.startswith("step-") and s[5:].isdigit():  # degrade.step_k: after "step", by k
+        return (0, len(SET_ORDER) - 1 + int(s[5:]) / 1000, "")
     if s.startswith("mix-"):
         try:
             return (1, float(s[4:]), "")
@@ -422,6 +428,22 @@ def _num_or_none(x: Any) -> float | None:
     return float(x) if _is_num(x) else None
 
 
+def set_value(task_entry: dict[str, Any], set_name: str, f: str) -> float | None:
+    """Field ``f`` of one set in one experiment's summary entry of a task. ``d_base`` (accuracy
+    minus the untrained base's) is derived as ``acc - base.acc`` where the summary does not
+    carry it: summaries from before the report wrote ``{acc, ci, loss, step_acc}`` per set had
+    ``lo``/``hi``/``d_base``/``d_H``; both layouts are read."""
+    entry = task_entry.get(set_name)
+    entry = entry if isinstance(entry, dict) else {}
+    value = _num_or_none(entry.get(f))
+    if value is None and f == "d_base" and set_name != "base":
+        base = task_entry.get("base")
+        acc, base_acc = _num_or_none(entry.get("acc")), _num_or_none(base.get("acc") if isinstance(base, dict) else None)
+        if acc is not None and base_acc is not None:
+            value = acc - base_acc
+    return value
+
+
 def _task_table(members: Sequence[Experiment], task: str) -> dict[str, Any]:
     entries = [m.summary.get(task) or {} for m in members]
     fields = sorted({k for e in entries for k, v in e.items() if not isinstance(v, dict)})
@@ -430,9 +452,8 @@ def _task_table(members: Sequence[Experiment], task: str) -> dict[str, Any]:
     for f in fields:
         out["fields"][f] = aggregate([_num_or_none(e.get(f)) for e in entries])
     for s in sets:
-        per = [e.get(s) if isinstance(e.get(s), dict) else {} for e in entries]
-        out["sets"][s] = {f: aggregate([_num_or_none(p.get(f)) for p in per])
-                          for f in SET_FIELDS if any(_is_num(p.get(f)) for p in per)}
+        per = {f: [set_value(e, s, f) for e in entries] for f in SET_FIELDS}
+        out["sets"][s] = {f: aggregate(vals) for f, vals in per.items() if any(v is not None for v in vals)}
     return out
 
 
@@ -550,9 +571,71 @@ def compare(groups: Sequence[Group], skipped: Sequence[str] = ()) -> dict[str, A
     return {
         "n_experiments": sum(len(g.members) for g in groups),
         "groups": out_groups,
+        "students": across_students(groups),
         "pooling": POOLING_NOTE,
         "skipped": list(skipped),
     }
+
+
+# ---- across students -------------------------------------------------------------------------
+
+STUDENT_PARAM = "base.student"
+#: the sets of the paper's cross-model tables (accuracy mean ± sd over seeds), and P's gain over H
+STUDENT_SETS = ("H", "G", "W", "P")
+GAIN = ("P", "H")
+_SIZE_RE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)([bm])(?![a-z0-9])", re.IGNORECASE)
+
+
+def model_size(name: Any) -> tuple[str | None, float | None]:
+    """The size written in a model name, as written and in parameters: ``google/gemma-2-9b`` ->
+    ("9B", 9e9), ``Qwen/Qwen2.5-1.5B`` -> ("1.5B", 1.5e9), ``smollm2-135m-instruct`` ->
+    ("135M", 1.35e8); (None, None) when the name has none (a local folder, an alias)."""
+    if not isinstance(name, str):
+        return None, None
+    hits = _SIZE_RE.findall(name.rsplit("/", 1)[-1])
+    if not hits:
+        return None, None
+    num, unit = hits[-1]
+    return f"{num}{unit.upper()}", float(num) * (1e9 if unit.lower() == "b" else 1e6)
+
+
+def across_students(groups: Sequence[Group]) -> dict[str, Any]:
+    """The paper's cross-model view: one row per group (a student and its configuration), per
+    task H, G, W, P accuracy as mean ± sd over the group's experiments (seeds), and P's gain
+    over H (P - H of each experiment, then mean ± sd). Rows are ordered by model size (from the
+    student's name), then name; a student with several configurations gets one row for each,
+    labelled with the params that tell them apart."""
+    per_student = Counter(_hashable(g.members[0].params.get(STUDENT_PARAM)) for g in groups if g.members)
+    rows = []
+    for g in groups:
+        if not g.members:
+            continue
+        student = g.members[0].params.get(STUDENT_PARAM)
+        students = {_hashable(m.params.get(STUDENT_PARAM)) for m in g.members}
+        size, n_params = model_size(student)
+        config = {k: v for k, v in g.differing.items() if k != STUDENT_PARAM}
+        tasks: dict[str, Any] = {}
+        for m in g.members:
+            tasks.update({t: None for t in m.summary if t not in tasks})
+        table = {}
+        for task in tasks:
+            entries = [m.summary.get(task) or {} for m in g.members]
+            cells = {s: aggregate([set_value(e, s, "acc") for e in entries]) for s in STUDENT_SETS}
+            gains = [None if a is None or b is None else a - b
+                     for a, b in ((set_value(e, GAIN[0], "acc"), set_value(e, GAIN[1], "acc")) for e in entries)]
+            cells["P_minus_H"] = aggregate(gains)
+            table[task] = cells
+        rows.append({
+            "student": student if len(students) == 1 else None,
+            "size": size,
+            "size_params": n_params,
+            "config": config if per_student[_hashable(student)] > 1 else {},
+            "group": g.label,
+            "seeds": [m.seed for m in g.members],
+            "tasks": table,
+        })
+    rows.sort(key=lambda r: (r["size_params"] is None, r["size_params"] or 0.0, str(r["student"])))
+    return {"by": STUDENT_PARAM, "sets": list(STUDENT_SETS), "gain": f"{GAIN[0]} - {GAIN[1]}", "rows": rows}
 
 
 # ---- rendering -------------------------------------------------------------------------------
@@ -665,7 +748,41 @@ def render_markdown(result: dict[str, Any]) -> str:
         parts.append(_table(["claim", "task", "statement", "kind", "per seed (" + ", ".join(cols) + ")",
                              "holds / contradicted / inconclusive", "pooled diff [95 % CI]", "pooled verdict"],
                             rows))
+    parts += render_students(result.get("students") or {})
     return "\n".join(parts) + "\n"
+
+
+def _student_label(row: dict[str, Any]) -> str:
+    name = DASH if row["student"] is None else str(row["student"])
+    if row.get("config"):
+        name += " (" + ", ".join(f"{k}={_fmt_param(v)}" for k, v in row["config"].items()) + ")"
+    return name
+
+
+def render_students(students: dict[str, Any]) -> list[str]:
+    """The cross-model tables (Markdown lines): per task, one row per student."""
+    rows_in = students.get("rows") or []
+    if not rows_in:
+        return []
+    sets = students["sets"]
+    parts = ["", "## Across students", "",
+             f"One row per student ({students['by']}; a student run with several configurations has a row for "
+             "each), ordered by the model size in its name. Accuracy (%) as mean ± sd over the experiments "
+             "(seeds) of the row, k of them; P − H: P's accuracy minus H's in each experiment, mean ± sd "
+             "(percentage points)."]
+    tasks = list(dict.fromkeys(t for r in rows_in for t in r["tasks"]))
+    for task in tasks:
+        rows = []
+        for r in rows_in:
+            cells = r["tasks"].get(task)
+            if cells is None:
+                continue
+            k = max((cells[s]["k"] for s in sets), default=0)
+            rows.append([_student_label(r), r["size"] or DASH, str(k)] + [_mean_sd(cells[s]) for s in sets]
+                        + [_mean_sd(cells["P_minus_H"])])
+        parts += ["", f"### {task}: accuracy (%) by student", "",
+                  _table(["student", "size", "k"] + list(sets) + ["P − H (pp)"], rows)]
+    return parts
 
 
 def write(result: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:

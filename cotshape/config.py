@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import math
 import os
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -53,6 +54,10 @@ class BaseParams:
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu or cuda.", choices=("auto", "cpu", "cuda"))
     dtype: str = _f("auto", "Inference dtype: auto (bf16 where fast, else fp32), float32, bfloat16, float16.",
                     choices=("auto", "float32", "bfloat16", "float16"))
+    prompt_format: str = _f("chat", "How every student prompt is built (SFT, closeness, evaluation, and paraphrase when paraphrase.model is the student): chat (the student's chat template) or plain (the authors' plain-text templates for base students, '...Problem:\\n{problem}\\n\\nSolution:', with their stop strings such as 'Problem:'; a base model without a chat template needs plain). The teacher is always prompted in chat.",
+                            choices=("chat", "plain"))
+    backend: str = _f("transformers", "Generation backend of every generating stage (sample, evaluate, paraphrase, model-written flawed CoTs in degrade): transformers (CPU/GPU) or vllm (GPU, extra 'gpu'; a LoRA student is merged into its base model in a temporary folder first).",
+                      choices=("transformers", "vllm"))
 
 
 @dataclass
@@ -66,8 +71,6 @@ class PrepareParams:
 
 @dataclass
 class SampleParams:
-    backend: str = _f("transformers", "Generation backend: transformers (CPU/GPU) or vllm (GPU, extra 'gpu').",
-                      choices=("transformers", "vllm"))
     k: int = _f(8, "Teacher samples per training problem.", min=1, max=MAX_SAMPLES)
     shots: int = _f(4, "Worked exemplars (the task's teacher_exemplars, in the teacher's own phrasing) shown to the teacher as earlier chat turns before each problem; 0 = zero-shot, as in the paper. The student is trained on the zero-shot prompt either way.",
                     min=0, max=64)
@@ -75,7 +78,7 @@ class SampleParams:
     temperature: float = _f(0.6, "Sampling temperature (0 = greedy, then k must be 1).", min=0, max=100)
     top_p: float = _f(0.95, "Nucleus sampling mass.", min=1e-9, max=1)
     batch_size: int = _f(128, "Sequences decoded together (transformers backend).", min=1, max=MAX_BATCH)
-    tensor_parallel_size: int = _f(1, "GPUs per vLLM engine (vllm backend).", min=1, max=1024)
+    tensor_parallel_size: int = _f(1, "GPUs per vLLM engine (base.backend: vllm; every generating stage).", min=1, max=1024)
     shards: list[int] = _f(None, "Shard indices [0, 1, ..., N-1]: sampling is split into N DVC stages, each can run on its own machine.",
                            default_factory=lambda: [0], min=0, max=MAX_SHARDS - 1)
 
@@ -86,13 +89,15 @@ class SelectParams:
     seed_offset: int = _f(0, "Added to base.seed for the draw of G and W among a problem's samples.", min=0, max=MAX_SEED)
     max_verifier_errors: float = _f(0.05, "Largest share of samples whose grading failed (verifier error: sandbox down, gold answer unusable) that select accepts; above it select stops, since a broken verifier would look like a teacher that is always wrong.",
                                     min=0, max=1)
+    allow_truncated: bool = _f(False, "Let G and W use CoTs cut at sample.max_new_tokens (finish_reason: length). false: only CoTs that ended on their own (a cut CoT's answer is often just the last number of the cut text); the select metrics count the samples excluded as truncated.")
 
 
 @dataclass
 class ParaphraseParams:
     model: str = _f("student", "Paraphrasing model: the student or the teacher (both are materialised, DVC-tracked folders).",
                     choices=("student", "teacher"))
-    max_new_tokens: int = _f(128, "Longest paraphrase, in tokens.", min=1, max=MAX_TOKENS)
+    max_new_tokens: int | str = _f(128, "Longest paraphrase, in tokens, or auto: each problem's budget follows its human solution (2x its tokens rounded up to a power of two, at least 1024, at most 4096; cotshape/paraphrase.py says why).",
+                                   min=1, max=MAX_TOKENS)
     temperature: float = _f(0.7, "Sampling temperature of the paraphraser.", min=0, max=100)
     retries: int = _f(1, "Extra attempts with a new seed when a paraphrase fails the verifier.", min=0, max=100)
     on_failure: str = _f("keep_original", "When every attempt fails: keep_original (use H) or drop (leave the problem out of P).",
@@ -105,14 +110,18 @@ class DegradeParams:
                                        default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
     flawed_source: str = _f("corrupt", "Flawed CoTs: corrupt (every step programmatically perturbed) or model (teacher prompted to reason wrongly, verified wrong).",
                             choices=("corrupt", "model"))
-    step_k: int = _f(1, "Steps corrupted per CoT in the step-degraded set.", min=1, max=1000)
+    step_k: list[int] = _f(None, "Steps corrupted per CoT, one step-degraded set per value (a sweep: set step-K, file step/step-K.jsonl); a bare integer is read as a one-element list.",
+                           default_factory=lambda: [1, 2], min=1, max=1000)
     base_set: str = _f("G", "The correct CoTs that mixtures and the step-degraded set are built from: G (teacher CoTs, as in the paper), H or P.",
                        choices=("G", "H", "P"))
 
 
 @dataclass
 class EvaluateParams:
-    max_new_tokens: int = _f(128, "Longest greedy answer at evaluation, in tokens.", min=1, max=MAX_TOKENS)
+    max_new_tokens: int | str = _f(128, "Longest greedy answer at evaluation, in tokens, or auto: the task's value in the authors' eval scripts (2048 MATH and GSM8K, 4096 Countdown, 1024 MBPP).",
+                                   min=1, max=MAX_TOKENS)
+    scoring: str = _f("strict", "How answers are graded: strict (the project's verifiers: final-answer extraction, exact/symbolic comparison) or paper (the authors' released scorers: math-verify on the full text for MATH/GSM8K, the last line's <answer> for Countdown, fences stripped and the whole text run for MBPP). The eval metrics record which.",
+                      choices=("strict", "paper"))
     batch_size: int = _f(128, "Sequences decoded together (the backend refills its batch as rows finish).", min=1, max=MAX_BATCH)
 
 
@@ -194,6 +203,12 @@ def _check_value(value: Any, typ: Any, key: str, meta: dict, where: str) -> Any:
     ``max``); the message is ``WHERE: KEY: must be ..., got VALUE`` (just ``KEY: ...`` without
     ``where``)."""
     at = f"{where}: {key}" if where else key
+    if isinstance(typ, types.UnionType) and str in get_args(typ):  # ``int | str``: an integer or auto
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"{at}: must be an integer or auto, got {value!r}")
+        typ = next(t for t in get_args(typ) if t is not str)
     origin = get_origin(typ)
     if origin is list:
         (item_t,) = get_args(typ)
@@ -273,6 +288,10 @@ def _cross_checks(p: Params, where: str) -> None:
         raise ParamsError(f"{where}: degrade.flawed_fractions: must list at least one fraction, e.g. [1.0]")
     if len(set(p.degrade.flawed_fractions)) != len(p.degrade.flawed_fractions):
         raise ParamsError(f"{where}: degrade.flawed_fractions: lists a fraction twice")
+    if not p.degrade.step_k:
+        raise ParamsError(f"{where}: degrade.step_k: must list at least one step count, e.g. [1]")
+    if len(set(p.degrade.step_k)) != len(p.degrade.step_k):
+        raise ParamsError(f"{where}: degrade.step_k: lists a step count twice: {p.degrade.step_k}")
     if not p.sample.shards:
         raise ParamsError(f"{where}: sample.shards: must list at least one shard, e.g. [0]")
     if p.sample.shards != list(range(len(p.sample.shards))):
@@ -299,6 +318,14 @@ def validate_params(params: dict[str, Any], source: str = "params.yaml") -> Para
             # DVC names the sft_mix/evaluate_mix stages and files from the literal value: 1 and
             # 1.0 would give mix-1 in dvc.yaml but mix-1.0 from the stages
             raise ParamsError(f"{source}: degrade.flawed_fractions[{i}]: write fractions as floats ({frac}.0), got {frac}")
+    sample = params.get("sample")
+    if isinstance(sample, dict) and "backend" in sample:
+        raise ParamsError(f"{source}: sample.backend: moved to base.backend (one backend for every generating "
+                          f"stage: sample, evaluate, paraphrase, degrade); write `backend: {sample['backend']}` "
+                          "under base: and delete sample.backend")
+    degrade = params.get("degrade")
+    if isinstance(degrade, dict) and isinstance(degrade.get("step_k"), int) and not isinstance(degrade["step_k"], bool):
+        params = {**params, "degrade": {**degrade, "step_k": [degrade["step_k"]]}}  # a bare int: one set
     built = {name: _build_section(name, params.get(name), source) for name in SECTIONS}
     p = Params(**built)
     _cross_checks(p, source)

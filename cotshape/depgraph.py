@@ -441,11 +441,9 @@ def write_deps(dvc_yaml: Path, package: str = PACKAGE) -> list[str]:
         deps = body.get("deps")
         current = [_dep_path(d) for d in deps or []]
 
-        def is_code(d: str) -> bool:
-            return d in needed or d in redundant or _is_code_dep(d, package)
-
-        others = [d for d in current if not is_code(d)]
-        code_lines.update(d for d in current + needed if is_code(d))
+        code = {d for d in current + needed if d in needed or d in redundant or _is_code_dep(d, package)}
+        others = [d for d in current if d not in code]
+        code_lines.update(code)
         if current == needed + others:
             continue
         if deps is None:
@@ -454,7 +452,7 @@ def write_deps(dvc_yaml: Path, package: str = PACKAGE) -> list[str]:
             body.insert(keys.index("cmd") + 1 if "cmd" in keys else len(keys), "deps", deps)
         # edit in place, so that comments attached to the kept items stay with them
         for i in reversed(range(len(deps))):
-            if is_code(_dep_path(deps[i])):
+            if _dep_path(deps[i]) in code:
                 del deps[i]
         for j, f in enumerate(needed):
             deps.insert(j, f)

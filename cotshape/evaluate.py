@@ -13,6 +13,11 @@ Two accuracy definitions are reported side by side, because users compare with b
   answer parsed at all it is 0.0 and ``no_parsed_answers`` is true, so a reader can tell
   "0 of 0" from "0 of 24".
 
+The prompt is :func:`cotshape.tasks.base.student_prompt` in ``base.prompt_format`` (the text SFT
+trained on); with ``evaluate.scoring: paper`` the answers are graded by the authors' scorers
+(:meth:`~cotshape.tasks.base.Task.paper_verify`) instead of ours, and the metrics say which
+(``scoring``, ``prompt_format``, ``max_new_tokens``).
+
 The stage entry point (stages/evaluate.py) loads the model, calls :func:`evaluate` and writes
 the records and metrics; nothing here knows about DVC paths.
 """
@@ -22,9 +27,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from cotshape.generation.base import Backend, SamplingParams
+from cotshape.generation.base import Backend, Prompt, SamplingParams
 from cotshape.stats import wilson_interval
-from cotshape.tasks.base import Problem, Task, Verdict
+from cotshape.tasks.base import Problem, Task, Verdict, check_prompt_format, student_prompt
+
+#: ``evaluate.scoring``: strict (the project's verifiers) or paper (the authors' released scorers)
+SCORINGS = ("strict", "paper")
 
 #: tasks whose answers are programs graded by running tests; they also report pass@1
 CODE_TASKS = frozenset({"mbpp"})
@@ -104,15 +112,43 @@ def score(verdicts: Sequence[Verdict | dict[str, Any]], code: bool = False) -> d
     return metrics
 
 
+def resolve_max_new_tokens(task: Task, max_new_tokens: int | str) -> int:
+    """``evaluate.max_new_tokens``: an integer as is, ``auto`` the task's paper value
+    (:attr:`Task.eval_max_new_tokens`: 2,048 MATH/GSM8K, 4,096 Countdown, 1,024 MBPP)."""
+    if max_new_tokens == "auto":
+        return int(task.eval_max_new_tokens)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"evaluate.max_new_tokens: must be an integer >= 1 or auto, got {max_new_tokens!r}")
+    return max_new_tokens
+
+
+def student_inputs(task: Task, problems: Sequence[Problem], prompt_format: str, tokenizer) -> list[Prompt]:
+    """What evaluation hands the backend per problem: :func:`~cotshape.tasks.base.student_prompt`
+    text. With ``chat`` and a backend without a tokenizer (a test double) the chat messages,
+    which the backends render to that same text."""
+    if prompt_format == "chat" and tokenizer is None:
+        return [task.chat_messages(p) for p in problems]
+    return [student_prompt(task, p, prompt_format, tokenizer) for p in problems]
+
+
 def evaluate(
     task: Task,
     problems: Sequence[Problem],
     backend: Backend,
-    max_new_tokens: int,
+    max_new_tokens: int | str,
     batch_size: int | None = None,
     progress: bool = True,
+    prompt_format: str = "chat",
+    scoring: str = "strict",
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Greedy-decode ``task.chat_messages(p)`` for every problem, grade, and score.
+    """Greedy-decode the student prompt of every problem, grade, and score.
+
+    ``prompt_format`` (``base.prompt_format``): ``chat`` or ``plain`` (the authors' plain-text
+    template, stopped at the task's :attr:`~cotshape.tasks.base.Task.plain_stop` strings).
+    ``max_new_tokens``: an integer or ``auto`` (:func:`resolve_max_new_tokens`). ``scoring``:
+    ``strict`` grades with the task's verifier (:mod:`cotshape.verify`), ``paper`` with the
+    authors' scorer (:meth:`~cotshape.tasks.base.Task.paper_verify`). The metrics record
+    ``prompt_format``, ``scoring`` and the resolved ``max_new_tokens``.
 
     ``batch_size`` is the number of prompts per ``backend.generate`` call; None (the default)
     hands every prompt over at once, which is fastest with a continuous-batching backend (the
@@ -125,8 +161,10 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    max_new_tokens = resolve_max_new_tokens(task, max_new_tokens)
+    check_prompt_format(prompt_format)
+    if scoring not in SCORINGS:
+        raise ValueError(f"evaluate.scoring: must be one of {', '.join(SCORINGS)}, got {scoring!r}")
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}")
     if not problems:
@@ -137,8 +175,9 @@ def evaluate(
             raise ValueError(f"duplicate problem id {p['id']!r} in the test problems of {task.name!r}")
         problems_by_id[p["id"]] = p
 
-    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens)
-    prompts = [task.chat_messages(p) for p in problems]
+    params = SamplingParams(n=1, temperature=0.0, max_new_tokens=max_new_tokens,
+                            stop=task.stop_strings(prompt_format))
+    prompts = student_inputs(task, problems, prompt_format, getattr(backend, "tokenizer", None))
     chunk_size = batch_size or len(prompts)
     records: list[dict[str, Any]] = []
     bar = tqdm(
@@ -171,12 +210,18 @@ def evaluate(
     finally:
         bar.close()
 
-    from cotshape.verify import verify_records
+    if scoring == "paper":
+        graded = [{**rec, **task.paper_verify(problems_by_id[rec["problem_id"]], rec["completion"]).to_dict()}
+                  for rec in records]
+    else:
+        from cotshape.verify import verify_records
 
-    graded = verify_records(task, problems_by_id, records, progress=progress)
+        graded = verify_records(task, problems_by_id, records, progress=progress)
     out = []
     for rec in graded:
         rec = dict(rec)
         rec["gold"] = problems_by_id[rec["problem_id"]]["answer"]
         out.append({k: rec[k] for k in OUTPUT_FIELDS})
-    return out, score(out, code=is_code_task(task))
+    metrics = score(out, code=is_code_task(task))
+    metrics.update(scoring=scoring, prompt_format=prompt_format, max_new_tokens=max_new_tokens)
+    return out, metrics

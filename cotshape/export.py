@@ -1,8 +1,8 @@
 """``cotshape export``: the training sets of one run as a Hugging Face ``DatasetDict`` per task.
 
-Every set the pipeline trained on (H, G, W, P, the step-degraded set and the mixtures) becomes a
-split of the task's ``DatasetDict`` (``mix-0.25`` -> split ``mix_0.25``: split names are words
-and dots). The rows keep TRL's conversational prompt/completion format, so anyone can train on
+Every set the pipeline trained on (H, G, W, P, the step-degraded sets and the mixtures) becomes a
+split of the task's ``DatasetDict`` (``mix-0.25`` -> split ``mix_0.25``, ``step-2`` -> ``step_2``:
+split names are words and dots). The rows keep TRL's conversational prompt/completion format, so anyone can train on
 exactly these sets::
 
     from datasets import load_from_disk
@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import re
 from pathlib import Path
 from typing import Any
 
 from cotshape.errors import InputError
-from cotshape.records import read_ids, read_jsonl, restrict_to_ids
+from cotshape.records import atomic_folder, read_ids, read_jsonl, restrict_to_ids
 
 #: where each task's problems and human solutions come from, per prepare.source, and their license
 SOURCE_LICENSES = {
@@ -49,12 +48,25 @@ def split_name(set_name: str) -> str:
     return set_name.replace("-", "_")
 
 
+def _set_order(name: str) -> tuple[int, float, str]:
+    """H, G, W, P, the step-degraded sets by k, the mixtures by fraction, then anything else."""
+    fixed = ["H", "G", "W", "P", "step"]
+    if name in fixed:
+        return (fixed.index(name), 0.0, name)
+    m = re.fullmatch(r"(step|mix)-(\d+(?:\.\d+)?)", name)
+    if m:
+        return (len(fixed) + (m.group(1) == "mix"), float(m.group(2)), name)
+    return (len(fixed) + 2, 0.0, name)
+
+
 def set_files(sets_dir: Path) -> dict[str, Path]:
-    """The set files of one task's ``data/sets/TASK`` folder, by set name, in training order."""
-    order = ["H", "G", "W", "P", "step"]
+    """The set files of one task's ``data/sets/TASK`` folder, by set name, in training order:
+    ``*.jsonl`` there (H, G, W, P; ``step.jsonl`` of runs before the step_k sweep), the
+    step-degraded sets ``step/step-K.jsonl`` and the mixtures ``mix/mix-F.jsonl``."""
     found = {p.stem: p for p in sorted(sets_dir.glob("*.jsonl"))}
+    found.update({p.stem: p for p in sorted((sets_dir / "step").glob("step-*.jsonl"))})
     found.update({p.stem: p for p in sorted((sets_dir / "mix").glob("mix-*.jsonl"))})
-    return {k: found[k] for k in sorted(found, key=lambda s: (order.index(s) if s in order else len(order), s))}
+    return {k: found[k] for k in sorted(found, key=_set_order)}
 
 
 def _row(rec: dict[str, Any]) -> dict[str, Any]:
@@ -159,9 +171,9 @@ training set. Rows: {balanced}. The DVC md5 is that of the whole set file.
 {chr(10).join(rows)}
 
 - **H**: the human-written solutions; **G** / **W**: teacher samples whose final answer is
-  right / wrong; **P**: H paraphrased by `{params.paraphrase.model}`; **step**: G with
-  {deg.step_k} step(s) corrupted; **mix_F**: {deg.base_set} with a fraction F of completely
-  flawed CoTs (`{deg.flawed_source}`).
+  right / wrong; **P**: H paraphrased by `{params.paraphrase.model}`; **step_K**: {deg.base_set}
+  with K step(s) corrupted (K in {", ".join(map(str, deg.step_k))}); **mix_F**: {deg.base_set} with a
+  fraction F of completely flawed CoTs (`{deg.flawed_source}`).
 - Teacher: `{params.base.teacher}`; student: `{params.base.student}`.
 - Sampling: k = {s.k} per problem, {s.shots} teacher exemplar(s), temperature {s.temperature},
   top-p {s.top_p}, at most {s.max_new_tokens} new tokens.
@@ -201,9 +213,7 @@ def export(repo: str | os.PathLike = ".", out: str | os.PathLike = "export", fmt
         dd = build(sets_dir, ids)
         text = card(task, dd, params, repo, sets_dir, ids, with_configs=fmt == "parquet")
         target = out / task
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{task}.", dir=target.parent))
-        try:
+        with atomic_folder(target) as tmp:
             if fmt == "disk":
                 dd.save_to_disk(str(tmp / "ds"))
                 for p in (tmp / "ds").iterdir():
@@ -214,12 +224,6 @@ def export(repo: str | os.PathLike = ".", out: str | os.PathLike = "export", fmt
                 for split, ds in dd.items():
                     ds.to_parquet(str(tmp / "data" / f"{split}-00000-of-00001.parquet"))
             (tmp / "README.md").write_text(text, encoding="utf-8")
-            if target.exists():
-                shutil.rmtree(target)
-            tmp.rename(target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         written[task] = target
         if push_to_hub:
             from huggingface_hub import DatasetCard

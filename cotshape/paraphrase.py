@@ -11,7 +11,13 @@ fails, ``on_failure`` decides:
   so P has the same problems as H;
 * ``drop`` — the problem is left out of P.
 
-The success rate (problems whose paraphrase verified) goes to ``metrics/paraphrase/TASK.json``.
+The success rate (problems whose paraphrase verified) and ``fallback_share`` (the share of P
+that is H because every attempt failed) go to ``metrics/paraphrase/TASK.json``.
+
+Length: ``max_new_tokens: auto`` gives each problem a budget that follows its human solution
+(:func:`paraphrase_budget`): a fixed 128 tokens cut every long solution, so P silently fell back
+to H (Countdown: 0 of 16 paraphrased). The student paraphrases in ``base.prompt_format`` (a base
+student gets a plain-text request, :func:`paraphrase_prompt`); the teacher always in chat.
 
 Example with a literal "model" that only succeeds on the second attempt::
 
@@ -31,12 +37,27 @@ from collections.abc import Callable
 from typing import Any
 
 from cotshape.errors import InputError
-from cotshape.generation.base import derive_seed
+from cotshape.generation.base import Prompt, derive_seed
 from cotshape.records import training_record
-from cotshape.tasks.base import Messages, Problem, Task
+from cotshape.tasks.base import Messages, Problem, Task, check_prompt_format, special_prefix
 
-#: ``generate(prompts, seeds)``: one completion per prompt, prompt ``i`` sampled with ``seeds[i]``
-GenerateFn = Callable[[list[Messages], list[int]], list[str]]
+#: ``generate(prompts, seeds)``: one completion per prompt, prompt ``i`` sampled with ``seeds[i]``;
+#: with ``max_new_tokens: auto`` it is called as ``generate(prompts, seeds, budget)``
+GenerateFn = Callable[..., list[str]]
+
+#: ``max_new_tokens: auto``: budget = 2 x the human solution's tokens, rounded up to a power of two,
+#: within [AUTO_MIN_TOKENS, AUTO_MAX_TOKENS]. A model restating a solution "step by step, as you
+#: would explain it" writes more than the terse human text (GSM8K's H is ~100 tokens; teacher CoTs
+#: of the same problems run 1.5-2x), and a budget is only a ceiling: a paraphrase that ends earlier
+#: costs nothing more, while one cut short loses its answer and P falls back to H. So the floor is
+#: generous: 1,024 tokens (issue #11: paper-scale paraphrases get at least 1,024), which also lets a
+#: one-line solution (a Countdown expression) be explained step by step; 4,096 is the longest
+#: generation of the authors' scripts (eval_countdown.py). Powers of two keep the number of
+#: generation calls (one per distinct budget) at most three per attempt. The CPU default gives an
+#: integer (128) instead.
+AUTO_FACTOR = 2
+AUTO_MIN_TOKENS = 1024
+AUTO_MAX_TOKENS = 4096
 
 
 def paraphrase_seed(seed: int, problem_id: str, attempt: int) -> int:
@@ -57,6 +78,30 @@ def paraphrase_messages(task: Task, problem: Problem) -> Messages:
     }]
 
 
+def paraphrase_prompt(task: Task, problem: Problem, prompt_format: str = "chat", tokenizer=None) -> Prompt:
+    """The paraphrase request: :func:`paraphrase_messages` in ``chat``; in ``plain`` (a base
+    student) the same request as plain text in the authors' layout, ending where the rewrite
+    starts, after the tokenizer's BOS (:func:`~cotshape.tasks.base.special_prefix`)."""
+    if check_prompt_format(prompt_format) == "chat":
+        return paraphrase_messages(task, problem)
+    return (
+        f"{special_prefix(tokenizer)}Rewrite the correct solution below in your own words, step by step, as you "
+        f"would explain it. Keep exactly the same final answer. {task.instruction}\n\n"
+        f"Problem:\n{problem['question']}\n\nCorrect solution:\n{task.human_completion(problem)}\n\n"
+        "Rewritten solution:"
+    )
+
+
+def paraphrase_budget(n_solution_tokens: int) -> int:
+    """The ``auto`` token budget of a paraphrase of a human solution of ``n_solution_tokens``
+    tokens (see :data:`AUTO_FACTOR`)."""
+    want = max(AUTO_MIN_TOKENS, AUTO_FACTOR * int(n_solution_tokens))
+    budget = AUTO_MIN_TOKENS
+    while budget < want:
+        budget *= 2
+    return min(AUTO_MAX_TOKENS, budget)
+
+
 def paraphrase_set(
     task: Task,
     problems: list[Problem],
@@ -64,14 +109,28 @@ def paraphrase_set(
     retries: int = 1,
     on_failure: str = "keep_original",
     seed: int = 0,
+    prompt_format: str = "chat",
+    tokenizer=None,
+    max_new_tokens: int | str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Paraphrase every problem's H; returns (P records, metrics).
 
     ``generate(prompts, seeds)`` returns one completion per prompt (the pipeline passes the
-    generation backend; tests pass literal functions).
+    generation backend; tests pass literal functions). ``prompt_format`` is the paraphraser's
+    (:func:`paraphrase_prompt`). ``max_new_tokens="auto"``: each problem's budget is
+    :func:`paraphrase_budget` of its human solution's tokens (``tokenizer``), and ``generate``
+    is called once per distinct budget as ``generate(prompts, seeds, budget)``; an integer or
+    None leaves the length to ``generate``.
     """
     if on_failure not in ("keep_original", "drop"):
         raise InputError(f"paraphrase.on_failure must be keep_original or drop, got {on_failure!r}")
+    budgets: dict[str, int] = {}
+    if max_new_tokens == "auto":
+        if tokenizer is None:
+            raise InputError("paraphrase.max_new_tokens: auto needs the paraphraser's tokenizer")
+        for prob in problems:
+            n = len(tokenizer(task.human_completion(prob), add_special_tokens=False)["input_ids"])
+            budgets[prob["id"]] = paraphrase_budget(n)
     done: dict[str, tuple[str, int]] = {}
     pending = list(problems)
     attempts = 0
@@ -79,8 +138,15 @@ def paraphrase_set(
         if not pending:
             break
         attempts += len(pending)
-        outs = generate([paraphrase_messages(task, p) for p in pending],
-                        [paraphrase_seed(seed, p["id"], attempt) for p in pending])
+        groups = [(None, pending)] if not budgets else [
+            (b, [p for p in pending if budgets[p["id"]] == b]) for b in sorted({budgets[p["id"]] for p in pending})]
+        outs_by_id: dict[str, str] = {}
+        for budget, group in groups:
+            args: list[Any] = [[paraphrase_prompt(task, p, prompt_format, tokenizer) for p in group],
+                               [paraphrase_seed(seed, p["id"], attempt) for p in group]]
+            texts = generate(*args) if budget is None else generate(*args, budget)
+            outs_by_id.update({p["id"]: t for p, t in zip(group, texts, strict=True)})
+        outs = [outs_by_id[p["id"]] for p in pending]
         still = []
         for prob, text in zip(pending, outs, strict=True):
             if text.strip() and task.verify(prob, text).correct:
@@ -106,5 +172,11 @@ def paraphrase_set(
         "dropped": n - len(records),
         "generations": attempts,
         "size": len(records),
+        # the share of P that is H (every attempt failed, on_failure: keep_original)
+        "fallback_share": sum(1 for r in records if not r["paraphrased"]) / len(records) if records else 0.0,
+        "prompt_format": prompt_format,
+        "max_new_tokens": max_new_tokens,
     }
+    if budgets:
+        metrics["budget_min"], metrics["budget_max"] = min(budgets.values()), max(budgets.values())
     return records, metrics

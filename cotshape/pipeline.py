@@ -20,7 +20,8 @@ from typing import Any
 from cotshape.config import Params, load_params
 from cotshape.errors import CotshapeError, StageError, configure_logging, debug_enabled
 
-__all__ = ["PARAMS_FILE", "SKIPPED", "StageError", "load_backend", "params", "report_user_error", "stage_main"]
+__all__ = ["PARAMS_FILE", "SKIPPED", "StageError", "generate_with_progress", "load_backend", "params", "report_user_error",
+           "stage_main"]
 
 PARAMS_FILE = os.environ.get("COTSHAPE_PARAMS", "params.yaml")
 #: written into an SFT output folder instead of a model when the training set was empty
@@ -40,12 +41,24 @@ def stage_main(fn: Callable[[list[str] | None], Any]) -> Callable[[list[str] | N
         except CotshapeError as e:
             # only the project's own errors: a KeyError or ValueError from elsewhere is a bug
             # and keeps its traceback
+            _end_stage_runs(e)
             report_user_error(e)
             return 2
+        except BaseException as e:
+            _end_stage_runs(e)
+            raise
+        _end_stage_runs(None)
         print(f"[{Path(sys.argv[0]).stem}] done in {time.time() - t0:.1f}s", file=sys.stderr)
         return 0
 
     return wrapper
+
+
+def _end_stage_runs(error: BaseException | None) -> None:
+    """End the MLflow run the stage began (``cotshape.tracking.begin_stage``), if any."""
+    tracking = sys.modules.get("cotshape.tracking")
+    if tracking is not None:
+        tracking.end_stage_runs(error)
 
 
 def report_user_error(e: BaseException) -> None:
@@ -61,8 +74,51 @@ def params() -> Params:
     return load_params(PARAMS_FILE)
 
 
-def load_backend(p: Params, model_path, batch_size: int, name: str = "transformers", **kw):
-    """A generation backend on the params' device and dtype (``base.device``, ``base.dtype``)."""
+def load_backend(p: Params, model_path, batch_size: int, **kw):
+    """The generation backend ``base.backend`` on the params' device and dtype (``base.device``,
+    ``base.dtype``): one choice for every generating stage (sample, evaluate, paraphrase, the
+    model-written flawed CoTs of degrade).
+
+    vLLM gets ``sample.tensor_parallel_size`` and ``base.seed`` (``batch_size`` is the
+    transformers backend's: vLLM schedules its own batches) and loads folders only: for a LoRA
+    SFT output folder the adapter is merged onto its base model into a temporary folder first
+    (:func:`~cotshape.generation.vllm_backend.merged_lora_folder`, removed when the backend is
+    closed or the process ends). The transformers backend takes an SFT model already loaded
+    and merged in memory through ``model=`` / ``tokenizer=`` (the evaluate stage does this).
+    """
     from cotshape.generation import get_backend
 
+    name = p.base.backend
+    if name == "vllm":
+        from cotshape.generation.vllm_backend import import_vllm, merged_lora_folder
+
+        import_vllm()  # name the missing extra before any merging
+        owned = merged_lora_folder(model_path, dtype=p.base.dtype)  # None unless a LoRA SFT folder
+        if owned is not None:
+            model_path, kw["owned_dir"] = owned.name, owned
+        kw = {"tensor_parallel_size": p.sample.tensor_parallel_size, "seed": p.base.seed, **kw}
     return get_backend(name, str(model_path), device=p.base.device, dtype=p.base.dtype, batch_size=batch_size, **kw)
+
+
+def generate_with_progress(backend, prompts: list, params, desc: str, seeds: list[int] | None = None,
+                           show: bool = True) -> list:
+    """``backend.generate(prompts, params, seeds=seeds)`` with a progress bar: prompts done, their
+    rate and ETA, and generated tokens per second (as the sampling job shows). For stages that
+    hand a whole set to the backend in one call (paraphrase, model-written flawed CoTs)."""
+    import time as _time
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not show or not prompts, dynamic_ncols=True)
+    tokens, t0 = 0, _time.perf_counter()
+
+    def on_tokens(n: int) -> None:
+        nonlocal tokens
+        tokens += n
+        bar.set_postfix(tok_s=f"{tokens / max(_time.perf_counter() - t0, 1e-9):.0f}", refresh=False)
+
+    try:
+        return backend.generate(prompts, params, progress=on_tokens, seeds=seeds,
+                                on_result=lambda i, comps: bar.update(1))
+    finally:
+        bar.close()

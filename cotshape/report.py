@@ -208,6 +208,31 @@ def _ci(m: dict[str, Any] | None) -> str:
     return f"[{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
 
 
+def _checkpoint_section(metrics_dir: Path, tasks: Sequence[str], sets: Sequence[str],
+                        checkpoints: Sequence[int]) -> str:
+    """Accuracy [95 % CI] of each intermediate checkpoint (``sft.save_steps``) next to the final
+    model; "" without checkpoints. A step the run never reached shows as n/a."""
+    if not checkpoints:
+        return ""
+    steps = sorted(int(n) for n in checkpoints)
+    parts = ["## Intermediate checkpoints", "",
+             "Accuracy [95 % CI] of the checkpoints saved after the listed optimizer steps (`sft.save_steps`), "
+             "greedy, on the same test problems; n/a: the run ended before that step.", ""]
+    for t in tasks:
+        rows = []
+        for s in sets:
+            cells = []
+            for n in steps:
+                ev = _read_optional(metrics_dir / "eval" / "checkpoints" / f"{t}-{s}-step-{n}.json")
+                cells.append(NA if _skipped(ev) else DASH if ev is None else f"{_pct(ev.get('accuracy'))} {_ci(ev)}")
+            final = _read_optional(metrics_dir / "eval" / f"{t}-{s}.json")
+            cells.append(NA if _skipped(final) else DASH if final is None
+                         else f"{_pct(final.get('accuracy'))} {_ci(final)}")
+            rows.append([s, *cells])
+        parts += [f"### {t}", "", _table(["set", *(f"step {n}" for n in steps), "final"], rows), ""]
+    return "\n".join(parts)
+
+
 def _accuracy_section(m: _Metrics, tasks: Sequence[str], sets: Sequence[str],
                       comparisons: dict[str, Any] | None = None) -> str:
     parts = [
@@ -384,6 +409,7 @@ def _data_section(m: _Metrics, tasks: Sequence[str]) -> str:
         "W selected",
         "teacher accuracy",
         "paraphrase success",
+        "P fell back to H",
     ]
     rows = []
     for t in tasks:
@@ -401,6 +427,7 @@ def _data_section(m: _Metrics, tasks: Sequence[str]) -> str:
                 _int(sel.get("selected_W")),
                 _pct(ver.get("teacher_accuracy", ver.get("accuracy"))),
                 _pct(par.get("success_rate")),
+                _pct(par.get("fallback_share")) if par.get("fallback_share") is not None else NA,
             ]
         )
     return "\n".join(
@@ -408,7 +435,9 @@ def _data_section(m: _Metrics, tasks: Sequence[str]) -> str:
             "## Training data",
             "",
             "Teacher samples per training problem, split by the verifier into correct (G) and wrong (W); "
-            "the paraphrase success rate is the share of paraphrases that kept the final answer.",
+            "the paraphrase success rate is the share of paraphrases that kept the final answer; where a "
+            "paraphrase failed, P holds the human solution instead (`paraphrase.on_failure: keep_original`): "
+            "the share of P that fell back to H.",
             "",
             _table(header, rows),
             "",
@@ -778,6 +807,7 @@ def build_report(
     claims: dict[str, Any] | None = None,
     comparisons: dict[str, Any] | None = None,
     notes: Sequence[str] = (),
+    checkpoints: Sequence[int] = (),
 ) -> Path:
     """Write the report (see the module docstring) and return the path of ``summary.md``.
 
@@ -786,6 +816,8 @@ def build_report(
     ``context`` (e.g. ``{"teacher": ..., "student": ...}``) is listed in the intro, ``notes``
     (what the run is and is not) right after it. ``claims`` (:func:`cotshape.claims.judge_run`)
     opens the report; ``comparisons`` adds the paired differences to the accuracy tables.
+    ``checkpoints`` (``sft.save_steps``) adds a table of the intermediate checkpoints' accuracy
+    (``eval/checkpoints/{task}-{set}-step-{n}.json``).
     """
     if not tasks:
         raise ValueError("tasks is empty: nothing to report")
@@ -817,18 +849,18 @@ def build_report(
         intro += [_claims_section(claims)]
     intro += ["**Headlines**", "", *_headlines(m, tasks, trained, comparisons), "", "![accuracy](accuracy.png)", ""]
 
-    text = "\n".join(
-        [
-            "\n".join(intro),
-            _accuracy_section(m, tasks, trained, comparisons),
-            _mixture_section(m, tasks, curve),
-            _closeness_section(m, tasks, trained),
-            _training_section(m, tasks, trained),
-            _data_section(m, tasks),
-            _steps_section(tasks, comparisons),
-            HOW_TO_READ,
-        ]
-    )
+    sections = [
+        "\n".join(intro),
+        _accuracy_section(m, tasks, trained, comparisons),
+        _checkpoint_section(metrics_dir, tasks, sets, checkpoints),
+        _mixture_section(m, tasks, curve),
+        _closeness_section(m, tasks, trained),
+        _training_section(m, tasks, trained),
+        _data_section(m, tasks),
+        _steps_section(tasks, comparisons),
+        HOW_TO_READ,
+    ]
+    text = "\n".join(x for x in sections if x)  # a section with nothing to show is left out
 
     # plots and CSVs first, summary last: a summary on disk means the whole report was written
     out_dir.mkdir(parents=True, exist_ok=True)

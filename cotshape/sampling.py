@@ -3,7 +3,9 @@
 For every problem, ``k`` completions of the task's chat prompt. One output record per sample::
 
     {"id": "<problem_id>#<j>", "problem_id", "sample_index": j, "task", "prompt" (the chat
-     messages), "completion", "num_tokens", "finish_reason", "teacher", "seed"}
+     messages), "completion", "num_tokens", "finish_reason", "teacher", "seed", "backend"}
+
+(``backend``: the generation backend that drew the sample, ``base.backend`` in the pipeline.)
 
 Determinism, precisely: sample ``j`` of problem ``p`` draws from its own generator seeded with
 ``derive_seed(derive_seed(seed, p), j)`` (stored as ``seed``), so a resumed or sharded run draws
@@ -185,7 +187,8 @@ def _write_partial(path: Path, fp: str, args: dict[str, Any], recs: list[dict[st
     write_jsonl(path, [{"fingerprint": fp, "args": args}, *recs])
 
 
-def _record(task: Task, problem: Problem, j: int, c: Completion, teacher: str, pseed: int) -> dict[str, Any]:
+def _record(task: Task, problem: Problem, j: int, c: Completion, teacher: str, pseed: int,
+            backend: str = "") -> dict[str, Any]:
     return {
         "id": f"{problem['id']}#{j}",
         "problem_id": problem["id"],
@@ -197,6 +200,7 @@ def _record(task: Task, problem: Problem, j: int, c: Completion, teacher: str, p
         "finish_reason": c.finish_reason,
         "teacher": teacher,
         "seed": derive_seed(pseed, j),
+        "backend": backend,
     }
 
 
@@ -287,7 +291,7 @@ def _sample_into(task, todo, backend, k, params, part, teacher, have, chunk_size
             def on_result(i: int, comps: list[Completion], chunk=chunk, seeds=seeds) -> None:
                 p = chunk[i]
                 lines = [
-                    json.dumps(_record(task, p, j, c, teacher, seeds[i]), ensure_ascii=False)
+                    json.dumps(_record(task, p, j, c, teacher, seeds[i], getattr(backend, "name", "")), ensure_ascii=False)
                     for j, c in enumerate(comps)
                     if j not in have.get(p["id"], ())
                 ]

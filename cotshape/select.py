@@ -11,8 +11,11 @@ Policy (documented in the README too):
   could be found (``parsed=False``, typically cut at ``max_new_tokens``) are not "wrong answers"
   and are used for neither set; nor are samples whose grading failed (reason starting with
   ``verifier error``: the verifier raised, the gold answer was unusable, the sandbox was down).
-  Among W candidates, CoTs that ended on their own are preferred to ones cut at
-  ``max_new_tokens`` (whose answer was only found by a fallback such as the last number).
+* Truncated CoTs (``finish_reason: length``, cut at ``max_new_tokens``) are used for neither
+  set unless ``allow_truncated=True`` (``select.allow_truncated``): a cut CoT's "answer" is
+  often only the last number of the cut text. The counts report how many samples were excluded
+  as truncated (``excluded_truncated``). With ``allow_truncated=True``, W candidates that ended
+  on their own are still preferred to truncated ones.
 * A problem with no G candidate is absent from G; with no W candidate, absent from W.
 * ``balance=True`` keeps only problems that have both, so G and W cover exactly the same
   problems and have the same size.
@@ -68,6 +71,8 @@ def _type_problem(rec: Any) -> str | None:
             return f"field {key!r} must be true or false, got {rec[key]!r:.80}"
     if rec["correct"] and not rec["parsed"]:
         return "correct is true but parsed is false (a correct answer must have parsed)"
+    if rec.get("finish_reason") not in ("stop", "length", None):
+        return f"field 'finish_reason' must be stop or length, got {rec['finish_reason']!r:.80}"
     if not isinstance(rec.get("reason", ""), (str, type(None))):
         return f"field 'reason' must be a string, got {rec['reason']!r:.80}"
     return None
@@ -114,6 +119,7 @@ def select_gw(
     seed: int = 0,
     balance: bool = False,
     max_verifier_errors: float | None = None,
+    allow_truncated: bool = False,
 ) -> tuple[dict[str, list[dict[str, Any]]], dict[str, int]]:
     """Pick one G and one W sample per problem.
 
@@ -141,9 +147,13 @@ def select_gw(
 
     out: dict[str, list[dict[str, Any]]] = {"G": [], "W": []}
     counts = {"problems": len(problem_ids), "samples": len(verified), "with_correct": 0,
-              "with_wrong": 0, "with_both": 0, "with_unparsed_only": 0}
+              "with_wrong": 0, "with_both": 0, "with_unparsed_only": 0,
+              "truncated": sum(r.get("finish_reason") == "length" for r in verified), "excluded_truncated": 0}
     for pid in problem_ids:
         samples = sorted(by_problem.get(pid, []), key=lambda r: r["sample_index"])
+        if not allow_truncated:
+            counts["excluded_truncated"] += sum(r.get("finish_reason") == "length" for r in samples)
+            samples = [r for r in samples if r.get("finish_reason") != "length"]
         good = [r for r in samples if r["correct"]]
         bad = [r for r in samples if not r["correct"] and r["parsed"]
                and not str(r.get("reason", "")).startswith(VERIFIER_ERROR)]

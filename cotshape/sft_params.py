@@ -15,12 +15,16 @@ from typing import Any
 _METHODS = ("lora", "full")
 _DTYPES = ("auto", "float32", "bfloat16")
 _LAUNCHERS = ("none", "ddp", "fsdp", "deepspeed")
+_PRECISIONS = ("amp", "bf16")
 
 
 def _f(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
-       max: float | None = None) -> Any:
+       max: float | None = None, default_factory: Any = None) -> Any:
     # the same metadata as cotshape.config's fields: the params validator checks choices and bounds
-    return field(default=default, metadata={"help": help, "choices": choices, "min": min, "max": max})
+    meta = {"help": help, "choices": choices, "min": min, "max": max}
+    if default_factory is not None:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
@@ -31,7 +35,19 @@ class SFTParams:
     epochs: float = _f(2.0, "passes over the training set (fractions allowed)", max=10_000)
     learning_rate: float = _f(2e-4, "peak AdamW learning rate (linear decay after warmup)")
     batch_size: int = _f(8, "examples per device per micro-step", min=1, max=65_536)
-    grad_accum: int = _f(1, "micro-steps accumulated per optimizer step", min=1, max=65_536)
+    grad_accum: int | str = _f(1, "micro-steps accumulated per optimizer step, or auto: sft.effective_batch_size / "
+                                  "(batch_size x num_processes), which must divide evenly")
+    effective_batch_size: int | None = _f(None, "sequences per optimizer step over all processes and machines "
+                                          "(batch_size x grad_accum x num_processes); null: not enforced. When set, "
+                                          "a grad_accum that gives another number is refused; set it to null to change the recipe on purpose")
+    precision: str = _f("amp", "amp (fp32 master weights, bf16 autocast where sft.dtype resolves to bfloat16) | bf16 "
+                        "(the weights themselves in bf16, optimizer states too, as the authors' sft.py ran: "
+                        "torch_dtype=bfloat16 with bf16=True; needs sft.dtype auto or bfloat16)",
+                        choices=("amp", "bf16"))
+    save_steps: list[int] = _f(None, "optimizer steps after which an intermediate checkpoint is saved to "
+                               "<out>/checkpoints/step-<N> (loadable like the final model); a step the run "
+                               "does not reach gets a folder with only SKIPPED.json; [] saves none",
+                               min=1, default_factory=list)
     max_length: int = _f(512, "prompt + completion tokens kept per example (the rest is cut)", min=1, max=1_048_576)
     warmup_ratio: float = _f(0.1, "fraction of the optimizer steps spent warming the learning rate up, in [0, 1)")
     weight_decay: float = _f(0.0, "AdamW weight decay")
@@ -61,8 +77,8 @@ class SFTParams:
         for key in ("gradient_checkpointing", "padding_free"):
             if not isinstance(getattr(self, key), bool):
                 raise bad(key, "true or false")
-        ints = ("batch_size", "grad_accum", "max_length", "lora_r", "lora_alpha", "num_processes",
-                "num_machines", "logging_steps")
+        ints = ("batch_size", "max_length", "lora_r", "lora_alpha", "num_processes",
+                "num_machines", "logging_steps") + (() if self.grad_accum == "auto" else ("grad_accum",))
         for key in ints:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -87,6 +103,58 @@ class SFTParams:
                 f"sft.launcher: 'none' runs one process, but sft.num_processes={self.num_processes} and "
                 f"sft.num_machines={self.num_machines}; choose ddp | fsdp | deepspeed"
             )
+        if self.precision not in _PRECISIONS:
+            raise bad("precision", "one of " + ", ".join(_PRECISIONS))
+        if self.precision == "bf16" and self.dtype == "float32":
+            raise ValueError("sft.precision: bf16 keeps the weights in bfloat16, but sft.dtype is float32; "
+                             "set sft.dtype: bfloat16 (or auto), or sft.precision: amp")
+        if not isinstance(self.save_steps, list) or any(
+                isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.save_steps):
+            raise bad("save_steps", "a list of optimizer steps (integers >= 1), e.g. [100, 200]")
+        if len(set(self.save_steps)) != len(self.save_steps):
+            raise bad("save_steps", "a list without repeats")
+        if self.max_steps != -1 and any(s > self.max_steps for s in self.save_steps):
+            raise ValueError(f"sft.save_steps: {self.save_steps} has a step after sft.max_steps={self.max_steps}; "
+                             "that checkpoint would never be written")
+        self._resolve_batch()
+
+    @property
+    def world_size(self) -> int:
+        """Training processes in all: accelerate's --num_processes counts every process of every
+        machine (16 processes on 2 machines run 8 per machine), so num_machines does not multiply."""
+        return self.num_processes
+
+    @property
+    def sequences_per_step(self) -> int:
+        """Sequences in one optimizer step: batch_size x grad_accum x processes (after ``auto``)."""
+        return self.batch_size * int(self.grad_accum) * self.world_size
+
+    def _resolve_batch(self) -> None:
+        """``grad_accum: auto`` -> the accumulation that gives ``effective_batch_size``; a given
+        grad_accum is checked against it. Both refusals name the keys to change."""
+        eff = self.effective_batch_size
+        if eff is not None and (isinstance(eff, bool) or not isinstance(eff, int) or eff < 1):
+            raise ValueError(f"sft.effective_batch_size: must be null or an integer >= 1, got {eff!r}")
+        per_micro_step = self.batch_size * self.world_size
+        formula = (f"sft.batch_size={self.batch_size} x sft.num_processes={self.num_processes} "
+                   f"(all processes of all {self.num_machines} machine(s))")
+        if self.grad_accum == "auto":
+            if eff is None:
+                raise ValueError("sft.grad_accum: auto derives the accumulation from sft.effective_batch_size, "
+                                 "which is null; set sft.effective_batch_size or an integer sft.grad_accum")
+            if eff % per_micro_step:
+                raise ValueError(
+                    f"sft.grad_accum: auto cannot reach sft.effective_batch_size={eff}: {formula} = "
+                    f"{per_micro_step} sequences per micro-step does not divide it; change sft.batch_size "
+                    f"or sft.num_processes, or give sft.grad_accum with sft.effective_batch_size: null")
+            self.grad_accum = eff // per_micro_step
+            return
+        if eff is not None and self.sequences_per_step != eff:
+            raise ValueError(
+                f"sft.grad_accum: {formula} x sft.grad_accum={self.grad_accum} = {self.sequences_per_step} "
+                f"sequences per optimizer step, but sft.effective_batch_size={eff}; set sft.grad_accum: auto, "
+                f"or sft.effective_batch_size: null to train with "
+                f"{self.sequences_per_step} on purpose")
 
     @classmethod
     def help(cls) -> dict[str, str]:

@@ -38,6 +38,13 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+GENERATIONS_N = 20  # rows per set in a run's generations table
+COMPLETION_CHARS = 2000  # a completion is cut here in that table
+# an input larger than this (md5 at ~300-600 MB/s: about 1 s) is hashed by its file listing
+# (input.<path>.stat); by size, not by time, so the same folder gets the same kind of tag every run
+HASH_MAX_BYTES = 256 << 20
+SFT_RUN_FILE = "mlflow_run.json"  # in an SFT output folder: the MLflow run that trained it
+_RUN_FILES = frozenset({SFT_RUN_FILE, f".{SFT_RUN_FILE}.tmp"})
 CONNECT_TIMEOUT = 5.0  # seconds an unreachable store may cost a stage
 _WARNED: set[str] = set()  # URIs already warned about in this process
 
@@ -148,6 +155,8 @@ class TrackedRun:
         self.name = name
         #: everything logged to this run, kept locally whatever happens to the server
         self.history: dict[str, Any] = {"name": name, "params": {}, "tags": {}, "metrics": [], "artifacts": []}
+        #: rows of the generations table (:meth:`log_generations`), written when the run ends
+        self.generations: list[dict[str, Any]] = []
 
     @property
     def active(self) -> bool:
@@ -158,27 +167,82 @@ class TrackedRun:
 
         flat = _flatten(params)
         self.history["params"].update(flat)
-        # MLflow caps a param value at 6000 characters
-        self._call(lambda c: c.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()]))
+        # MLflow caps a param value at 6000 characters, a key at 250, a batch at 100 params
+        batch = [Param(_key(k)[:250], str(v)[:6000]) for k, v in flat.items()]
+        for i in range(0, len(batch), 100):
+            self._call(lambda c, b=batch[i:i + 100]: c.log_batch(self.run_id, params=b))
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         """Log the finite numeric entries of ``metrics`` (others are skipped: MLflow takes floats)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        clean = {_key(k): float(v) for k, v in metrics.items()
+        clean = {_key(k)[:250]: float(v) for k, v in _flatten(metrics).items()  # nested: "a.b"
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
         self.history["metrics"].append({"step": step, **clean})
         batch = [Metric(k, v, now, step or 0) for k, v in clean.items()]
-        self._call(lambda c: c.log_batch(self.run_id, metrics=batch))
+        for i in range(0, len(batch), 1000):  # MLflow's batch limit
+            self._call(lambda c, b=batch[i:i + 1000]: c.log_batch(self.run_id, metrics=b))
 
     def log_artifact(self, path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self.history["artifacts"].append(str(path))
         self._call(lambda c: c.log_artifact(self.run_id, str(path), artifact_path))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self.history["tags"].update({k: str(v) for k, v in tags.items()})
-        self._call(lambda c: [c.set_tag(self.run_id, k, str(v)) for k, v in tags.items()])
+        from mlflow.entities import RunTag
+
+        clean = {_key(k)[:250]: str(v)[:8000] for k, v in tags.items() if v is not None}
+        self.history["tags"].update(clean)
+        batch = [RunTag(k, v) for k, v in clean.items()]
+        for i in range(0, len(batch), 100):  # one request per 100 tags, not one per tag
+            self._call(lambda c, b=batch[i:i + 100]: c.log_batch(self.run_id, tags=b))
+
+    def log_dataset(self, path: str | os.PathLike, context: str = "input", name: str | None = None,
+                    digest: str | None = None) -> None:
+        """Log the file ``path`` as an MLflow dataset input of this run (a meta dataset: name,
+        digest = its DVC-style md5, source = the local path, profile = row count and columns of a
+        JSONL file; the file itself is not uploaded). ``context``: training, evaluation, input..."""
+        if not self.active:
+            return
+        try:
+            entity = _dataset_entity(Path(path), name or str(path), digest)
+        except OSError:
+            return
+        self.history.setdefault("datasets", []).append({"name": entity.name, "digest": entity.digest,
+                                                        "context": context})
+        from mlflow.entities import DatasetInput, InputTag
+
+        self._call(lambda c: c.log_inputs(self.run_id, datasets=[
+            DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)])]))
+
+    def log_generations(self, records: list[dict[str, Any]], set: str | None = None,
+                        n: int | None = None) -> None:
+        """Keep the first ``n`` (default :data:`GENERATIONS_N`) of ``records`` (sample, paraphrase,
+        training or evaluation records) as rows of the run's ``generations.json`` table artifact:
+        set, prompt id, completion (cut at :data:`COMPLETION_CHARS`), and correct/extracted/
+        finish_reason where the records have them. Written once, when the run ends."""
+        for r in records[: GENERATIONS_N if n is None else n]:
+            text = str(r.get("completion", ""))
+            row = {"set": set or r.get("set") or "", "prompt_id": str(r.get("id") or r.get("problem_id") or ""),
+                   "problem_id": str(r.get("problem_id", "")),
+                   "completion": text[:COMPLETION_CHARS] + ("..." if len(text) > COMPLETION_CHARS else "")}
+            for k in ("sample_index", "correct", "parsed", "extracted", "finish_reason"):
+                row[k] = None if r.get(k) is None else str(r[k]) if k == "extracted" else r[k]
+            self.generations.append(row)
+
+    def _flush_generations(self) -> None:
+        if not self.generations:
+            return
+        self.history["generations"] = len(self.generations)
+        columns = {k: [row.get(k) for row in self.generations] for k in self.generations[0]}
+
+        def log(c):
+            with warnings.catch_warnings():  # pandas' dtype deprecation notes from inside log_table
+                warnings.simplefilter("ignore", DeprecationWarning)
+                warnings.simplefilter("ignore", FutureWarning)
+                c.log_table(self.run_id, data=columns, artifact_file="generations.json")
+
+        self._call(log)
 
     def callback(self):
         """A ``transformers.TrainerCallback`` sending each training log (loss, learning rate,
@@ -287,7 +351,7 @@ class Tracker:
             params: dict[str, Any] | None = None) -> Iterator[TrackedRun]:
         """Start a run (ended FINISHED, or FAILED if the block raises) and yield it. The git
         commit and DVC revision tags are added when ``tags`` lacks them (see :func:`run_tags`)."""
-        tags = {**run_tags(), **{k: str(v) for k, v in (tags or {}).items() if v is not None},
+        tags = {**run_tags(), **{_key(k)[:250]: str(v)[:8000] for k, v in (tags or {}).items() if v is not None},
                 "cotshape.host": socket.gethostname(), "cotshape.pid": str(os.getpid())}
         run_id = None
         exp_id = self._connect()
@@ -307,6 +371,7 @@ class Tracker:
             yield run
             status = "FINISHED"
         finally:
+            run._flush_generations()
             run._call(lambda c: c.set_terminated(run.run_id, status=status))
             if not self.enabled and self.fallback_dir is not None:
                 self.fallback_dir.mkdir(parents=True, exist_ok=True)
@@ -341,3 +406,226 @@ def _loss_callback(run: TrackedRun):
                 run.log_metrics(logs, step=state.global_step)
 
     return MLflowLossCallback()
+
+
+# --- one run per stage -------------------------------------------------------------------------
+#
+#     run = begin_stage("verify", p, task=args.task, sections=(), inputs=[args.problems, args.samples],
+#                       outputs=[args.out, args.metrics])
+#     ...                                   # the stage's work; run.log_metrics / log_generations
+#
+# stage_main (cotshape/pipeline.py) ends the run: FINISHED with its outputs' hashes, or FAILED.
+# ``with stage_run(...) as run:`` is the same as a context manager.
+
+_STAGE_RUNS: list[Any] = []  # stage_run context managers begun by begin_stage, ended by end_stage_runs
+
+
+def md5_file(path: str | os.PathLike) -> str:
+    """The md5 of a file's bytes (as DVC 3 computes it)."""
+    import hashlib
+
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def path_hash(path: str | os.PathLike, max_bytes: int = HASH_MAX_BYTES) -> tuple[str, str] | None:
+    """``("md5", hash)`` of a file or folder in DVC's style, or ``("stat", hash)`` when it holds
+    more than ``max_bytes`` (model folders: a full md5 would take over a second); None when
+    ``path`` does not exist.
+
+    File: md5 of its bytes. Folder: md5 of the JSON list of ``{"md5", "relpath"}`` of its files
+    (sorted by relative path) + ``.dir``, as DVC hashes a directory. The ``stat`` variant hashes
+    the list of ``{"relpath", "size", "mtime_ns"}`` instead: cheap, and it changes whenever a file
+    is rewritten, but it is not DVC's hash."""
+    import hashlib
+
+    p = Path(path)
+    if not p.exists():
+        return None
+    # the run file is local MLflow state, not part of the result (.dvcignore leaves it out of DVC's hash too)
+    files = [p] if p.is_file() else sorted((f for f in p.rglob("*") if f.is_file() and f.name not in _RUN_FILES),
+                                           key=lambda f: f.relative_to(p).as_posix())
+    if sum(f.stat().st_size for f in files) <= max_bytes:
+        if p.is_file():
+            return "md5", md5_file(p)
+        entries = [{"md5": md5_file(f), "relpath": f.relative_to(p).as_posix()} for f in files]
+        return "md5", hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
+    listing = [{"relpath": f.relative_to(p).as_posix() if f != p else p.name, "size": f.stat().st_size,
+                "mtime_ns": f.stat().st_mtime_ns} for f in files]
+    return "stat", hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest()
+
+
+def hash_tags(kind: str, paths: list[str | os.PathLike], cache: dict[str, tuple[str, str]] | None = None
+              ) -> dict[str, str]:
+    """``{"<kind>.<path>.md5" | "<kind>.<path>.stat": hash}`` for the existing ``paths``."""
+    tags = {}
+    for path in paths:
+        h = path_hash(path)
+        if h is None:
+            continue
+        if cache is not None:
+            cache[str(path)] = h
+        tags[f"{kind}.{Path(path).as_posix()}.{h[0]}"] = h[1]
+    return tags
+
+
+def stage_params(p: Any, sections: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """The params.yaml values a stage depends on, flattened: ``("sft", "base.seed")`` ->
+    ``{"sft.learning_rate": ..., ..., "base.seed": 0}`` (the keys of its dvc.yaml ``params``)."""
+    import dataclasses
+
+    out: dict[str, Any] = {}
+    missing = object()
+    for name in sections:
+        value: Any = p
+        for part in name.split("."):
+            value = getattr(value, part, missing)  # a key renamed since: skipped, never an error
+        if value is missing:
+            continue
+        if dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)
+        if isinstance(value, dict):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _dataset_entity(path: Path, name: str, digest: str | None):
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.data.sources import LocalArtifactDatasetSource
+    from mlflow.entities import Dataset
+
+    if digest is None:
+        h = path_hash(path)
+        if h is None:
+            raise FileNotFoundError(path)
+        digest = h[1]
+    profile: dict[str, Any] = {}
+    if path.is_file() and path.suffix == ".jsonl":
+        rows, columns = 0, None
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.strip():
+                    rows += 1
+                    if columns is None:
+                        try:
+                            columns = list(json.loads(line))
+                        except (ValueError, TypeError):
+                            columns = []
+        profile = {"num_rows": rows, "columns": columns or []}
+    meta = MetaDataset(LocalArtifactDatasetSource(str(path.resolve())), name=name, digest=digest[:36])
+    e = meta._to_mlflow_entity()
+    return Dataset(name=e.name, digest=e.digest, source_type=e.source_type, source=e.source,
+                   schema=e.schema, profile=json.dumps(profile) if profile else None)
+
+
+@contextmanager
+def stage_run(stage: str, p: Any = None, *, task: str | None = None, set: str | None = None,
+              sections: tuple[str, ...] | list[str] = (), inputs: list[str | os.PathLike] = (),
+              outputs: list[str | os.PathLike] = (), datasets: dict[str, str] | None = None,
+              tags: dict[str, Any] | None = None, name: str | None = None,
+              tracker: Tracker | None = None) -> Iterator[TrackedRun]:
+    """One MLflow run for one execution of a pipeline stage, named ``stage@task-set``.
+
+    Tags: ``stage``, ``task``, ``set``, student/teacher (``p.base``), git commit / DVC revision,
+    ``input.<path>.md5`` (or ``.stat``, see :func:`path_hash`) for every input and, when the
+    block ends without error, ``output.<path>.md5`` for every output. Params: the ``sections`` of
+    ``p`` (:func:`stage_params`). Dataset inputs: ``datasets`` ``{path: context}``; by default
+    every ``.jsonl`` input, context ``input``. Tracking off or broken: a no-op run, no hashing."""
+    if tracker is None:
+        tracker = Tracker(p.tracking.experiment, p.tracking.tracking_uri) if p is not None else Tracker()
+    label = "-".join(str(x) for x in (task, set) if x is not None)
+    name = name or (f"{stage}@{label}" if label else stage)
+    base = getattr(p, "base", None)
+    all_tags = run_tags(task=task, set=set, student=getattr(base, "student", None),
+                        teacher=getattr(base, "teacher", None), stage=stage, **(tags or {}))
+    with tracker.run(name, tags=all_tags, params=stage_params(p, sections) if p is not None else None) as run:
+        if run.active:
+            hashes: dict[str, tuple[str, str]] = {}
+            run.set_tags(hash_tags("input", list(inputs), hashes))
+            chosen = datasets if datasets is not None else {str(x): "input" for x in inputs if str(x).endswith(".jsonl")}
+            for path, context in chosen.items():
+                h = hashes.get(str(path))
+                run.log_dataset(path, context, digest=h[1] if h else None)
+        yield run
+        if run.active:
+            run.set_tags(hash_tags("output", list(outputs)))
+
+
+def begin_stage(stage: str, p: Any = None, **kw: Any) -> TrackedRun:
+    """Start :func:`stage_run` for a stage script without indenting its body; ``stage_main``
+    (or :func:`end_stage_runs`) ends it: FINISHED, or FAILED when the stage raised."""
+    cm = stage_run(stage, p, **kw)
+    run = cm.__enter__()
+    _STAGE_RUNS.append(cm)
+    return run
+
+
+def end_stage_runs(error: BaseException | None = None) -> None:
+    """End the runs :func:`begin_stage` started, newest first (FAILED when ``error`` is given)."""
+    while _STAGE_RUNS:
+        cm = _STAGE_RUNS.pop()
+        try:
+            if error is None:
+                cm.__exit__(None, None, None)
+            else:
+                cm.__exit__(type(error), error, error.__traceback__)
+        except BaseException as e:  # the same error re-raised by the generator, or tracking broke
+            if e is not error:
+                warnings.warn(f"ending the MLflow run failed: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
+
+
+def write_run_file(folder: str | os.PathLike, run: TrackedRun, tracker_uri: str | None = None) -> Path | None:
+    """Record ``run`` in ``folder/mlflow_run.json`` (atomically), so that a later stage reading
+    the folder (evaluate scoring an SFT output) can link its run to this one. Nothing without a run.
+
+    The file is local MLflow state, not a result: ``.dvcignore`` keeps it out of the folder's DVC
+    hash (so a retrained model with identical weights keeps its hash) and out of the cache and
+    remotes. It records the folder's own hash (:func:`path_hash`, the run file left out), so
+    that :func:`read_run_file` ignores it once the folder holds another model (a ``dvc checkout``
+    of another experiment leaves an ignored file in place)."""
+    if run.run_id is None or not Path(folder).is_dir():
+        return None
+    path = Path(folder) / SFT_RUN_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps({"run_id": run.run_id, "run_name": run.name,
+                               "tracking_uri": tracker_uri or run._tracker.uri,
+                               "experiment": run._tracker.experiment,
+                               "folder_hash": list(path_hash(folder) or ())}, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def read_run_file(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The run recorded by :func:`write_run_file` in ``folder``, or None: no file, an unreadable
+    one, or one written for other contents of the folder (stale)."""
+    path = Path(folder) / SFT_RUN_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(data, dict) and data.get("run_id")):
+        return None
+    return data if data.get("folder_hash") == list(path_hash(folder) or ()) else None
+
+
+def head_jsonl(path: str | os.PathLike, n: int = GENERATIONS_N) -> list[dict[str, Any]]:
+    """The first ``n`` records of a JSONL file (for :meth:`TrackedRun.log_generations`); [] when
+    the file is missing or unreadable (tracking never fails a stage)."""
+    out: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if len(out) >= n:
+                    break
+                if line.strip():
+                    rec = json.loads(line)
+                    if isinstance(rec, dict):
+                        out.append(rec)
+    except (OSError, ValueError):
+        pass
+    return out

@@ -1,11 +1,17 @@
 """Supervised fine-tuning of the student on one training set (H, G, W, P, a mixture, ...).
 
-The paper's SFT: prompt/completion pairs in the student's chat template, loss on the completion
-tokens only. We use TRL's ``SFTTrainer`` (no hand-written loop) with an ``SFTConfig`` built
+The paper's SFT: prompt/completion pairs, loss on the completion tokens only; the prompt is the
+student's chat template (``base.prompt_format: chat``) or, as the authors trained base students,
+the task's plain-text template (``plain``: :func:`record_prompts`, the same text evaluation
+decodes from). We use TRL's ``SFTTrainer`` (no hand-written loop) with an ``SFTConfig`` built
 deliberately from the ``sft:`` params section:
 
 * dtype: TRL defaults to ``bf16=True``; we resolve ``auto`` to bf16 autocast only where bf16 is
-  fast (CUDA with bf16, or a CPU with AVX512-BF16/AMX), fp32 elsewhere. Master weights stay fp32.
+  fast (CUDA with bf16, or a CPU with AVX512-BF16/AMX), fp32 elsewhere. With ``precision: amp``
+  master weights stay fp32; ``precision: bf16`` trains the bf16 weights themselves, as the
+  authors' sft.py did (on SmolLM2-135M, a step of 1e-6 changes only 0.4% of the bf16 weights).
+* intermediate checkpoints (``save_steps``) go to ``<out>/checkpoints/step-N`` in the same
+  loadable layout as ``<out>`` (:func:`checkpoint_dir`, :func:`load_trained`).
 * gradient checkpointing: TRL defaults to on; we set it from params (off by default: the small
   default student fits easily and checkpointing costs ~30% compute).
 * padding-free batches: the examples of a batch are concatenated into one row with per-example
@@ -44,6 +50,9 @@ from cotshape.sft_params import SFTParams
 #: Written in every checkpoint folder; says how to load it (see :func:`load_trained`).
 MARKER = "cotshape_sft.json"
 TRAIN_LOG = "train_log.json"
+#: intermediate checkpoints (sft.save_steps): <out>/checkpoints/step-<N>, each loadable like <out>
+CHECKPOINTS = "checkpoints"
+STEP_PREFIX = "step-"
 
 # peft's "all-linear": every Linear but the output head, i.e. the attention and MLP projections
 # of a decoder (q/k/v/o, gate/up/down on Llama, Gemma, Qwen, Mistral), whatever their names.
@@ -91,13 +100,32 @@ def to_conversational(record: dict[str, Any], index: int = 0) -> tuple[list[dict
     return prompt, completion
 
 
-def tokenize_example(tokenizer, prompt: list[dict[str, str]], completion: str,
+def tokenize_example(tokenizer, prompt: list[dict[str, str]] | str, completion: str,
                      max_length: int | None = None) -> dict[str, list[int]]:
     """Token ids and completion mask of one example, exactly as TRL's ``SFTTrainer`` prepares a
     conversational prompt/completion example: the prompt rendered with the generation prompt, the
     full conversation with the completion as the assistant turn (so the end-of-turn token is
     trained), the completion starting where the two token sequences diverge. Cut to
-    ``max_length`` from the end (TRL's ``keep_start``)."""
+    ``max_length`` from the end (TRL's ``keep_start``).
+
+    A text ``prompt`` (``base.prompt_format: plain``, the text of
+    :func:`cotshape.tasks.base.student_prompt`) is tokenized as it is (no special tokens added:
+    it carries its own BOS), exactly the ids evaluation decodes from; the completion is
+    :data:`~cotshape.tasks.base.PLAIN_SEPARATOR` + completion + EOS (TRL appends EOS to a
+    non-conversational completion), tokenized on its own so that no token merges across the
+    boundary and the trained context is the evaluated one."""
+    if isinstance(prompt, str):
+        from cotshape.tasks.base import PLAIN_SEPARATOR
+
+        prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        text = completion if completion.startswith(("\n", " ")) else PLAIN_SEPARATOR + completion
+        completion_ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if tokenizer.eos_token_id is not None:
+            completion_ids = [*completion_ids, tokenizer.eos_token_id]
+        ids, mask = list(prompt_ids) + completion_ids, [0] * len(prompt_ids) + [1] * len(completion_ids)
+        if max_length is not None:
+            ids, mask = ids[:max_length], mask[:max_length]
+        return {"input_ids": ids, "completion_mask": mask}
     prompt_ids = _chat_ids(tokenizer, prompt, add_generation_prompt=True)
     ids = _chat_ids(tokenizer, prompt + [{"role": "assistant", "content": completion}])
     n = 0
@@ -112,14 +140,66 @@ def tokenize_example(tokenizer, prompt: list[dict[str, str]], completion: str,
 
 
 def _chat_ids(tokenizer, messages: list[dict[str, str]], **kw: Any) -> list[int]:
+    if getattr(tokenizer, "chat_template", None) is None:
+        from cotshape.errors import InputError
+        from cotshape.generation.base import NO_CHAT_TEMPLATE
+
+        raise InputError(NO_CHAT_TEMPLATE)
     out = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kw)
     return list(out["input_ids"])
 
 
-def tokenize_records(tokenizer, records: Sequence[dict[str, Any]], max_length: int | None) -> list[dict[str, Any]]:
+def record_prompts(tokenizer, records: Sequence[dict[str, Any]], prompt_format: str = "chat", task=None,
+                   problems: dict[str, Any] | None = None) -> list[str] | None:
+    """The student prompt text of each training record under ``base.prompt_format``: None for
+    ``chat`` (the record's own messages are rendered with the chat template), for ``plain``
+    :func:`cotshape.tasks.base.student_prompt` of the record's problem (``problem_id`` looked up
+    in ``problems``, the prepared training problems: a record does not hold its problem)."""
+    from cotshape.tasks.base import check_prompt_format, student_prompt
+
+    if check_prompt_format(prompt_format) == "chat":
+        return None
+    if task is None or problems is None:
+        raise ValueError("base.prompt_format: plain needs the task and its problems (stage option --problems)")
+    out = []
+    for i, rec in enumerate(records):
+        pid = rec.get("problem_id") if isinstance(rec, dict) else None
+        if pid not in problems:
+            raise RecordError(f"record {i}: problem_id {pid!r} is not among the task's prepared problems")
+        out.append(student_prompt(task, problems[pid], "plain", tokenizer))
+    return out
+
+
+def prompt_format_kwargs(prompt_format: str, task_name: str, problems_path: str | os.PathLike | None) -> dict[str, Any]:
+    """The ``prompt_format``/``task``/``problems`` keywords of :func:`train_sft` and
+    :func:`cotshape.closeness.completion_loss` for a stage: ``plain`` needs the prepared problems
+    file (stage option ``--problems``), ``chat`` nothing more."""
+    from cotshape.tasks.base import check_prompt_format
+
+    if check_prompt_format(prompt_format) == "chat":
+        return {"prompt_format": "chat"}
+    if not problems_path:
+        from cotshape.errors import InputError
+
+        raise InputError("base.prompt_format: plain builds each student prompt from the record's problem: "
+                         "pass the task's prepared problems with --problems (dvc.yaml)")
+    from cotshape.records import read_problems
+    from cotshape.tasks import get_task
+
+    return {"prompt_format": "plain", "task": get_task(task_name),
+            "problems": {x["id"]: x for x in read_problems(problems_path)}}
+
+
+def tokenize_records(tokenizer, records: Sequence[dict[str, Any]], max_length: int | None,
+                     prompts: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Tokenize training records; examples whose completion was cut away entirely are dropped
-    (they carry no loss), as TRL does."""
+    (they carry no loss), as TRL does. ``prompts`` (:func:`record_prompts` with ``plain``)
+    replaces each record's chat messages by its plain prompt text."""
     pairs = [to_conversational(rec, i) for i, rec in enumerate(records)]  # all checked before any work
+    if prompts is not None:
+        if len(prompts) != len(pairs):
+            raise ValueError(f"tokenize_records: {len(prompts)} prompts for {len(pairs)} records")
+        pairs = [(text, completion) for text, (_, completion) in zip(prompts, pairs, strict=True)]
     out = []
     for prompt, completion in pairs:
         ex = tokenize_example(tokenizer, prompt, completion, max_length)
@@ -292,8 +372,10 @@ def build_sft_config(params: SFTParams, out_dir: str | os.PathLike):
         lr_scheduler_type="linear",
         warmup_steps=params.warmup_ratio,  # < 1: a ratio of the total steps (transformers 5)
         weight_decay=params.weight_decay,
-        # TRL defaults bf16=True; bf16 here is autocast over fp32 master weights
-        bf16=dtype == "bfloat16",
+        # TRL defaults bf16=True; with precision amp, bf16 is autocast over fp32 master weights; with
+        # precision bf16 the weights are bf16 themselves (train_sft loads them so) and autocast is on,
+        # as the authors' sft.py ran (torch_dtype=torch.bfloat16, bf16=True)
+        bf16=dtype == "bfloat16" or params.precision == "bf16",
         fp16=False,
         use_cpu=not torch.cuda.is_available(),  # transformers refuses CPU bf16 autocast otherwise
         gradient_checkpointing=params.gradient_checkpointing,
@@ -354,11 +436,84 @@ def _loss_recorder():
     return LossRecorder()
 
 
+def checkpoint_dir(out_dir: str | os.PathLike, step: int) -> Path:
+    """Where train_sft saves the checkpoint of optimizer step ``step`` (``sft.save_steps``):
+    ``<out>/checkpoints/step-<step>``, inside the SFT output folder (so the stage's out holds it)."""
+    return Path(out_dir) / CHECKPOINTS / f"{STEP_PREFIX}{int(step)}"
+
+
+def _save_folder(trainer, folder: Path, tokenizer, marker: dict[str, Any], model, restore_attn: str | None,
+                 main: bool, card_name: str | None = None, files: dict[str, str] | None = None) -> None:
+    """Save the trainer's model to ``folder`` in the loadable layout of :func:`load_trained`:
+    weights (full) or adapter (LoRA), tokenizer, ``files`` (name -> text) and :data:`MARKER`.
+    ``card_name``: TRL's model card (trainer, framework versions, citation; no dates or paths, so
+    the DVC out stays reproducible) as ``README.md`` under that model name, in place of PEFT's
+    template card; without it (a checkpoint) no card. Runs on every process (FSDP/DeepSpeed
+    gather the weights there); only the main one writes."""
+    if restore_attn is not None:  # the saved config must not name an attention only we register
+        model.set_attn_implementation(restore_attn)  # the base model, under any peft wrapper
+    trainer.save_model(str(folder))
+    trainer.accelerator.wait_for_everyone()
+    if main:
+        tokenizer.save_pretrained(folder)
+        (folder / "README.md").unlink(missing_ok=True)  # PEFT's template card
+        if card_name is not None:  # from_pretrained ignores README.md
+            os.makedirs(trainer.args.output_dir, exist_ok=True)  # may be folder/trainer: removed below
+            trainer.create_model_card(model_name=card_name)
+            os.replace(Path(trainer.args.output_dir) / "README.md", folder / "README.md")
+        shutil.rmtree(folder / "trainer", ignore_errors=True)
+        (folder / "training_args.bin").unlink(missing_ok=True)
+        for name, text in (files or {}).items():
+            (folder / name).write_text(text, encoding="utf-8")
+        (folder / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+
+
+def _checkpoint_saver(steps: Sequence[int], root: Path, save, main: bool):
+    """A callback that calls ``save(folder, step)`` after each optimizer step in ``steps`` (the
+    folder: :func:`checkpoint_dir` under ``root``). A step the run never reaches (a small set:
+    MBPP's 374 problems at 64 per step make 6 steps an epoch) gets a folder with only the
+    pipeline's ``SKIPPED.json``, the way an empty training set is recorded, so that its evaluate
+    stage writes "not evaluated" instead of failing; its ``.not_reached`` lists them."""
+    from transformers import TrainerCallback
+
+    class CheckpointSaver(TrainerCallback):
+        def __init__(self) -> None:
+            self.steps = sorted(set(int(s) for s in steps))
+            self.saved: list[int] = []
+            self.not_reached: list[int] = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            step = int(state.global_step)
+            if step in self.steps and step not in self.saved:
+                save(checkpoint_dir(root, step), step)
+                self.saved.append(step)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            from cotshape.pipeline import SKIPPED
+
+            self.not_reached = [s for s in self.steps if s not in self.saved]
+            for step in self.not_reached if main else ():
+                folder = checkpoint_dir(root, step)
+                folder.mkdir(parents=True, exist_ok=True)
+                reason = f"the run ended after {state.global_step} optimizer steps, before step {step} (sft.save_steps)"
+                (folder / SKIPPED).write_text(json.dumps({"reason": reason}) + "\n", encoding="utf-8")
+            if self.not_reached and main:
+                print(f"sft.save_steps: {self.not_reached} not reached (the run has {state.global_step} steps)",
+                      file=sys.stderr)
+
+    return CheckpointSaver()
+
+
 def train_sft(model_path: str | os.PathLike, records: list[dict[str, Any]], out_dir: str | os.PathLike,
               params: SFTParams, seed: int | None = None, callbacks: Iterable = (),
-              tracker=None) -> dict[str, Any]:
+              tracker=None, prompt_format: str = "chat", task=None,
+              problems: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fine-tune ``model_path`` on ``records`` (``prompt`` messages + ``completion`` text), loss
     on the completion only, and save the result to ``out_dir`` (replaced atomically).
+
+    ``prompt_format`` (``base.prompt_format``): ``chat`` trains on the record's messages in the
+    chat template; ``plain`` on the task's plain-text prompt of the record's problem (``task``
+    and ``problems``, id -> problem, are then required; :func:`record_prompts`).
 
     ``tracker`` is an active run from :meth:`cotshape.tracking.Tracker.run` (or anything with a
     ``callback()`` returning a ``TrainerCallback``): the step-wise loss goes to it.
@@ -385,7 +540,8 @@ def train_sft(model_path: str | os.PathLike, records: list[dict[str, Any]], out_
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    examples = tokenize_records(tokenizer, records, params.max_length)
+    examples = tokenize_records(tokenizer, records, params.max_length,
+                                record_prompts(tokenizer, records, prompt_format, task, problems))
     if not examples:
         raise ValueError(
             f"train_sft: all {len(records)} records lose their whole completion at "
@@ -397,8 +553,10 @@ def train_sft(model_path: str | os.PathLike, records: list[dict[str, Any]], out_
     # on where trainer.save_model writes.
     tmp_dir = out_dir.parent / f".{out_dir.name}.tmp"
     config = build_sft_config(params, tmp_dir / "trainer")
-    # fp32 weights: with bf16 autocast the optimizer keeps fp32 master weights
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    # precision amp: fp32 weights, so under bf16 autocast the optimizer keeps fp32 master weights;
+    # precision bf16: bf16 weights and optimizer states (an update below half a bf16 step is lost)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=torch.bfloat16 if params.precision == "bf16" else torch.float32)
     restore_attn = use_varlen_sdpa(model) if params.padding_free else None
 
     peft_config = None
@@ -422,6 +580,15 @@ def train_sft(model_path: str | os.PathLike, records: list[dict[str, Any]], out_
     use_cpu_label_head(model)  # TRL patched this same object (the base model under peft)
     main = trainer.is_world_process_zero()
 
+    def save_checkpoint(folder: Path, step: int) -> None:  # sft.save_steps, inside the out folder
+        marker = {"method": params.method, "base_model": model_path, "merged": params.method == "full", "step": step}
+        _save_folder(trainer, folder, tokenizer, marker, model, restore_attn, main)
+        if restore_attn is not None:  # back to the padding-free kernel for the rest of the run
+            model.set_attn_implementation(VARLEN_SDPA)
+
+    saver = _checkpoint_saver(params.save_steps, tmp_dir, save_checkpoint, main)
+    trainer.add_callback(saver)
+
     start = time.perf_counter()
     result = trainer.train()
     train_time = time.perf_counter() - start
@@ -440,28 +607,22 @@ def train_sft(model_path: str | os.PathLike, records: list[dict[str, Any]], out_
         "examples": len(examples),
     }
 
-    if restore_attn is not None:  # the saved config must not name an attention only we register
-        model.set_attn_implementation(restore_attn)  # the base model, under any peft wrapper
-    # save_model runs on every process (FSDP/DeepSpeed gather there); only the main one writes
-    trainer.save_model(str(tmp_dir))
-    trainer.accelerator.wait_for_everyone()
+    log = {
+        **metrics,
+        "train_time_s": train_time,
+        "dtype": resolve_dtype(params.dtype),
+        "precision": params.precision,
+        "checkpoints": [f"{CHECKPOINTS}/{STEP_PREFIX}{n}" for n in saver.saved],
+        "checkpoints_not_reached": saver.not_reached,
+        "records": len(records),
+        "dropped_by_max_length": len(records) - len(examples),
+        "params": asdict(params),
+        "log": recorder.entries,
+    }
+    marker = {"method": params.method, "base_model": model_path, "merged": params.method == "full"}
+    _save_folder(trainer, tmp_dir, tokenizer, marker, model, restore_attn, main, card_name=out_dir.name,
+                 files={TRAIN_LOG: json.dumps(log, indent=2) + "\n"})
     if main:
-        tokenizer.save_pretrained(tmp_dir)
-        shutil.rmtree(tmp_dir / "trainer", ignore_errors=True)
-        for leftover in ("training_args.bin", "README.md"):
-            (tmp_dir / leftover).unlink(missing_ok=True)
-        log = {
-            **metrics,
-            "train_time_s": train_time,
-            "dtype": resolve_dtype(params.dtype),
-            "records": len(records),
-            "dropped_by_max_length": len(records) - len(examples),
-            "params": asdict(params),
-            "log": recorder.entries,
-        }
-        (tmp_dir / TRAIN_LOG).write_text(json.dumps(log, indent=2) + "\n", encoding="utf-8")
-        marker = {"method": params.method, "base_model": model_path, "merged": params.method == "full"}
-        (tmp_dir / MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         _replace_dir(tmp_dir, out_dir)
     trainer.accelerator.wait_for_everyone()
     return metrics

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from cotshape.pipeline import params, stage_main
-from cotshape.records import read_ids, read_jsonl, restrict_to_ids, write_json
+from cotshape.records import read_ids, read_json, read_jsonl, restrict_to_ids, write_json
 
 
 @stage_main
@@ -17,17 +17,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--student", required=True)
     ap.add_argument("--sets-dir", required=True)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--problems", help="the task's prepared training problems: the plain-text prompt of each "
+                    "record (base.prompt_format: plain) is built from its problem")
     args = ap.parse_args(argv)
     p = params()
     from cotshape.closeness import completion_loss, loss_intervals
     sets_dir = Path(args.sets_dir)
+    from cotshape.tracking import begin_stage
+
+    run = begin_stage("closeness", p, task=args.task, sections=("base.dtype", "base.device", "base.prompt_format", "closeness", "sft.max_length"),
+                      inputs=[args.student, args.sets_dir], outputs=[args.out])
     # load the base student once for every set
     from cotshape.closeness import load_scorer
     from cotshape.models import resolve_device
 
     device = resolve_device(p.base.device)
     model, tokenizer = load_scorer(args.student, device, p.base.dtype, None)
-    files = sorted(sets_dir.glob("*.jsonl")) + sorted((sets_dir / "mix").glob("*.jsonl"))
+    from cotshape.train import prompt_format_kwargs
+
+    prompt_kw = prompt_format_kwargs(p.base.prompt_format, args.task, args.problems)
+    # H, G, W, P; the step-degraded sets (step/step-K.jsonl, K in order) and the mixtures
+    steps = sorted((sets_dir / "step").glob("step-*.jsonl"), key=lambda f: int(f.stem[5:]) if f.stem[5:].isdigit() else 0)
+    files = sorted(sets_dir.glob("*.jsonl")) + steps + sorted((sets_dir / "mix").glob("*.jsonl"))
     # score every set on the problems it is compared on (select's ids.json), as SFT trains on them
     ids = read_ids(sets_dir / "ids.json") if (sets_dir / "ids.json").exists() else None
     result, empty = {}, {}
@@ -40,9 +51,10 @@ def main(argv: list[str] | None = None) -> None:
             continue
         result[path.stem] = completion_loss(model, records, batch_size=p.closeness.batch_size,
                                             max_length=p.sft.max_length, device=device, dtype=p.base.dtype,
-                                            tokenizer=tokenizer, per_example=True)
+                                            tokenizer=tokenizer, per_example=True, **prompt_kw)
         print(f"{args.task}-{path.stem}: mean loss {result[path.stem]['mean_loss']:.3f}")
     write_json(args.out, {**loss_intervals(result, reference="H", seed=p.base.seed), **empty})
+    run.log_metrics(read_json(args.out))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cotshape.pipeline import SKIPPED, load_backend, params, stage_main
+from cotshape.pipeline import SKIPPED, StageError, load_backend, params, stage_main
 from cotshape.records import read_json, read_problems, write_json, write_jsonl
 from cotshape.tasks import get_task
 from cotshape.train import MARKER as SFT_MARKER
@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--set", required=True)
     ap.add_argument("--problems", required=True)
     ap.add_argument("--model", required=True, help="a model folder or an SFT output folder")
+    ap.add_argument("--checkpoint", help="evaluate the intermediate checkpoint of an SFT output folder instead "
+                    "of its final model: step-N (sft.save_steps) or N, i.e. MODEL/checkpoints/step-N")
     ap.add_argument("--out", required=True)
     ap.add_argument("--metrics", required=True)
     args = ap.parse_args(argv)
@@ -27,16 +29,36 @@ def main(argv: list[str] | None = None) -> None:
     task = get_task(args.task)
     problems = read_problems(args.problems)
     model_dir = Path(args.model)
+    if args.checkpoint and not (model_dir / SKIPPED).exists():  # a skipped SFT has no checkpoints either
+        from cotshape.train import checkpoint_dir
+
+        step = args.checkpoint.removeprefix("step-")
+        if not step.isdigit():
+            raise StageError(f"--checkpoint {args.checkpoint!r}: expected step-N or N, e.g. step-100")
+        model_dir = checkpoint_dir(model_dir, int(step))
+        if not (model_dir / SFT_MARKER).exists() and not (model_dir / SKIPPED).exists():  # SKIPPED: step not reached
+            found = sorted(p.name for p in model_dir.parent.glob("step-*")) if model_dir.parent.is_dir() else []
+            raise StageError(f"{model_dir}: no such checkpoint (has: {', '.join(found) or 'none'}); "
+                             "list its step in sft.save_steps and rerun the sft stage")
     if (model_dir / SKIPPED).exists():
         reason = read_json(model_dir / SKIPPED)["reason"]
         write_jsonl(args.out, [])
         write_json(args.metrics, {"n": 0, "skipped": 1})
         print(f"{args.task}-{args.set}: not evaluated ({reason})")
         return
+    from cotshape.tracking import begin_stage, read_run_file
+
+    sft_run = read_run_file(Path(args.model)) or {}  # the SFT run that trained this folder (or checkpoint), if tracked
+    run = begin_stage("evaluate", p, task=args.task, set=args.set, sections=("base.device", "base.dtype", "base.backend", "base.prompt_format", "evaluate"),
+                      inputs=[args.problems, args.model], outputs=[args.out, args.metrics],
+                      datasets={args.problems: "evaluation"},
+                      tags={"model": args.model, "cotshape.sft_run_id": sft_run.get("run_id"),
+                            "checkpoint": model_dir.name if args.checkpoint else None})
 
     kw = {}
-    if (model_dir / SFT_MARKER).exists():
-        # an SFT output folder: a LoRA adapter is merged onto its base model here
+    if p.base.backend == "transformers" and (model_dir / SFT_MARKER).exists():
+        # an SFT output folder: a LoRA adapter is merged onto its base model here (in memory;
+        # for vllm, load_backend merges it into a temporary folder)
         from cotshape.models import load_tokenizer, resolve_device
         from cotshape.train import load_trained
 
@@ -45,19 +67,14 @@ def main(argv: list[str] | None = None) -> None:
         kw["tokenizer"] = load_tokenizer(read_json(model_dir / SFT_MARKER)["base_model"])
     backend = load_backend(p, model_dir, p.evaluate.batch_size, **kw)
     # all prompts in one call: the backend batches (and refills) internally
-    records, metrics = evaluate(task, problems, backend, max_new_tokens=p.evaluate.max_new_tokens)
+    records, metrics = evaluate(task, problems, backend, max_new_tokens=p.evaluate.max_new_tokens,
+                                prompt_format=p.base.prompt_format, scoring=p.evaluate.scoring)
+    metrics["backend"] = backend.name
     write_jsonl(args.out, records)
     write_json(args.metrics, metrics)
-
-    from cotshape.tracking import Tracker
-
-    tracker = Tracker(p.tracking.experiment, p.tracking.tracking_uri)
-    tags = {"stage": "evaluate", "task": args.task, "set": args.set, "student": p.base.student,
-            "teacher": p.base.teacher}
-    with tracker.run(f"evaluate-{args.task}-{args.set}", tags=tags,
-                     params={"evaluate.max_new_tokens": p.evaluate.max_new_tokens}) as run:
-        run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        run.log_artifact(args.metrics)
+    run.log_metrics(metrics)
+    run.log_artifact(args.metrics)
+    run.log_generations(records, set=args.set)
     print(f"{args.task}-{args.set}: accuracy {metrics['accuracy']:.3f}, "
           f"accuracy_parsed {metrics['accuracy_parsed']:.3f}, parse rate {metrics['parse_rate']:.3f} (n={metrics['n']})")
 

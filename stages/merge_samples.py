@@ -18,6 +18,11 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = params()
     from cotshape.sampling import merge_shards
+    from cotshape.tracking import begin_stage
+
+    task = Path(args.out).stem  # data/samples/TASK.jsonl
+    begin_stage("merge_samples", p, task=task, sections=("sample.k", "sample.shards"),
+                inputs=[args.problems, args.shards_dir], outputs=[args.out])
     paths = [Path(args.shards_dir) / f"shard-{i}.jsonl" for i in p.sample.shards]
     missing = [str(x) for x in paths if not x.exists()]
     if missing:

@@ -31,7 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = params()
     from cotshape.models import materialize
+    from cotshape.tracking import begin_stage
 
+    begin_stage("models", p, sections=("base.teacher", "base.student"), outputs=[args.teacher_out, args.student_out])
     materialize(p.base.teacher, args.teacher_out)
     if p.base.student == p.base.teacher:
         copy_dir(Path(args.teacher_out), Path(args.student_out))

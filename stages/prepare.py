@@ -19,6 +19,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = params()
     task = get_task(args.task)
+    from cotshape.tracking import begin_stage
+
+    run = begin_stage("prepare", p, task=args.task, set="H", sections=("base.seed", "prepare"),
+                      outputs=[args.train_out, args.test_out, args.human_out])
     level = p.prepare.level if p.prepare.source == "offline" else "full"
     train = task.load("train", source=p.prepare.source, limit=p.prepare.train_size, seed=p.base.seed, level=level)
     test = task.load("test", source=p.prepare.source, limit=p.prepare.test_size, seed=p.base.seed, level=level)
@@ -29,6 +33,8 @@ def main(argv: list[str] | None = None) -> None:
     write_jsonl(args.train_out, train)
     write_jsonl(args.test_out, test)
     write_jsonl(args.human_out, human)
+    run.log_metrics({"train_problems": len(train), "test_problems": len(test)})
+    run.log_generations(human, set="H")
     print(f"{args.task}: {len(train)} train, {len(test)} test problems")
 
 

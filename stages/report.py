@@ -8,7 +8,13 @@ import argparse
 from cotshape.pipeline import params, stage_main
 from cotshape.records import write_json
 
-SETS = ["H", "G", "W", "P", "step"]
+#: the trained sets besides the mixtures; the step-degraded sets follow degrade.step_k
+BASE_SETS = ["H", "G", "W", "P"]
+
+
+def trained_sets(p) -> list[str]:
+    """H, G, W, P and one step-degraded set per k of ``degrade.step_k`` (``step-1``, ...)."""
+    return [*BASE_SETS, *(f"step-{k}" for k in p.degrade.step_k)]
 
 
 def run_notes(p) -> list[str]:
@@ -42,6 +48,19 @@ def run_notes(p) -> list[str]:
             "samples, so C1 (lower loss on G and W than on H) is largely true by construction here; "
             "a teacher other than the student tests it."
         )
+    fmt = {"chat": "each student prompt is the student's chat template around the task's question",
+           "plain": "each student prompt is the authors' plain-text template (`...Problem:\\n{problem}\\n\\nSolution:`), "
+                    "decoded up to their stop strings"}[p.base.prompt_format]
+    scoring = {"strict": "this project's verifiers (`evaluate.scoring: strict`)",
+               "paper": "the authors' scorers (`evaluate.scoring: paper`: math-verify on the full text, Countdown's "
+                        "last line, MBPP's sanitized code)"}[p.evaluate.scoring]
+    budget = (f"{p.evaluate.max_new_tokens} new tokens" if p.evaluate.max_new_tokens != "auto" else
+              "the task's new tokens in the authors' eval scripts (2,048 MATH and GSM8K, 4,096 Countdown, 1,024 MBPP)")
+    notes.append(
+        f"- **Prompts and scoring.** `base.prompt_format: {p.base.prompt_format}`: {fmt} (SFT, closeness and "
+        f"evaluation alike). Answers are scored with {scoring}, at most {budget} "
+        f"(`evaluate.max_new_tokens: {p.evaluate.max_new_tokens}`)."
+    )
     return notes
 
 
@@ -59,19 +78,32 @@ def main(argv: list[str] | None = None) -> None:
     p = params()
     from cotshape.claims import judge_run
     from cotshape.report import build_report
+    from cotshape.tracking import begin_stage
+
+    sets = trained_sets(p)
+    run = begin_stage("report", p, sections=("base", "prepare", "sample.k", "sample.shots", "sample.temperature",
+                                             "select.balance", "degrade.flawed_fractions", "degrade.step_k",
+                                             "degrade.base_set", "sft.save_steps", "report"),
+                      inputs=[args.metrics_dir, f"{args.plots_dir}/loss", args.eval_dir, args.sets_dir],
+                      outputs=[args.out_dir, args.claims_out, args.summary_out])
 
     claims, summary, comparisons = judge_run(
-        p.base.tasks, SETS, p.degrade.flawed_fractions, p.degrade.base_set, args.eval_dir, args.metrics_dir,
+        p.base.tasks, sets, p.degrade.flawed_fractions, p.degrade.base_set, args.eval_dir, args.metrics_dir,
         args.sets_dir, margin=p.report.margin, seed=p.base.seed, n_boot=p.report.n_boot)
     write_json(args.claims_out, claims)
     write_json(args.summary_out, summary)
-    path = build_report(args.metrics_dir, args.plots_dir, args.out_dir, tasks=p.base.tasks, sets=SETS,
+    path = build_report(args.metrics_dir, args.plots_dir, args.out_dir, tasks=p.base.tasks, sets=sets,
                         fractions=p.degrade.flawed_fractions, base_set=p.degrade.base_set,
                         context={"teacher": p.base.teacher, "student": p.base.student},
-                        claims=claims, comparisons=comparisons, notes=run_notes(p))
+                        claims=claims, comparisons=comparisons, notes=run_notes(p),
+                        checkpoints=p.sft.save_steps)
     for c in claims["claims"]:
         print(f"{c['task']} {c['id']}: {c['verdict']}")
     print(f"report written to {path}")
+    run.log_metrics(summary)
+    run.set_tags({f"claim.{c['task']}.{c['id']}": c["verdict"] for c in claims["claims"]})
+    run.log_artifact(args.claims_out)
+    run.log_artifact(path)
 
 
 if __name__ == "__main__":

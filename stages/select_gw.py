@@ -26,11 +26,18 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = params()
     task = get_task(args.task)
+    from cotshape.tracking import begin_stage, head_jsonl
+
+    sets_dir = Path(args.sets_dir)
+    run = begin_stage("select", p, task=args.task, tags={"sets": "G,W"}, sections=("base.seed", "select"),
+                      inputs=[args.problems, args.verified], datasets={args.verified: "samples"},
+                      outputs=[sets_dir / "G.jsonl", sets_dir / "W.jsonl", sets_dir / "ids.json", args.metrics])
     problems = read_problems(args.problems)
     by_id = {x["id"]: x for x in problems}
     verified = read_verified(args.verified, [x["id"] for x in problems])
     sets, counts = select_gw(verified, [x["id"] for x in problems], seed=p.base.seed + p.select.seed_offset,
-                             balance=p.select.balance, max_verifier_errors=p.select.max_verifier_errors)
+                             balance=p.select.balance, max_verifier_errors=p.select.max_verifier_errors,
+                             allow_truncated=p.select.allow_truncated)
     for name, recs in sets.items():
         out = [training_record(task.name, name, r["problem_id"], task.chat_messages(by_id[r["problem_id"]]),
                                r["completion"], source_sample=r.get("id"), extracted=r.get("extracted"))
@@ -44,6 +51,9 @@ def main(argv: list[str] | None = None) -> None:
     counts["compared"] = len(ids)
     write_json(args.metrics, counts)
     print(f"{args.task}: " + ", ".join(f"{k}={v}" for k, v in counts.items()))
+    run.log_metrics(counts)
+    for name in ("G", "W"):
+        run.log_generations(head_jsonl(sets_dir / f"{name}.jsonl"), set=name)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", required=True)
     ap.add_argument("--loss-plot", required=True)
     ap.add_argument("--ids", help="select's ids.json: train only on the problems every set is compared on")
+    ap.add_argument("--problems", help="the task's prepared training problems: the plain-text prompt of each "
+                    "record (base.prompt_format: plain) is built from its problem")
     args = ap.parse_args(argv)
     p = params()
     from cotshape.train import SFTParams, launch_command, train_sft
@@ -63,24 +65,29 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(subprocess.call(cmd))
 
     sft = dataclasses.replace(sft, seed=p.base.seed)  # SFT is seeded with base.seed
+    from cotshape.train import prompt_format_kwargs
+
+    prompt_kw = prompt_format_kwargs(p.base.prompt_format, args.task, args.problems)
     # under accelerate every rank trains; only the main one writes metrics and talks to MLflow
     if int(os.environ.get("RANK", "0")) != 0:
-        train_sft(args.student, records, out, sft)
+        train_sft(args.student, records, out, sft, **prompt_kw)
         return
 
-    from cotshape.tracking import Tracker
+    from cotshape.tracking import stage_run, write_run_file
 
-    tracker = Tracker(p.tracking.experiment, p.tracking.tracking_uri)
-    tags = {"stage": "sft", "task": args.task, "set": args.set, "student": p.base.student, "teacher": p.base.teacher}
-    with tracker.run(f"sft-{args.task}-{args.set}", tags=tags,
-                     params={f"sft.{k}": v for k, v in dataclasses.asdict(sft).items()}) as run:
-        metrics = train_sft(args.student, records, out, sft, tracker=run)
+    with stage_run("sft", dataclasses.replace(p, sft=sft), task=args.task, set=args.set,
+                   sections=("base.seed", "base.prompt_format", "sft"), inputs=[x for x in (args.data, args.ids, args.student) if x],
+                   outputs=[args.out, args.metrics, args.loss_plot], datasets={args.data: "training"}) as run:
+        metrics = train_sft(args.student, records, out, sft, tracker=run, **prompt_kw)
         log = json.loads((out / "train_log.json").read_text())["log"]
         write_loss_csv(args.loss_plot, log)
         write_json(args.metrics, metrics)
         run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
         run.log_artifact(args.metrics)
         run.log_artifact(args.loss_plot)
+        if (out / "README.md").exists():  # TRL's model card
+            run.log_artifact(out / "README.md")
+        write_run_file(out, run)  # evaluate links its run to this one
     print(f"{args.task}-{args.set}: {metrics['examples']} examples, loss {metrics['first_loss']:.3f} -> "
           f"{metrics['final_loss']:.3f}, {metrics['tokens_per_second']:.0f} tokens/s")
 

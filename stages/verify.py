@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cotshape.pipeline import params, stage_main
-from cotshape.records import read_jsonl, read_problems, write_json, write_jsonl
+from cotshape.records import read_json, read_jsonl, read_problems, write_json, write_jsonl
 from cotshape.tasks import get_task
 
 
@@ -21,6 +21,10 @@ def main(argv: list[str] | None = None) -> None:
     params()  # validated even though verify reads none of them: bad params stop every stage
     from cotshape.verify import count_verifier_errors, verify_records
     task = get_task(args.task)
+    from cotshape.tracking import begin_stage, head_jsonl
+
+    run = begin_stage("verify", params(), task=args.task, inputs=[args.problems, args.samples],
+                      outputs=[args.out, args.metrics])
     problems = {x["id"]: x for x in read_problems(args.problems)}
     samples = read_jsonl(args.samples, required=("problem_id", "sample_index", "completion"))
     verified = verify_records(task, problems, samples)
@@ -36,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
         "verifier_errors": count_verifier_errors(verified),
     })
     print(f"{args.task}: {n_correct}/{n} samples correct, {n_parsed} parsed")
+    run.log_metrics(read_json(args.metrics))
+    run.log_generations(head_jsonl(args.out), set="samples")
 
 
 if __name__ == "__main__":

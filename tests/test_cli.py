@@ -182,7 +182,7 @@ def test_sample_defaults_are_the_params_defaults():
     sp, bp = SampleParams(), BaseParams()
     for key in ("k", "max_new_tokens", "temperature", "top_p", "batch_size", "tensor_parallel_size"):
         assert defaults[key] == getattr(sp, key), key
-    assert defaults["backend"].value == sp.backend and defaults["dtype"].value == bp.dtype
+    assert defaults["backend"].value == bp.backend and defaults["dtype"].value == bp.dtype
     assert defaults["seed"] == bp.seed and defaults["device"] == bp.device
 
 

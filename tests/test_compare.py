@@ -270,6 +270,100 @@ def test_write_is_atomic_and_complete(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["compare.json", "compare.md"]
 
 
+# ---- summary layouts and the cross-student tables ----------------------------------------------
+
+def _new_layout(seed, student, h, g, w, p, base=0.1, **params):
+    """An experiment whose metrics/summary.json has the report's newer layout: per set
+    {acc, ci, loss, step_acc}, no lo/hi/d_base/d_H."""
+    def entry(acc):
+        return {"acc": acc, "ci": f"[{acc - 0.05:.3f}, {acc + 0.05:.3f}]", "loss": 0.5, "step_acc": 0.9}
+
+    summary = {"gsm8k": {"n_test": 200, "base": {"acc": base, "ci": "[0.06, 0.15]"},
+                         "H": entry(h), "G": entry(g), "W": entry(w), "P": entry(p)}}
+    return Experiment(name=f"{student}-{seed}", rev=f"{student}{seed}".ljust(40, "0")[:40], kind="experiment",
+                      params={"base.seed": seed, "base.student": student, **params}, summary=summary)
+
+
+def test_new_summary_layout_derives_d_base_and_old_layout_keeps_its_own():
+    old = _exp("old", 0, 0.40, G={"acc": 0.5, "lo": 0.4, "hi": 0.6, "d_base": 0.33})  # d_base given: kept
+    new = _exp("new", 1, 0.44)
+    new.summary["gsm8k"] = {"n_test": 200, "base": {"acc": 0.1, "ci": "[0.06, 0.15]"},
+                            "H": {"acc": 0.44, "ci": "[0.37, 0.51]", "loss": 0.7, "step_acc": 1.0},
+                            "G": {"acc": 0.52, "ci": "[0.45, 0.59]", "loss": 0.6, "step_acc": 0.9}}
+    cmp.validate_summary(new.summary, "new")
+    (g,) = cmp.group([old, new])
+    sets = cmp.compare([g])["groups"][0]["tasks"]["gsm8k"]["sets"]
+    assert sets["H"]["d_base"]["values"] == pytest.approx([0.30, 0.34])
+    assert sets["G"]["d_base"]["values"] == pytest.approx([0.33, 0.42])
+    assert "d_base" not in sets["base"] and sets["H"]["acc"]["mean"] == pytest.approx(0.42)
+    assert sets["H"]["loss"]["values"] == [None, 0.7]
+
+
+def test_d_base_is_not_invented_without_a_base_accuracy():
+    e = _exp("x", 0, 0.4)
+    del e.summary["gsm8k"]["base"]
+    del e.summary["gsm8k"]["H"]["d_base"]
+    sets = cmp.compare(cmp.group([e]))["groups"][0]["tasks"]["gsm8k"]["sets"]
+    assert "d_base" not in sets["H"]
+
+
+@pytest.mark.parametrize("name, size, n", [
+    ("google/gemma-2-9b", "9B", 9e9), ("google/gemma-2-2b", "2B", 2e9), ("Qwen/Qwen2.5-1.5B", "1.5B", 1.5e9),
+    ("meta-llama/Llama-3.1-8B", "8B", 8e9), ("smollm2-135m-instruct", "135M", 1.35e8),
+    ("HuggingFaceTB/SmolLM2-360M-Instruct@main", "360M", 3.6e8), ("models/student", None, None), (None, None, None)])
+def test_model_size_from_the_name(name, size, n):
+    assert cmp.model_size(name) == (size, n)
+
+
+def test_across_students_rows_by_size_with_mean_sd_and_p_gain():
+    exps = [
+        _new_layout(0, "google/gemma-2-9b", 0.60, 0.66, 0.62, 0.64),
+        _new_layout(1, "google/gemma-2-9b", 0.62, 0.70, 0.64, 0.70),
+        _new_layout(0, "Qwen/Qwen2.5-1.5B", 0.30, 0.40, 0.36, 0.38),
+        _new_layout(1, "Qwen/Qwen2.5-1.5B", 0.34, 0.42, 0.38, 0.36),
+        _new_layout(2, "Qwen/Qwen2.5-1.5B", 0.32, 0.44, 0.40, 0.34),
+    ]
+    result = cmp.compare(cmp.group(exps))
+    rows = result["students"]["rows"]
+    assert [(r["student"], r["size"], r["seeds"]) for r in rows] == [
+        ("Qwen/Qwen2.5-1.5B", "1.5B", [0, 1, 2]), ("google/gemma-2-9b", "9B", [0, 1])]
+    qwen, gemma = rows[0]["tasks"]["gsm8k"], rows[1]["tasks"]["gsm8k"]
+    assert qwen["H"]["mean"] == pytest.approx(0.32) and qwen["H"]["sd"] == pytest.approx(0.02)
+    assert qwen["G"]["mean"] == pytest.approx(0.42) and qwen["W"]["mean"] == pytest.approx(0.38)
+    # P - H per seed: qwen 0.08, 0.02, 0.02; gemma 0.04, 0.08
+    assert qwen["P_minus_H"]["values"] == pytest.approx([0.08, 0.02, 0.02])
+    assert qwen["P_minus_H"]["mean"] == pytest.approx(0.04)
+    assert gemma["P_minus_H"]["mean"] == pytest.approx(0.06) and gemma["P"]["sd"] == pytest.approx(0.0424264, abs=1e-6)
+    assert rows[0]["config"] == {} and json.loads(json.dumps(result)) == result
+
+    md = cmp.render_markdown(result)
+    assert "## Across students" in md and "### gsm8k: accuracy (%) by student" in md
+    assert "| student | size | k | H | G | W | P | P − H (pp) |" in md
+    assert "| Qwen/Qwen2.5-1.5B | 1.5B | 3 | 32.0 ± 2.0 | 42.0 ± 2.0 | 38.0 ± 2.0 | 36.0 ± 2.0 | 4.0 ± 3.5 |" in md
+    assert md.index("| Qwen/Qwen2.5-1.5B |") < md.index("| google/gemma-2-9b |")
+
+
+def test_across_students_a_student_with_two_configurations_has_two_labelled_rows():
+    exps = [_new_layout(0, "google/gemma-2-2b", 0.3, 0.4, 0.35, 0.33, **{"sft.precision": "bf16"}),
+            _new_layout(0, "google/gemma-2-2b", 0.4, 0.5, 0.45, 0.43, **{"sft.precision": "amp"}),
+            _new_layout(0, "google/gemma-2-9b", 0.5, 0.6, 0.55, 0.53, **{"sft.precision": "bf16"})]
+    rows = cmp.compare(cmp.group(exps))["students"]["rows"]
+    assert [(r["student"], r["config"]) for r in rows] == [
+        ("google/gemma-2-2b", {"sft.precision": "bf16"}), ("google/gemma-2-2b", {"sft.precision": "amp"}),
+        ("google/gemma-2-9b", {})]
+    md = cmp.render_markdown(cmp.compare(cmp.group(exps)))
+    assert "| google/gemma-2-2b (sft.precision=amp) | 2B | 1 | 40.0 |" in md
+
+
+def test_across_students_old_layout_without_p_has_no_gain():
+    result = cmp.compare(cmp.group([_exp("a", 0, 0.4), _exp("b", 1, 0.5)]))
+    (row,) = result["students"]["rows"]
+    cells = row["tasks"]["gsm8k"]
+    assert row["student"] is None and row["size"] is None  # the literal experiments name no student
+    assert cells["H"]["mean"] == pytest.approx(0.45) and cells["P"]["k"] == 0 and cells["P_minus_H"]["mean"] is None
+    assert "| — | — | 2 | 45.0 ± 7.1 | — | — | — | — |" in cmp.render_markdown(result)
+
+
 # ---- a real git + DVC repo -------------------------------------------------------------------
 
 STAGE = '''
@@ -311,6 +405,10 @@ claims = {"margin": 0.1, "claims": [
     claim("C5", "W as good as G", "equivalent", verdict("equivalent", c5), dict(c5, margin=0.1)),
     claim("C6", "mix-1.0 below mix-0", "less", verdict("less", c6), c6),
 ]}
+if s == 2:  # the report's newer layout: per set {acc, ci, loss, step_acc}, no lo/hi/d_base/d_H
+    summary["gsm8k"] = {k: {"acc": v["acc"], "ci": f"[{v['lo']:.3f}, {v['hi']:.3f}]", "step_acc": 1.0,
+                            **({"loss": v["loss"]} if "loss" in v else {})} if isinstance(v, dict) else v
+                        for k, v in summary["gsm8k"].items()}
 os.makedirs("metrics", exist_ok=True)
 json.dump(summary, open("metrics/summary.json", "w"))
 json.dump(claims, open("metrics/claims.json", "w"))
@@ -371,6 +469,9 @@ def test_compare_real_dvc_experiments(tmp_path, capsys):
     assert sets["G"]["acc"]["mean"] == pytest.approx(0.47) and sets["G"]["acc"]["sd"] == pytest.approx(0.03)
     assert sets["H"]["loss"]["mean"] == pytest.approx(1.1) and sets["H"]["loss"]["sd"] == pytest.approx(0.1)
     assert sets["base"]["acc"]["sd"] == 0.0
+    # seeds 0, 1 (old layout) carry d_base; seed 2 (new layout) has it derived as acc - base.acc
+    assert sets["H"]["d_base"]["values"] == pytest.approx([0.30, 0.32, 0.34])
+    assert sets["G"]["d_base"]["values"] == pytest.approx([0.40, 0.37, 0.34])
     h2 = g2["tasks"]["gsm8k"]["sets"]["H"]["acc"]
     assert h2["mean"] == pytest.approx(0.52) and h2["sd"] is None and h2["k"] == 1
 

@@ -46,12 +46,28 @@ def test_default_params_validate():
         ("select.balance", "yes", r"select\.balance: must be true or false"),
         ("sft.learning_rate", -1.0, r"sft\.learning_rate"),
         ("sft.method", "qlora", r"sft\.method"),
+        ("base.backend", "llama.cpp", r"base\.backend: must be one of transformers, vllm"),
+        ("sample.backend", "vllm", r"sample\.backend: moved to base\.backend .*write `backend: vllm` under base:"),
+        ("degrade.step_k", [], r"degrade\.step_k: must list at least one step count"),
+        ("degrade.step_k", [1, 2, 1], r"degrade\.step_k: lists a step count twice"),
+        ("degrade.step_k", [0], r"degrade\.step_k\[0\]: must be >= 1"),
+        ("degrade.step_k", "2", r"degrade\.step_k: must be a list"),
+        ("select.allow_truncated", "no", r"select\.allow_truncated: must be true or false"),
     ],
 )
 def test_bad_values_name_the_key(path, value, match):
     with pytest.raises(ParamsError, match=match) as exc:
         validate_params(with_change(path, value), "params.yaml")
     assert str(exc.value).startswith("params.yaml: ")
+
+
+def test_step_k_bare_int_is_one_set_and_backend_is_one_key():
+    p = validate_params(with_change("degrade.step_k", 3))
+    assert p.degrade.step_k == [3]
+    assert validate_params(with_change("degrade.step_k", [1, 4])).degrade.step_k == [1, 4]
+    d = validate_params(DEFAULT)
+    assert d.base.backend == "transformers" and not hasattr(d.sample, "backend")
+    assert d.select.allow_truncated is False and d.degrade.step_k == [1, 2]
 
 
 def test_unknown_section():

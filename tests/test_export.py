@@ -32,6 +32,9 @@ def run_repo(tmp_path):
     write_jsonl(sets / "G.jsonl", [_rec("G", p, source_sample=f"{p}#0", extracted="1") for p in pids[:2]])
     write_jsonl(sets / "W.jsonl", [_rec("W", p, source_sample=f"{p}#1", extracted="2") for p in pids[:2]])
     write_jsonl(sets / "mix" / "mix-0.5.jsonl", [_rec("mix-0.5", p, flawed=i == 0) for i, p in enumerate(pids[:2])])
+    (sets / "step").mkdir()
+    for k in (1, 10, 2):  # the degrade.step_k sweep: one file per k in the step folder
+        write_jsonl(sets / "step" / f"step-{k}.jsonl", [_rec(f"step-{k}", p, degraded_steps=k) for p in pids[:2]])
     write_json(sets / "ids.json", {"n": 2, "policy": "both", "problem_ids": pids[:2]})
     lock = {"schema": "2.0", "stages": {"select@gsm8k": {"cmd": "x", "outs": [
         {"path": "data/sets/gsm8k/G.jsonl", "md5": "0123456789abcdef0123456789abcdef", "size": 1}]}}}
@@ -50,8 +53,9 @@ def test_export_round_trip(run_repo, tmp_path, fmt):
         dd = load_from_disk(str(target))
     else:
         dd = load_dataset("parquet", data_files={s: str(target / "data" / f"{s}-00000-of-00001.parquet")
-                                                 for s in ("H", "G", "W", "mix_0.5")})
-    assert sorted(dd) == ["G", "H", "W", "mix_0.5"]
+                                                 for s in ("H", "G", "W", "step_1", "step_2", "step_10", "mix_0.5")})
+    assert sorted(dd) == ["G", "H", "W", "mix_0.5", "step_1", "step_10", "step_2"]
+    assert json.loads(dd["step_2"][0]["extra"]) == {"degraded_steps": 2} and dd["step_10"]["set"] == ["step-10"] * 2
     # the rows SFT trained on: H restricted to ids.json like the other sets
     assert dd["H"]["problem_id"] == ["p1", "p2"] and dd["G"].num_rows == 2
     g = dd["G"][0]
@@ -62,6 +66,10 @@ def test_export_round_trip(run_repo, tmp_path, fmt):
     readme = (target / "README.md").read_text()
     assert "| G | 2 | `data/sets/gsm8k/G.jsonl` | `0123456789abcdef0123456789abcdef` |" in readme
     assert "smollm2-135m-instruct" in readme and "License" in readme and "balance = true" in readme
+    # training order: H, G, W, the step sets by k, the mixtures
+    table = [ln.split("|")[1].strip() for ln in readme.splitlines() if ln.startswith("| ") and "rows" not in ln]
+    assert table == ["H", "G", "W", "step_1", "step_2", "step_10", "mix_0.5"]
+    assert "`data/sets/gsm8k/step/step-2.jsonl`" in readme and "**step_K**: G" in readme
     assert ("config_name: gsm8k" in readme) == (fmt == "parquet")
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary folder left
 

@@ -40,10 +40,15 @@ def test_every_preset_validates_and_resolves_to_the_paper_setup(name, params):
     assert p.base.tasks == ["math", "gsm8k", "countdown", "mbpp"]
     assert p.base.seed == 42
     assert p.prepare.source == "hub"
-    assert p.sample.backend == "vllm"
+    assert p.base.backend == "vllm"
     assert p.sample.tensor_parallel_size >= 1
     s = p.sft
-    assert (s.method, s.learning_rate, s.epochs, s.batch_size, s.grad_accum) == ("full", 1e-6, 10, 4, 16)
+    assert (s.method, s.learning_rate, s.epochs, s.batch_size) == ("full", 1e-6, 10, 4)
+    # the authors' 4 x 16 = 64 sequences per optimizer step, whatever the process count
+    assert merged["sft"]["grad_accum"] == "auto" and s.effective_batch_size == 64
+    assert s.sequences_per_step == s.batch_size * s.grad_accum * s.num_processes == 64
+    assert s.grad_accum == 64 // (4 * s.num_processes) and s.num_processes > 1
+    assert s.precision == "bf16" and s.save_steps == [100, 200]  # [sft.py] bf16 weights; README: checkpoint-100, -200
     assert (s.max_length, s.warmup_ratio, s.weight_decay, s.dtype) == (1024, 0.1, 0.05, "bfloat16")
     assert s.launcher in ("fsdp", "deepspeed")
     assert (ROOT / "configs" / "accelerate" / f"{s.launcher}.yaml").exists()
@@ -166,3 +171,31 @@ def test_params_written_by_dvc_exp_run_pass_load_params(tmp_path):
     shutil.copy(PARAMS, target)
     apply_overrides(target, P.exp_run_args("paper-gemma-2-2b", params_path=PARAMS)[1::2])
     assert load_params(target).sft.learning_rate == 1e-6
+
+
+@pytest.mark.parametrize("name", sorted(STUDENTS))
+@pytest.mark.parametrize("processes, machines, accum", [(1, 1, 16), (2, 1, 8), (8, 1, 2), (16, 2, 1)])
+def test_preset_keeps_64_sequences_per_step_for_any_process_count(name, params, processes, machines, accum):
+    merged = P.apply_preset(name, params, [f"sft.num_processes={processes}", f"sft.num_machines={machines}"])
+    s = validate_params(merged).sft
+    assert (s.grad_accum, s.sequences_per_step) == (accum, 64)
+
+
+def test_preset_refuses_a_process_count_that_cannot_reach_64(params):
+    with pytest.raises(ParamsError, match=r"sft\.grad_accum: auto cannot reach sft\.effective_batch_size=64: "
+                                          r"sft\.batch_size=4 x sft\.num_processes=32"):
+        P.apply_preset("paper-gemma-2-2b", params, ["sft.num_processes=32", "sft.num_machines=4"])
+
+
+def test_preset_refuses_a_grad_accum_that_misses_64_unless_allowed(params):
+    with pytest.raises(ParamsError, match=r"sft\.grad_accum: .* = 256 sequences per optimizer step, but "
+                                          r"sft\.effective_batch_size=64.*sft\.effective_batch_size: null"):
+        P.apply_preset("paper-qwen2.5-1.5b", params, ["sft.grad_accum=16"])
+    free = P.apply_preset("paper-qwen2.5-1.5b", params, ["sft.grad_accum=16", "sft.effective_batch_size=null"])
+    assert validate_params(free).sft.grad_accum == 16
+
+
+def test_default_params_do_not_enforce_an_effective_batch(params):
+    s = validate_params(params).sft
+    assert s.effective_batch_size is None and s.grad_accum == params["sft"]["grad_accum"]
+    assert (s.precision, s.save_steps) == ("amp", [])

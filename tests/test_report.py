@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -442,3 +443,36 @@ def test_summary_csvs_for_the_top_level_plots(built):
     assert all(float(r["lo"]) <= float(r["accuracy"]) <= float(r["hi"]) for r in mix)
     close = rows("closeness.csv")
     assert {r["set"] for r in close if r["task"] == "gsm8k"} >= {"H", "G", "W"}
+
+
+def test_run_notes_say_which_prompts_and_scorers_a_run_used():
+    """The report states the prompt format, the scorers and the evaluation budget of its run."""
+    import importlib.util
+
+    from cotshape.config import validate_params
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("report_stage", root / "stages" / "report.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    default = "\n".join(stage.run_notes(validate_params({})))
+    assert "`base.prompt_format: chat`" in default and "`evaluate.scoring: strict`" in default
+    assert "at most 128 new tokens" in default
+    paper = "\n".join(stage.run_notes(validate_params({"base": {"prompt_format": "plain"},
+                                                      "evaluate": {"scoring": "paper", "max_new_tokens": "auto"}})))
+    assert "`base.prompt_format: plain`" in paper and "Solution:" in paper
+    assert "the authors' scorers (`evaluate.scoring: paper`" in paper and "4,096 Countdown" in paper
+
+
+def test_checkpoint_section_next_to_the_final_model(tree):
+    """sft.save_steps: each checkpoint's accuracy with its interval, the final model beside it,
+    n/a for a step the run never reached, and no section at all without checkpoints."""
+    ck = tree / "metrics" / "eval" / "checkpoints"
+    _write(ck / "gsm8k-G-step-10.json", {"accuracy": 0.25, "ci95": [0.2, 0.31], "n": 200})
+    _write(ck / "gsm8k-G-step-20.json", {"n": 0, "skipped": 1})
+    text = _build(tree, checkpoints=[20, 10]).read_text(encoding="utf-8")
+    section = _section(text, "## Intermediate checkpoints")
+    assert "| set | step 10 | step 20 | final |" in section
+    row = next(line for line in section.splitlines() if line.startswith("| G |"))
+    assert "25.0 % [20.0, 31.0]" in row and "n/a" in row
+    assert "## Intermediate checkpoints" not in _build(tree).read_text(encoding="utf-8")

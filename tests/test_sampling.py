@@ -34,7 +34,7 @@ class CountingBackend:
     """Wraps a real backend and records which prompts it was asked for."""
 
     def __init__(self, inner):
-        self.inner, self.calls = inner, []
+        self.inner, self.calls, self.name = inner, [], inner.name
 
     def generate(self, prompts, params, progress=None, seeds=None, on_result=None):
         self.calls.extend(p[0]["content"] for p in prompts)
@@ -56,7 +56,7 @@ def full_run(backend, tmp_path_factory):
 def test_records_have_the_schema_and_order(full_run):
     assert [r["id"] for r in full_run] == [f"p{i}#{j}" for i in range(5) for j in range(2)]
     r = full_run[0]
-    assert set(r) == set(SAMPLE_FIELDS)
+    assert set(r) == {*SAMPLE_FIELDS, "backend"} and r["backend"] == "transformers"  # the backend that drew it
     assert r["problem_id"] == "p0" and r["sample_index"] == 0 and r["task"] == "echo" and r["teacher"] == "tiny"
     assert r["prompt"] == EchoTask().chat_messages(PROBLEMS[0])
     assert r["finish_reason"] in ("stop", "length") and 0 < r["num_tokens"] <= 8

@@ -31,7 +31,8 @@ def test_one_g_and_one_w_per_problem():
     assert all(r["correct"] for r in sets["G"])
     assert all(not r["correct"] and r["parsed"] for r in sets["W"])
     assert counts == {"problems": 5, "samples": 9, "with_correct": 2, "with_wrong": 2, "with_both": 1,
-                      "with_unparsed_only": 1, "selected_G": 2, "selected_W": 2, "verifier_errors": 0}
+                      "with_unparsed_only": 1, "truncated": 0, "excluded_truncated": 0, "selected_G": 2,
+                      "selected_W": 2, "verifier_errors": 0}
 
 
 def test_unparsed_samples_are_never_w():
@@ -68,12 +69,34 @@ def test_grading_failures_are_never_w():
     assert sets["W"] == [] and counts["with_wrong"] == 0
 
 
-def test_w_prefers_cots_that_finished():
+def test_w_prefers_cots_that_finished_when_truncated_ones_are_allowed():
     cut = dict(s("f", 0, False), finish_reason="length")
     done = dict(s("f", 1, False), finish_reason="stop")
     for seed in range(5):
-        assert select_gw([cut, done], ["f"], seed=seed)[0]["W"][0]["completion"] == "f-1"
-    assert select_gw([cut], ["f"], seed=0)[0]["W"][0]["completion"] == "f-0"  # only if nothing else
+        assert select_gw([cut, done], ["f"], seed=seed, allow_truncated=True)[0]["W"][0]["completion"] == "f-1"
+    # only if nothing else
+    assert select_gw([cut], ["f"], seed=0, allow_truncated=True)[0]["W"][0]["completion"] == "f-0"
+
+
+def test_truncated_cots_are_excluded_from_g_and_w_by_default():
+    samples = [dict(s("g", 0, True), finish_reason="length"), dict(s("g", 1, False), finish_reason="length"),
+               dict(s("g", 2, True), finish_reason="stop"),
+               dict(s("h", 0, False), finish_reason="length"), dict(s("h", 1, True), finish_reason="length"),
+               s("i", 0, False)]  # no finish_reason (older samples): counted as ended on its own
+    for seed in range(6):
+        sets, counts = select_gw(samples, ["g", "h", "i"], seed=seed)
+        assert [r["completion"] for r in sets["G"]] == ["g-2"]
+        assert [r["completion"] for r in sets["W"]] == ["i-0"]
+    assert counts["truncated"] == counts["excluded_truncated"] == 4
+    assert counts["with_correct"] == 1 and counts["with_wrong"] == 1 and counts["with_both"] == 0
+    sets, counts = select_gw(samples, ["g", "h", "i"], seed=0, allow_truncated=True)
+    assert [r["problem_id"] for r in sets["G"]] == ["g", "h"] and [r["problem_id"] for r in sets["W"]] == ["g", "h", "i"]
+    assert counts["truncated"] == 4 and counts["excluded_truncated"] == 0
+
+
+def test_bad_finish_reason_is_refused():
+    with pytest.raises(RecordError, match="record 1: field 'finish_reason' must be stop or length, got 'eos'"):
+        select_gw([dict(s("a", 0, True), finish_reason="eos")], IDS)
 
 
 def write_lines(path, lines):
@@ -123,3 +146,38 @@ def test_too_many_verifier_errors_refused():
     assert counts["verifier_errors"] == 3
     with pytest.raises(StageError, match=r"3 of 8 samples \(38%\) could not be graded .*select\.max_verifier_errors"):
         select_gw(broken + fine, IDS, seed=0, max_verifier_errors=0.05)
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_select_stage_reads_allow_truncated(tmp_path, allow):
+    """The select stage passes select.allow_truncated on and its metrics count the exclusions."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    from cotshape.records import read_jsonl, write_jsonl
+
+    root = Path(__file__).resolve().parents[1]
+    problems = [{"id": pid, "task": "gsm8k", "question": f"q {pid}", "answer": "1", "solution": "", "tests": [],
+                 "meta": {}} for pid in ("a", "b")]
+    write_jsonl(tmp_path / "train.jsonl", problems)
+    write_lines(tmp_path / "verified.jsonl", [
+        dict(s("a", 0, True), finish_reason="stop"), dict(s("a", 1, False), finish_reason="length"),
+        dict(s("b", 0, True), finish_reason="length"), dict(s("b", 1, False), finish_reason="stop")])
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["select"].update(allow_truncated=allow, balance=False)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run(
+        [sys.executable, str(root / "stages" / "select_gw.py"), "--task", "gsm8k", "--problems",
+         str(tmp_path / "train.jsonl"), "--verified", str(tmp_path / "verified.jsonl"), "--sets-dir",
+         str(tmp_path / "sets"), "--metrics", str(tmp_path / "m.json")],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, COTSHAPE_PARAMS=str(tmp_path / "params.yaml")))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["truncated"] == 2 and metrics["excluded_truncated"] == (0 if allow else 2)
+    g = [r["problem_id"] for r in read_jsonl(tmp_path / "sets" / "G.jsonl")]
+    w = [r["problem_id"] for r in read_jsonl(tmp_path / "sets" / "W.jsonl")]
+    assert (g, w) == ((["a", "b"], ["a", "b"]) if allow else (["a"], ["b"]))

@@ -27,7 +27,7 @@ STAGES = {
     "paraphrase": ["--task", "countdown", "--problems", "IN/train.jsonl", "--student", "IN/m", "--teacher", "IN/m",
                    "--out", "OUT/P.jsonl", "--metrics", "OUT/p.json"],
     "degrade": ["--task", "countdown", "--problems", "IN/train.jsonl", "--good", "IN/G.jsonl", "--teacher", "IN/m",
-                "--mix-dir", "OUT/mix", "--step-out", "OUT/step.jsonl", "--metrics", "OUT/d.json"],
+                "--mix-dir", "OUT/mix", "--step-dir", "OUT/step", "--metrics", "OUT/d.json"],
     "sft": ["--task", "countdown", "--set", "H", "--data", "IN/H.jsonl", "--student", "IN/m", "--out", "OUT/sft",
             "--metrics", "OUT/sft.json", "--loss-plot", "OUT/loss.csv"],
     "evaluate": ["--task", "countdown", "--set", "H", "--problems", "IN/test.jsonl", "--model", "IN/m",

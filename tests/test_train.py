@@ -306,3 +306,168 @@ def test_launch_command():
     cmd = launch_command(SFTParams(launcher="fsdp", num_processes=4, num_machines=2), ["s.py"], "cfg")
     assert cmd == ["accelerate", "launch", "--config_file", "cfg/fsdp.yaml", "--num_processes", "4",
                    "--num_machines", "2", "s.py"]
+
+
+# ---------------------------------------------------------------- effective batch, precision, checkpoints (#11)
+
+
+def test_grad_accum_auto_reaches_the_effective_batch():
+    p = SFTParams(batch_size=4, grad_accum="auto", effective_batch_size=64, launcher="fsdp", num_processes=4)
+    assert p.grad_accum == 4 and p.sequences_per_step == 64
+    # accelerate's --num_processes counts the processes of all machines: 2 machines x 4 GPUs = 8
+    p = SFTParams(batch_size=4, grad_accum="auto", effective_batch_size=64, launcher="fsdp", num_processes=8,
+                  num_machines=2)
+    assert p.grad_accum == 2
+
+
+@pytest.mark.parametrize(
+    "kw, keys",
+    [({"batch_size": 4, "grad_accum": 16, "effective_batch_size": 64, "launcher": "ddp", "num_processes": 4},
+      ["sft.grad_accum", "sft.effective_batch_size", "sft.num_processes"]),
+     ({"batch_size": 3, "grad_accum": "auto", "effective_batch_size": 64}, ["sft.grad_accum", "sft.batch_size"]),
+     ({"grad_accum": "auto"}, ["sft.grad_accum", "sft.effective_batch_size"]),
+     ({"precision": "bf16", "dtype": "float32"}, ["sft.precision", "sft.dtype"]),
+     ({"precision": "fp8"}, ["sft.precision"]),
+     ({"save_steps": [0]}, ["sft.save_steps"]),
+     ({"save_steps": [3, 3]}, ["sft.save_steps"]),
+     ({"save_steps": [5], "max_steps": 4}, ["sft.save_steps", "sft.max_steps"])],
+)
+def test_batch_precision_and_save_steps_mistakes_name_the_keys(kw, keys):
+    with pytest.raises(ValueError) as e:
+        SFTParams(**kw)
+    assert all(k in str(e.value) for k in keys), str(e.value)
+
+
+def test_batch_mismatch_on_purpose_is_kept():
+    p = SFTParams(batch_size=4, grad_accum=16, effective_batch_size=None, launcher="ddp", num_processes=4)
+    assert p.grad_accum == 16 and p.sequences_per_step == 256
+    assert SFTParams(batch_size=4, grad_accum=16, launcher="ddp", num_processes=4).sequences_per_step == 256
+
+
+def test_params_file_mismatch_is_a_params_error_naming_the_file_and_key():
+    from cotshape.config import ParamsError, validate_params
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["sft"].update(effective_batch_size=64, grad_accum=1)
+    with pytest.raises(ParamsError, match=r"^exp\.yaml: sft\.grad_accum: .*sft\.effective_batch_size=64"):
+        validate_params(params, source="exp.yaml")
+    params["sft"]["grad_accum"] = "auto"
+    assert validate_params(params).sft.grad_accum == 64 // params["sft"]["batch_size"]
+
+
+def _saved_dtypes(folder: Path) -> set[str]:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as f:
+        return {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+
+
+def test_bf16_precision_trains_bf16_weights(tiny_model_dir, tmp_path):
+    import math
+
+    import torch
+    from transformers import TrainerCallback
+
+    seen: list[torch.dtype] = []
+
+    class WeightDtype(TrainerCallback):  # the dtype of the weights the optimizer updates, during training
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            seen.append(next(model.parameters()).dtype)
+
+    out = tmp_path / "bf16"
+    params = SFTParams(method="full", **{**FAST, "dtype": "auto"}, precision="bf16")
+    metrics = train_sft(tiny_model_dir, RECORDS, out, params, callbacks=[WeightDtype()])
+    assert seen == [torch.bfloat16] * metrics["steps"] and metrics["steps"] == 4
+    assert all(math.isfinite(metrics[k]) for k in ("first_loss", "final_loss", "train_loss"))
+    assert _saved_dtypes(out) == {"BF16"}
+    assert json.loads((out / TRAIN_LOG).read_text())["precision"] == "bf16"
+    # amp (the default) keeps fp32 master weights
+    train_sft(tiny_model_dir, RECORDS, tmp_path / "amp", SFTParams(method="full", **FAST))
+    assert _saved_dtypes(tmp_path / "amp") == {"F32"}
+
+
+def test_save_steps_write_loadable_checkpoints(tiny_model_dir, tmp_path):
+    import torch
+
+    from cotshape.train import checkpoint_dir
+
+    out = tmp_path / "ckpt"
+    metrics = train_sft(tiny_model_dir, RECORDS, out, SFTParams(method="full", **FAST, save_steps=[1, 2]))
+    assert metrics["steps"] == 4
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-1", "step-2"]
+    assert json.loads((out / TRAIN_LOG).read_text())["checkpoints"] == ["checkpoints/step-1", "checkpoints/step-2"]
+    models = {}
+    for step in (1, 2):
+        folder = checkpoint_dir(out, step)
+        marker = json.loads((folder / MARKER).read_text())
+        assert marker["step"] == step and marker["merged"] is True
+        assert _tok(folder).chat_template
+        # saved with the model's own attention, not the padding-free kernel registered for training
+        assert json.loads((folder / "config.json").read_text()).get("_attn_implementation") in (None, "sdpa")
+        assert not (folder / "training_args.bin").exists()
+        models[step] = load_trained(folder)
+    final = load_trained(out)
+    w = "model.layers.0.mlp.up_proj.weight"
+    assert not torch.equal(models[1].state_dict()[w], models[2].state_dict()[w])
+    assert not torch.equal(models[2].state_dict()[w], final.state_dict()[w])
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+def test_lora_checkpoint_is_an_adapter_that_load_trained_merges(tiny_model_dir, tmp_path):
+    from cotshape.train import checkpoint_dir
+
+    out = tmp_path / "lora"
+    train_sft(tiny_model_dir, RECORDS, out, SFTParams(method="lora", lora_r=4, lora_alpha=8, **FAST, save_steps=[2]))
+    folder = checkpoint_dir(out, 2)
+    assert (folder / "adapter_config.json").exists() and not (folder / "model.safetensors").exists()
+    assert not hasattr(load_trained(folder), "peft_config")
+
+
+def test_save_step_after_the_last_step_is_recorded_as_not_reached(tiny_model_dir, tmp_path):
+    from cotshape.pipeline import SKIPPED
+    from cotshape.train import checkpoint_dir
+
+    out = tmp_path / "late"
+    train_sft(tiny_model_dir, RECORDS, out, SFTParams(method="full", **FAST, save_steps=[2, 50]))
+    assert (checkpoint_dir(out, 2) / MARKER).exists()
+    late = checkpoint_dir(out, 50)
+    assert [p.name for p in late.iterdir()] == [SKIPPED]
+    assert "ended after 4 optimizer steps" in json.loads((late / SKIPPED).read_text())["reason"]
+    assert json.loads((out / TRAIN_LOG).read_text())["checkpoints_not_reached"] == [50]
+
+
+@pytest.mark.slow  # about 30 s on 2 shared cores: one SFT run and three evaluate stage processes
+def test_evaluate_stage_loads_a_checkpoint(tiny_model_dir, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "sft" / "gsm8k-H"
+    train_sft(tiny_model_dir, RECORDS, out, SFTParams(method="full", **FAST, save_steps=[2, 9]))
+    problems = tmp_path / "test.jsonl"
+    problems.write_text("".join(json.dumps({"id": f"t{i}", "task": "gsm8k", "question": q, "answer": a,
+                                            "solution": f"#### {a}", "tests": [], "meta": {}}) + "\n"
+                                for i, (q, a) in enumerate([("What is 1 + 1?", "2"), ("What is 2 + 2?", "4")])))
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["base"].update(device="cpu", dtype="float32", student=str(tiny_model_dir))
+    params["evaluate"].update(max_new_tokens=4, batch_size=2)
+    params["tracking"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    env = dict(os.environ, COTSHAPE_PARAMS=str(tmp_path / "params.yaml"), HF_HUB_OFFLINE="1")
+
+    def run(checkpoint: str, name: str):
+        return subprocess.run(
+            [sys.executable, str(REPO / "stages" / "evaluate.py"), "--task", "gsm8k", "--set", "H",
+             "--problems", str(problems), "--model", str(out), "--checkpoint", checkpoint,
+             "--out", str(tmp_path / f"{name}.jsonl"), "--metrics", str(tmp_path / f"{name}.json")],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+
+    proc = run("step-2", "ck")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "ck.json").read_text())["n"] == 2
+    assert len((tmp_path / "ck.jsonl").read_text().splitlines()) == 2
+    proc = run("9", "late")  # listed in save_steps, but the run ended at step 4
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "late.json").read_text()) == {"n": 0, "skipped": 1}
+    proc = run("step-3", "missing")
+    assert proc.returncode == 2 and "no such checkpoint (has: step-2, step-9)" in proc.stderr, proc.stderr[-3000:]

@@ -84,8 +84,30 @@ def truncate_at_stop(text: str, stop: list[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+NO_CHAT_TEMPLATE = (
+    "the model's tokenizer has no chat template (a base model?): a base student needs "
+    "base.prompt_format: plain (the authors' plain-text prompts) instead of chat; the teacher is "
+    "always prompted in chat and must be an instruct model"
+)
+
+
+def render_chat(tokenizer, messages: list[dict[str, str]]) -> str:
+    """Chat messages rendered with the tokenizer's chat template and the generation prompt: the
+    text a chat prompt is, tokenized with ``add_special_tokens=False`` (the template writes its
+    own BOS). A tokenizer without a chat template is an :class:`InputError` naming
+    ``base.prompt_format``."""
+    if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
+        raise InputError(NO_CHAT_TEMPLATE)
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
 class Backend:
-    """A loaded model that generates. Subclasses implement :meth:`generate`."""
+    """A loaded model that generates. Subclasses implement :meth:`generate`.
+
+    A prompt is chat messages (rendered by :func:`render_chat`) or text (a plain-text prompt,
+    e.g. :func:`cotshape.tasks.base.student_prompt` with ``plain``), tokenized as it is, with
+    no special tokens added: the text carries its own BOS. ``SamplingParams.stop`` ends a
+    completion at the first stop string (which is not part of the returned text)."""
 
     name: str = ""
     tokenizer = None  # set by backends that tokenize prompts themselves
@@ -98,10 +120,7 @@ class Backend:
             return tok(prompt, add_special_tokens=False)["input_ids"]
         if not isinstance(prompt, list) or not all(isinstance(m, dict) and "role" in m and "content" in m for m in prompt):
             raise ValueError(f"a prompt must be a string or a list of {{'role', 'content'}} messages, got {prompt!r:.200}")
-        if tok.chat_template is None:
-            raise ValueError("the model's tokenizer has no chat template: pass text prompts")
-        text = tok.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-        return tok(text, add_special_tokens=False)["input_ids"]
+        return tok(render_chat(tok, prompt), add_special_tokens=False)["input_ids"]
 
     def generate(
         self,

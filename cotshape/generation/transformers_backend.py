@@ -24,7 +24,10 @@ and ``generate`` keeps every finished row in the batch (padding) until the longe
   logits themselves can differ in the last bits with batch composition, in bf16 more than in
   fp32, so a sample is reproducible bit for bit for the same prompts and batch size.)
 
-Greedy decoding (``temperature == 0``) takes the argmax.
+Greedy decoding (``temperature == 0``) takes the argmax. A prompt is chat messages or text (a
+plain-text student prompt, tokenized as it is: :meth:`Backend.encode`); a row stops at EOS or at
+the first of ``SamplingParams.stop`` (the task's plain stop strings, such as "Problem:"), which
+is cut from the returned text.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 A task knows how to load its problems (hub or offline source, in the one record schema of
 :mod:`cotshape.records`), how to prompt a chat or base model for a chain of thought, how to
-pull the final answer out of a completion and how to grade it. ``verify`` never raises: a
+pull the final answer out of a completion and how to grade it (strictly, :meth:`Task.verify`,
+or as the authors' scripts did, :meth:`Task.paper_verify`). :func:`student_prompt` is the one
+place that turns (task, problem, ``base.prompt_format``, tokenizer) into a student's prompt text. ``verify`` never raises: a
 completion is untrusted model output, and a verifier that crashes would silently drop it from
 the G/W split.
 """
@@ -26,6 +28,23 @@ Messages = list[dict[str, str]]
 
 #: file types read from a dataset folder in the Hugging Face hub layout
 HUB_FILE_SUFFIXES = (".parquet", ".jsonl", ".json")
+
+#: how a *student* is prompted (``base.prompt_format``): ``chat`` renders the task's one-turn chat
+#: prompt with the student's chat template; ``plain`` is the authors' plain-text template for base
+#: students (:meth:`Task.base_prompt`, e.g. "...Problem:\n{problem}\n\nSolution:"). The teacher (an
+#: instruct model) is always prompted in chat.
+PROMPT_FORMATS = ("chat", "plain")
+#: what joins a plain prompt (ending in "Solution:") and its completion in SFT: the authors'
+#: few-shot exemplars (eval_math_gsm8k.py, eval_countdown.py) write "Solution:\n<solution>"
+PLAIN_SEPARATOR = "\n"
+
+#: the authors' zero-shot template for MATH and GSM8K (eval_math_gsm8k.py, ZERO_SHOT_TEMPLATE)
+MATH_PLAIN_TEMPLATE = (
+    "You are a math expert. I am going to give you a math Problem that you need to solve. When you "
+    "respond, respond only with the Solution, thinking step by step. At the end of the Solution, when "
+    "you give your final answer, write it in the form \"Final Answer: The final answer is $answer$. I "
+    "hope it is correct.\"\n\nProblem:\n{problem}\n\nSolution:"
+)
 
 
 def stable_bucket(key: str, buckets: int = 1000) -> int:
@@ -146,6 +165,15 @@ class Task:
     #: training records keep the zero-shot prompt of :meth:`chat_messages`.
     teacher_exemplars: ClassVar[tuple[dict[str, Any], ...]] = ()
 
+    # ---- evaluation as the authors ran it ----------------------------------------------
+    #: greedy evaluation length of the paper (``evaluate.max_new_tokens: auto``): MAX_TOKENS of
+    #: the authors' eval scripts (2,048 in eval_math_gsm8k.py, 4,096 in eval_countdown.py,
+    #: 1,024 in gen_plus_eval_codegen_mbpp.py)
+    eval_max_new_tokens: ClassVar[int] = 2048
+    #: stop strings of the plain-text prompt (vLLM ``SamplingParams(stop=...)`` in the authors'
+    #: scripts): a base model that finished its solution starts the next "Problem:"
+    plain_stop: ClassVar[tuple[str, ...]] = ("Problem:",)
+
     # ---- data -------------------------------------------------------------------------
     #: difficulty levels of the offline source: "full" (the task's usual offline data) and, for
     #: tasks with a CPU proxy, "easy" (problems a 135M few-shot teacher solves part of the time)
@@ -203,8 +231,15 @@ class Task:
         return any(ex["question"] == question for ex in self.teacher_exemplars)
 
     def base_prompt(self, problem: Problem) -> str:
-        """Prompt for base (non-chat) models: a plain-text template ending where the CoT starts."""
-        return f"Question: {problem['question']}\n{self.instruction}\nAnswer:"
+        """Prompt for base (non-chat) models (``base.prompt_format: plain``): a plain-text template
+        ending where the CoT starts. The four paper tasks use the authors' zero-shot templates;
+        this default follows their layout (instruction, "Problem:", "Solution:")."""
+        return f"{self.instruction}\n\nProblem:\n{problem['question']}\n\nSolution:"
+
+    def stop_strings(self, prompt_format: str) -> list[str]:
+        """Stop strings of a student's generation: the task's :attr:`plain_stop` with a plain
+        prompt, none with a chat prompt (the end-of-turn token ends it)."""
+        return list(self.plain_stop) if prompt_format == "plain" else []
 
     def flawed_messages(self, problem: Problem) -> Messages:
         """Prompt that asks a model for a completely flawed chain of thought."""
@@ -241,6 +276,11 @@ class Task:
         except Exception as e:  # noqa: BLE001 - a verifier must never crash on model output
             return Verdict(False, True, extracted, f"{VERIFIER_ERROR}: {type(e).__name__}: {e}")
 
+    def paper_verify(self, problem: Problem, completion: str) -> Verdict:
+        """Grade one completion the way the authors' released scorer does (``evaluate.scoring:
+        paper``); never raises. The default is :meth:`verify` (a task without a paper scorer)."""
+        return self.verify(problem, completion)
+
     def verify(self, problem: Problem, completion: str) -> Verdict:
         """Grade one completion. Never raises."""
         try:
@@ -252,3 +292,47 @@ class Task:
             return self.check(problem, extracted, completion)
         except Exception as e:  # noqa: BLE001 - a verifier must never crash on model output
             return Verdict(False, False, None, f"{VERIFIER_ERROR}: {type(e).__name__}: {e}")
+
+
+# ---- the student's prompt ------------------------------------------------------------------
+def check_prompt_format(prompt_format: str) -> str:
+    if prompt_format not in PROMPT_FORMATS:
+        raise InputError(f"base.prompt_format: must be one of {', '.join(PROMPT_FORMATS)}, got {prompt_format!r}")
+    return prompt_format
+
+
+def special_prefix(tokenizer) -> str:
+    """The special tokens the tokenizer puts before a text by itself (BOS for Llama and Gemma,
+    nothing for Qwen or SmolLM2), as text.
+
+    A plain prompt starts with them, and every stage then tokenizes the prompt text with
+    ``add_special_tokens=False``: the ids are those vLLM and TRL get from the bare template (both
+    tokenize text with special tokens), and a chat-rendered prompt (which carries its own BOS)
+    goes through the same path without a second BOS."""
+    if tokenizer is None:
+        return ""
+    probe = "a"
+    with_special = tokenizer(probe)["input_ids"]
+    bare = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    # where the bare text sits among the ids with special tokens (a tokenizer may add EOS too)
+    k = next((i for i in range(len(with_special) - len(bare) + 1) if with_special[i:i + len(bare)] == bare), 0)
+    return tokenizer.decode(with_special[:k]) if k else ""
+
+
+def student_prompt(task: Task, problem: Problem, prompt_format: str, tokenizer=None) -> str:
+    """The exact text a student model reads before its completion, for every stage that prompts
+    a student: SFT tokenization and closeness (:func:`cotshape.train.tokenize_records`),
+    evaluation, and the student side of paraphrase. Tokenize it with ``add_special_tokens=False``.
+
+    ``chat``: :meth:`Task.chat_messages` rendered with the tokenizer's chat template and the
+    generation prompt (what the generation backends render for chat messages). ``plain``: the
+    tokenizer's leading special tokens (:func:`special_prefix`) + :meth:`Task.base_prompt`.
+    A tokenizer without a chat template works with ``plain`` only; with ``chat`` it is an
+    :class:`InputError` naming ``base.prompt_format``.
+    """
+    check_prompt_format(prompt_format)
+    if prompt_format == "plain":
+        return special_prefix(tokenizer) + task.base_prompt(problem)
+    from cotshape.generation.base import render_chat
+
+    return render_chat(tokenizer, task.chat_messages(problem))

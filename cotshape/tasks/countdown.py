@@ -208,6 +208,46 @@ def derivation(expr: str, numbers: list[int], target: int) -> str:
     )
 
 
+#: the authors' zero-shot template (eval_countdown.py ``ZERO_SHOT_TEMPLATE``; ``nums`` is the list)
+PLAIN_TEMPLATE = (
+    "You are a math expert. I am going to give you a Problem that you need to solve. When you respond, "
+    "respond with the Solution, thinking step by step. And return the final answer in <answer> </answer> "
+    "tags, for example <answer> (1 + 2) / 3 </answer>.\nProblem:\nUsing the numbers {nums}, create an "
+    "equation that equals {target}. You can use basic arithmetic operations (+, -, *, /) and each number "
+    "can only be used once. Do not use any other operations or numbers.\n\nSolution:"
+)
+_PAPER_ANSWER_RE = re.compile(r"<answer>(.*?)</answer>")
+
+
+def paper_score(completion: str, numbers: list[int], target: int) -> tuple[float, str | None]:
+    """``compute_score`` of the authors' eval_countdown.py, on the stripped completion: the
+    equation is the last ``<answer>...</answer>`` of the *last line* only (0 when none: an
+    unparsed answer); 0.1 when the numbers in it (``\\d+``) are not exactly the given ones or it
+    does not evaluate (only digits, + - * / ( ) . and spaces; Python ``eval``, so ``5 = 5`` or
+    ``1/0`` fail); 0.5 when it evaluates to another value; 1.0 when within 1e-5 of the target.
+    Returns ``(score, equation)``."""
+    last_line = completion.strip().split("\n")[-1]
+    found = _PAPER_ANSWER_RE.findall(last_line)
+    if not found:
+        return 0.0, None
+    equation = found[-1].strip()
+    try:
+        if sorted(int(n) for n in re.findall(r"\d+", equation)) != sorted(numbers):
+            return 0.1, equation
+    except Exception:  # noqa: BLE001
+        return 0.1, equation
+    if not re.match(r"^[\d+\-*/().\s]+$", equation) or len(equation) > 1000:
+        return 0.1, equation
+    try:
+        # the authors' eval (restricted: no builtins, digits and operators only, checked above)
+        result = eval(equation, {"__builtins__": None}, {})  # noqa: S307
+        if abs(result - target) < 1e-5:
+            return 1.0, equation
+        return 0.5, equation
+    except Exception:  # noqa: BLE001 - ZeroDivisionError, SyntaxError: the format score
+        return 0.1, equation
+
+
 def _fmt(v: Fraction) -> str:
     return str(v.numerator) if v.denominator == 1 else f"{v.numerator}/{v.denominator}"
 
@@ -224,6 +264,27 @@ class Countdown(Task):
         "Use each number exactly once, with + - * / and parentheses. "
         "Think step by step, then give the expression in <answer> </answer>."
     )
+
+    eval_max_new_tokens = 4096  # eval_countdown.py: MAX_TOKENS = 4096
+
+    def base_prompt(self, problem: Problem) -> str:
+        m = problem["meta"]
+        return PLAIN_TEMPLATE.format(nums=list(m["numbers"]), target=m["target"])
+
+    def paper_verify(self, problem: Problem, completion: str) -> Verdict:
+        if not isinstance(completion, str) or not completion.strip():
+            # the authors' scripts skip an empty generation: a parse failure
+            return Verdict(False, False, None, "paper scorer: empty completion")
+        m = problem["meta"]
+        try:
+            points, equation = paper_score(completion, list(m["numbers"]), m["target"])
+        except Exception as e:  # noqa: BLE001 - a scorer must never crash on model output
+            return Verdict(False, False, None, f"paper scorer failed: {type(e).__name__}")
+        if equation is None:
+            return Verdict(False, False, None, "paper scorer: no <answer> on the last line")
+        reason = {1.0: "equals the target", 0.5: "uses the numbers, wrong value",
+                  0.1: "wrong numbers or not evaluable"}[points]
+        return Verdict(points >= 1.0, True, equation, f"paper scorer: score {points} ({reason})")
 
     def user_prompt(self, problem: Problem) -> str:
         m = problem["meta"]

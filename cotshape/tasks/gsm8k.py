@@ -22,7 +22,15 @@ from fractions import Fraction
 from cotshape.errors import InputError
 from cotshape.records import make_problem
 from cotshape.tasks import register
-from cotshape.tasks.base import VERIFIER_ERROR, Problem, Task, Verdict, is_test_key, read_hub_rows
+from cotshape.tasks.base import (
+    MATH_PLAIN_TEMPLATE,
+    VERIFIER_ERROR,
+    Problem,
+    Task,
+    Verdict,
+    is_test_key,
+    read_hub_rows,
+)
 
 #: offline problems drawn when no ``limit`` is given
 OFFLINE_SIZES = {"train": 2000, "test": 500}
@@ -95,6 +103,18 @@ class GSM8K(Task):
     hub_id = "openai/gsm8k"
     hub_config = "main"
     instruction = "Solve step by step. End with 'The answer is N.' where N is the final number."
+    eval_max_new_tokens = 2048  # eval_math_gsm8k.py (MATH and GSM8K): MAX_TOKENS = 2048
+
+    def base_prompt(self, problem: Problem) -> str:
+        """The authors' zero-shot template; eval_math_gsm8k.py serves MATH and GSM8K alike."""
+        return MATH_PLAIN_TEMPLATE.format(problem=problem["question"])
+
+    def paper_verify(self, problem: Problem, completion: str) -> Verdict:
+        from cotshape.tasks.math import paper_math_verdict
+
+        if not isinstance(completion, str):
+            return Verdict(False, False, None, "completion is not a string")
+        return paper_math_verdict(problem["solution"], completion)
 
     def load_hub(self, split: str, source: str, limit: int | None, seed: int) -> list[Problem]:
         rows = read_hub_rows(source, self.hub_config, split)

@@ -32,7 +32,15 @@ from typing import Any
 from cotshape.errors import DataNotFoundError, InputError
 from cotshape.records import make_problem
 from cotshape.tasks import register
-from cotshape.tasks.base import Problem, Task, Verdict, is_test_key, read_hub_rows, stable_bucket
+from cotshape.tasks.base import (
+    MATH_PLAIN_TEMPLATE,
+    Problem,
+    Task,
+    Verdict,
+    is_test_key,
+    read_hub_rows,
+    stable_bucket,
+)
 from cotshape.tasks.mathgen import generate
 
 SUBJECTS = (
@@ -278,11 +286,56 @@ def grade_pair(gold: str, pred: str) -> tuple[bool, str]:
     return math_equal(gold, pred)
 
 
+def _paper_parse(text: str) -> Any:
+    """``extract_final_answer`` of the authors' eval_math_gsm8k.py: math-verify ``parse`` of the
+    whole text; None when nothing parses, it raises, or a parsed string is over 5,000 characters."""
+    from math_verify import parse
+
+    try:
+        parsed = parse(text, parsing_timeout=_mv_timeout())
+    except Exception:  # noqa: BLE001 - as the authors' scorer: unparseable
+        return None
+    if not parsed or any(isinstance(x, str) and len(x) > 5000 for x in parsed):
+        return None
+    return parsed
+
+
+def paper_math_verdict(gold_solution: str, completion: str) -> Verdict:
+    """The authors' MATH/GSM8K scorer (eval_math_gsm8k.py): math-verify ``parse`` on the *full*
+    gold solution and the *full* completion (stripped, as their vLLM output), then ``verify``.
+    Either side unparseable, or ``verify`` raising, is an unparsed answer (their scripts leave
+    both out of the accuracy's denominator). Unlike the strict grader there is no final-answer
+    extraction: math-verify takes whichever answer it finds (a last ``\\boxed{}``, else the last
+    expression), so "The answer is 7. Check: 7 + 1 = 8" can read 8."""
+    from math_verify import verify
+
+    gold = _paper_parse(gold_solution)
+    pred = _paper_parse(completion.strip())
+    if gold is None or pred is None:
+        which = "gold solution" if gold is None else "completion"
+        return Verdict(False, False, None, f"paper scorer: math-verify found no answer in the {which}")
+    extracted = str(pred[-1]) if len(pred) > 1 else str(pred[0])
+    try:
+        ok = bool(verify(gold, pred, timeout_seconds=_mv_timeout()))
+    except Exception as e:  # noqa: BLE001
+        return Verdict(False, False, extracted, f"paper scorer: verify failed ({type(e).__name__})")
+    return Verdict(ok, True, extracted, "paper scorer: math-verify " + ("equal" if ok else f"{extracted} != gold"))
+
+
 @register
 class MATH(Task):
     name = "math"
     hub_id = "EleutherAI/hendrycks_math"
     instruction = "Solve step by step, and put the final answer in \\boxed{}."
+    eval_max_new_tokens = 2048  # eval_math_gsm8k.py: MAX_TOKENS = 2048
+
+    def base_prompt(self, problem: Problem) -> str:
+        """The authors' zero-shot template (eval_math_gsm8k.py ``ZERO_SHOT_TEMPLATE``)."""
+        return MATH_PLAIN_TEMPLATE.format(problem=problem["question"])
+
+    def paper_verify(self, problem: Problem, completion: str) -> Verdict:
+        return paper_math_verdict(problem["solution"], completion) if isinstance(completion, str) else \
+            Verdict(False, False, None, "completion is not a string")
 
     def load_hub(self, split: str, source: str, limit: int | None, seed: int) -> list[Problem]:
         from pathlib import Path

@@ -79,6 +79,30 @@ def _is_metadata(node: ast.stmt) -> bool:
     return isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "METADATA" for t in node.targets)
 
 
+#: gen_plus_eval_codegen_mbpp.py ``build_mbpp_prompt``: the text before the problem
+PLAIN_PREFIX = (
+    "You are an expert Python programmer.\n"
+    "I will give you a programming task description. Your job is to write a correct, "
+    "efficient, and clean Python solution. Start directly with the coding solution.\n\n"
+    "Requirements:\n"
+    "- Use only the Python standard library.\n"
+    "- Your code must strictly satisfy the provided assertion.\n"
+    "- Respond with ONLY Python code (no backticks, no comments, no explanations).\n"
+    "\nProblem:\n"
+)
+PAPER_TIMEOUT_S = 5.0  # gen_plus_eval_codegen_mbpp.py: TIMEOUT_SECONDS = 5
+
+
+def paper_sanitize(completion: str) -> str:
+    """``sanitize_code`` of the authors' MBPP script: every ```python and ``` removed, a leading
+    "python" dropped, stripped (the completion is stripped first, as their vLLM output)."""
+    code = re.sub(r"```python", "", completion.strip(), flags=re.IGNORECASE)
+    code = re.sub(r"```", "", code)
+    if code.strip().lower().startswith("python"):
+        code = code.strip()[6:]
+    return code.strip()
+
+
 def _fence(code: str) -> str:
     return f"```python\n{code.strip()}\n```"
 
@@ -88,6 +112,8 @@ class MBPP(Task):
     name = "mbpp"
     hub_id = "google-research-datasets/mbpp"
     hub_config = "full"
+    #: the answer is code: a degraded CoT stays valid Python with wrong behaviour (cotshape.degrade)
+    answer_kind = "code"
     instruction = "Write the Python function in a ```python block."
 
     def user_prompt(self, problem: Problem) -> str:
@@ -96,8 +122,36 @@ class MBPP(Task):
             example = f"\nYour code should pass this test:\n{problem['tests'][0]}"
         return f"{problem['question']}{example}\n{self.instruction}"
 
+    eval_max_new_tokens = 1024  # gen_plus_eval_codegen_mbpp.py: MAX_TOKENS = 1024
+    # gen_plus_eval_codegen_mbpp.py's stop strings ("stop the model hallucinating new problems")
+    plain_stop = ("Problem:", "<end_of_turn>", "User:", "Observation:", "\nclass", "\ndef test", "\nif __name__")
+
     def base_prompt(self, problem: Problem) -> str:
-        return f"{self.user_prompt(problem)}\nAnswer:"
+        """The authors' ``build_mbpp_prompt`` (gen_plus_eval_codegen_mbpp.py): instructions, the
+        task text, its first assertion, then "Solution:"."""
+        prompt = PLAIN_PREFIX + problem["question"].strip()
+        if problem["tests"]:
+            prompt += f"\n\nYour code should satisfy the following assertion:\n{problem['tests'][0].strip()}"
+        return prompt + "\n\nSolution:"
+
+    def paper_verify(self, problem: Problem, completion: str) -> Verdict:
+        """The authors' scorer: markdown fences and a leading "python" removed (``sanitize_code``),
+        the whole remaining text must parse (``ast.parse``; else unparsed), then every test must
+        pass (5 s; here in the project's sandbox instead of a bare subprocess)."""
+        from cotshape.sandbox import run_tests
+
+        if not isinstance(completion, str):
+            return Verdict(False, False, None, "completion is not a string")
+        code = paper_sanitize(completion)
+        try:
+            ast.parse(code)
+        except Exception as e:  # noqa: BLE001 - SyntaxError, ValueError (null bytes), RecursionError
+            return Verdict(False, False, None, f"paper scorer: not compilable ({type(e).__name__})")
+        try:
+            res = run_tests(code, problem["tests"], problem["meta"].get("test_setup_code", ""), timeout_s=PAPER_TIMEOUT_S)
+        except Exception as e:  # noqa: BLE001
+            return Verdict(False, True, code, f"verifier error: {type(e).__name__}: {e}")
+        return _verdict(res, code, len(problem["tests"]))
 
     def load_hub(self, split: str, source: str, limit: int | None, seed: int) -> list[Problem]:
         config = self.hub_config
