@@ -111,7 +111,7 @@ class DegradeParams:
     flawed_source: str = _f("corrupt", "Flawed CoTs: corrupt (every step programmatically perturbed) or model (teacher prompted to reason wrongly, verified wrong).",
                             choices=("corrupt", "model"))
     step_k: list[int] = _f(None, "Steps corrupted per CoT, one step-degraded set per value (a sweep: set step-K, file step/step-K.jsonl); a bare integer is read as a one-element list.",
-                           default_factory=lambda: [1, 2], min=1, max=1000)
+                           default_factory=lambda: [1], min=1, max=1000)
     base_set: str = _f("G", "The correct CoTs that mixtures and the step-degraded set are built from: G (teacher CoTs, as in the paper), H or P.",
                        choices=("G", "H", "P"))
 

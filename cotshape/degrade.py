@@ -329,6 +329,16 @@ def degrade_steps(cot: str, k: int, rng: random.Random, keep: Keep | None = None
     return "\n".join(s for i, s in enumerate(steps) if i not in dropped)
 
 
+def reasoning_steps(cot: str, keep: Keep | None = None) -> int | None:
+    """How many reasoning steps :func:`degrade_steps` can corrupt in ``cot``: its lines other than
+    the final-answer line (a one-line CoT counts as one). None for code, whose lines are counted
+    differently (:func:`_corrupt_code_cot`)."""
+    if (keep or Keep()).code:
+        return None
+    steps = split_steps(cot)
+    return 1 if len(steps) < 2 else len(steps) - 1
+
+
 def nested_order(problem_ids: list[str], seed: int) -> list[str]:
     """One seeded permutation of the problems; mixture p flaws the first round(p*n)."""
     order = sorted(problem_ids)
@@ -442,10 +452,14 @@ def make_step_degraded(good: list[dict[str, Any]], k: int, seed: int, task: Any 
                        problems: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """The step-degraded set: every correct CoT with ``k`` steps corrupted (:func:`degrade_steps`;
     ``task`` and ``problems`` by id as for :func:`flawed_from_corruption`). A problem's generator
-    does not depend on ``k``, so the steps corrupted at ``k`` are among those at ``k + 1``."""
+    does not depend on ``k``, so the steps corrupted at ``k`` are among those at ``k + 1``.
+    ``degraded_steps`` records how many were: fewer than ``k`` for a CoT with fewer reasoning
+    steps (:func:`reasoning_steps`), which then equals its degradation at the smaller ``k``."""
     out = []
     for r in good:
         rng = random.Random(f"{seed}\x00{r['problem_id']}\x00steps")
         keep = keep_for(task, (problems or {}).get(r["problem_id"]))
-        out.append(dict(r, completion=degrade_steps(r["completion"], k, rng, keep), degraded_steps=k))
+        n = reasoning_steps(r["completion"], keep)
+        out.append(dict(r, completion=degrade_steps(r["completion"], k, rng, keep),
+                        degraded_steps=k if n is None else min(k, n)))
     return out

@@ -14,6 +14,7 @@ partly-run pipeline still gets a report::
                                     selected_G, selected_W
     paraphrase/{task}.json          success_rate, ...
     verify/{task}.json              the teacher's accuracy on its own samples
+    degrade/{task}.json             size, fewer_steps_than_k (step-K sets: CoTs with < K steps)
     plots/loss/{task}-{set}.csv     step,loss (under ``plots_dir``)
 
 and writes, each file atomically: ``summary.md`` (tables and a how-to-read note, with the plots
@@ -122,6 +123,7 @@ class _Metrics:
         self.select = {t: _read_optional(metrics_dir / "select" / f"{t}.json") for t in tasks}
         self.paraphrase = {t: _read_optional(metrics_dir / "paraphrase" / f"{t}.json") for t in tasks}
         self.verify = {t: _read_optional(metrics_dir / "verify" / f"{t}.json") for t in tasks}
+        self.degrade = {t: _read_optional(metrics_dir / "degrade" / f"{t}.json") for t in tasks}
 
     def eval_skipped(self, task: str, set_: str) -> bool:
         return _skipped(self.eval.get((task, set_)))
@@ -430,6 +432,16 @@ def _data_section(m: _Metrics, tasks: Sequence[str]) -> str:
                 _pct(par.get("fallback_share")) if par.get("fallback_share") is not None else NA,
             ]
         )
+    notes = []
+    for t in tasks:
+        deg = m.degrade[t] or {}
+        size, short = deg.get("size"), deg.get("fewer_steps_than_k") or {}
+        for name, n in short.items():
+            k = name[5:] if name.startswith("step-") else name
+            if n and size:
+                notes.append(f"- {t} {name}: {n} of {size} CoTs have fewer than {k} reasoning steps, so all of "
+                             "their steps are corrupted: for them this set holds the same text as at the next "
+                             "smaller k.")
     return "\n".join(
         [
             "## Training data",
@@ -441,6 +453,7 @@ def _data_section(m: _Metrics, tasks: Sequence[str]) -> str:
             "",
             _table(header, rows),
             "",
+            *([*notes, ""] if notes else []),
         ]
     )
 

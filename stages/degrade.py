@@ -104,6 +104,9 @@ def main(argv: list[str] | None = None) -> None:
     write_folder(Path(args.step_dir), steps)
     metrics["step_k"] = list(d.step_k)
     metrics["step_sets"] = list(steps)
+    # a CoT with fewer reasoning steps than k gets all of them corrupted: the same CoT as at a smaller k
+    metrics["fewer_steps_than_k"] = {name: sum(r["degraded_steps"] < k for r in steps[name])
+                                     for k, name in zip(d.step_k, steps, strict=True)}
     metrics["flawed_source"] = d.flawed_source
     metrics["backend"] = backend  # the generation backend of model-written flawed CoTs (None: no model ran)
     write_json(args.metrics, metrics)

@@ -503,3 +503,10 @@ def test_compare_real_dvc_experiments(tmp_path, capsys):
     saved.write_text(_sh([*dvc, "exp", "show", "--json"], repo, env))
     assert main(["compare", "--repo", str(repo), "--json", str(saved), "--out", str(tmp_path / "r2")]) == 0
     assert json.loads((tmp_path / "r2" / "compare.json").read_text())["groups"] == res["groups"]
+
+
+def test_step_sets_sort_by_k_before_the_mixtures():
+    from cotshape.compare import _set_sort_key
+
+    sets = ["mix-0.5", "step-10", "P", "step-2", "base", "step-1", "mix-0.25"]
+    assert sorted(sets, key=_set_sort_key) == ["base", "P", "step-1", "step-2", "step-10", "mix-0.25", "mix-0.5"]

@@ -67,7 +67,7 @@ def test_step_k_bare_int_is_one_set_and_backend_is_one_key():
     assert validate_params(with_change("degrade.step_k", [1, 4])).degrade.step_k == [1, 4]
     d = validate_params(DEFAULT)
     assert d.base.backend == "transformers" and not hasattr(d.sample, "backend")
-    assert d.select.allow_truncated is False and d.degrade.step_k == [1, 2]
+    assert d.select.allow_truncated is False and d.degrade.step_k == [1]
 
 
 def test_unknown_section():

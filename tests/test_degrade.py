@@ -16,6 +16,7 @@ from cotshape.degrade import (
     make_step_degraded,
     model_flawed_seed,
     perturb_numbers,
+    reasoning_steps,
     split_steps,
 )
 from cotshape.records import read_jsonl
@@ -92,6 +93,17 @@ def test_step_degraded_set():
     out = make_step_degraded([rec("a"), rec("b")], k=2, seed=0)
     assert [r["problem_id"] for r in out] == ["a", "b"]
     assert all(r["completion"] != COT and r["degraded_steps"] == 2 for r in out)
+
+
+def test_step_degraded_records_how_many_steps_a_short_cot_really_lost():
+    """A one-step CoT (one reasoning line, then the answer) has nothing more to corrupt at k=2:
+    it is the same text as at k=1, and the record says 1 step, not 2."""
+    one = "Sam has 9 + 6 = 15 balloons.\nThe answer is 15."
+    k1 = make_step_degraded([rec("a", one), rec("b")], k=1, seed=0)
+    k2 = make_step_degraded([rec("a", one), rec("b")], k=2, seed=0)
+    assert k2[0]["completion"] == k1[0]["completion"] != one
+    assert [r["degraded_steps"] for r in k2] == [1, 2]  # COT has 3 reasoning steps
+    assert reasoning_steps(one) == 1 and reasoning_steps(COT) == 3
 
 
 def test_mixture_counts_round_half_up():
@@ -207,10 +219,15 @@ def test_degrade_stage_removes_folders_a_killed_run_left(tmp_path):
     # the step_k sweep: one set per k, named step-K, in the step folder (one DVC out)
     assert sorted(p.name for p in (tmp_path / "step").iterdir()) == ["step-1.jsonl", "step-3.jsonl"]
     step3 = read_jsonl(tmp_path / "step" / "step-3.jsonl")
-    assert {r["set"] for r in step3} == {"step-3"} and all(r["degraded_steps"] == 3 for r in step3)
+    good = {r["problem_id"]: r["completion"] for r in read_jsonl(tmp_path / "G.jsonl")}
+    have = {r["problem_id"]: reasoning_steps(good[r["problem_id"]]) for r in step3}
+    assert {r["set"] for r in step3} == {"step-3"}
+    assert [r["degraded_steps"] for r in step3] == [min(3, have[r["problem_id"]]) for r in step3]
     assert step3[0]["id"] == f"gsm8k-step-3-{step3[0]['problem_id']}" and len(step3) == 4
     metrics = json.loads((tmp_path / "d.json").read_text())
     assert metrics["step_k"] == [1, 3] and metrics["step_sets"] == ["step-1", "step-3"]
+    # a CoT with fewer than k reasoning steps is counted (it repeats a smaller k)
+    assert metrics["fewer_steps_than_k"] == {"step-1": 0, "step-3": sum(n < 3 for n in have.values())}
     assert metrics["backend"] is None  # programmatic flaws: no model ran
 
 

@@ -37,7 +37,7 @@ TINY_PARAMS = {
     "select": {"balance": False},
     "paraphrase": {"max_new_tokens": 12, "retries": 0},
     # fractions in (0, 1]: 0 % is the base set itself
-    "degrade": {"flawed_fractions": [1.0], "base_set": "H"},
+    "degrade": {"flawed_fractions": [1.0], "base_set": "H", "step_k": [1, 2]},  # the step_k sweep: two sets
     "sft": {"epochs": 1, "batch_size": 4, "max_length": 256},
     "evaluate": {"max_new_tokens": 12, "batch_size": 8},
     "closeness": {"batch_size": 4},

@@ -476,3 +476,10 @@ def test_checkpoint_section_next_to_the_final_model(tree):
     row = next(line for line in section.splitlines() if line.startswith("| G |"))
     assert "25.0 % [20.0, 31.0]" in row and "n/a" in row
     assert "## Intermediate checkpoints" not in _build(tree).read_text(encoding="utf-8")
+
+
+def test_data_section_says_when_a_step_set_repeats_a_smaller_k(tree):
+    _write(tree / "metrics" / "degrade" / "gsm8k.json", {"size": 71, "fewer_steps_than_k": {"step-1": 0, "step-2": 59}})
+    section = _section(_build(tree).read_text(encoding="utf-8"), "## Training data")
+    assert "gsm8k step-2: 59 of 71 CoTs have fewer than 2 reasoning steps" in section
+    assert "step-1:" not in section
