@@ -38,7 +38,8 @@ TINY_PARAMS = {
     "paraphrase": {"max_new_tokens": 12, "retries": 0},
     # fractions in (0, 1]: 0 % is the base set itself
     "degrade": {"flawed_fractions": [1.0], "base_set": "H", "step_k": [1, 2]},  # the step_k sweep: two sets
-    "sft": {"epochs": 1, "batch_size": 4, "max_length": 256},
+    # 6 examples, batch 4: 2 optimizer steps; a checkpoint after step 1, scored by evaluate_ckpt
+    "sft": {"epochs": 1, "batch_size": 4, "max_length": 256, "save_steps": [1]},
     "evaluate": {"max_new_tokens": 12, "batch_size": 8},
     "closeness": {"batch_size": 4},
     "report": {"margin": 0.1, "n_boot": 200},
@@ -115,6 +116,11 @@ def test_repro_builds_everything(repo):
         assert data[:8] == b"\x89PNG\r\n\x1a\n"
     assert "## The paper's claims on this run" in summary
     assert "| 0 % (H) |" in summary and "mix-0.0" not in summary  # the curve's 0 % point is the base set
+    # sft.save_steps: the checkpoint inside the SFT out, evaluated by its own stage, in the report
+    assert (repo / "models" / "sft" / "countdown-H" / "checkpoints" / "step-1").is_dir()
+    ckpt = json.loads((repo / "metrics" / "stages" / "eval" / "checkpoints" / "countdown-H-step-1.json").read_text())
+    assert ckpt["n"] == 4 and "Running stage 'evaluate_ckpt@countdown-H-1'" in proc.stdout
+    assert "## Intermediate checkpoints" in summary
     base = json.loads((repo / "metrics" / "stages" / "eval" / "countdown-base.json").read_text())
     assert base["n"] == 4 and 0.0 <= base["accuracy"] <= 1.0
     lo, hi = base["ci95"]
