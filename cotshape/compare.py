@@ -614,9 +614,7 @@ def across_students(groups: Sequence[Group]) -> dict[str, Any]:
         students = {_hashable(m.params.get(STUDENT_PARAM)) for m in g.members}
         size, n_params = model_size(student)
         config = {k: v for k, v in g.differing.items() if k != STUDENT_PARAM}
-        tasks: dict[str, Any] = {}
-        for m in g.members:
-            tasks.update({t: None for t in m.summary if t not in tasks})
+        tasks = dict.fromkeys(t for m in g.members for t in m.summary)  # first-seen order
         table = {}
         for task in tasks:
             entries = [m.summary.get(task) or {} for m in g.members]

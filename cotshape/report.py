@@ -220,17 +220,14 @@ def _checkpoint_section(metrics_dir: Path, tasks: Sequence[str], sets: Sequence[
     parts = ["## Intermediate checkpoints", "",
              "Accuracy [95 % CI] of the checkpoints saved after the listed optimizer steps (`sft.save_steps`), "
              "greedy, on the same test problems; n/a: the run ended before that step.", ""]
+
+    def cell(path: Path) -> str:
+        ev = _read_optional(path)
+        return NA if _skipped(ev) else DASH if ev is None else f"{_pct(ev.get('accuracy'))} {_ci(ev)}"
+
     for t in tasks:
-        rows = []
-        for s in sets:
-            cells = []
-            for n in steps:
-                ev = _read_optional(metrics_dir / "eval" / "checkpoints" / f"{t}-{s}-step-{n}.json")
-                cells.append(NA if _skipped(ev) else DASH if ev is None else f"{_pct(ev.get('accuracy'))} {_ci(ev)}")
-            final = _read_optional(metrics_dir / "eval" / f"{t}-{s}.json")
-            cells.append(NA if _skipped(final) else DASH if final is None
-                         else f"{_pct(final.get('accuracy'))} {_ci(final)}")
-            rows.append([s, *cells])
+        rows = [[s, *(cell(metrics_dir / "eval" / "checkpoints" / f"{t}-{s}-step-{n}.json") for n in steps),
+                 cell(metrics_dir / "eval" / f"{t}-{s}.json")] for s in sets]
         parts += [f"### {t}", "", _table(["set", *(f"step {n}" for n in steps), "final"], rows), ""]
     return "\n".join(parts)
 

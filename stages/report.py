@@ -14,7 +14,9 @@ BASE_SETS = ["H", "G", "W", "P"]
 
 def trained_sets(p) -> list[str]:
     """H, G, W, P and one step-degraded set per k of ``degrade.step_k`` (``step-1``, ...)."""
-    return [*BASE_SETS, *(f"step-{k}" for k in p.degrade.step_k)]
+    from cotshape.degrade import step_set_name
+
+    return [*BASE_SETS, *(step_set_name(k) for k in p.degrade.step_k)]
 
 
 def run_notes(p) -> list[str]:
