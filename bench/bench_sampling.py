@@ -11,6 +11,10 @@ Instruct (the offline alias, materialised once into ``--cache``), k samples per 
   decode loop alone, and the whole ``cotshape sample`` job as a subprocess (process start, model
   load, sampling, writing the JSONL; ``--skip-job`` leaves it out) against stock batch 16 with
   its model load;
+* the same decode loop through the stock model forward (``fused=False``: the sampler before the
+  fused Llama forward and the shared prompt prefix; ``--skip-unfused`` leaves it out);
+* greedy evaluation through the same backend (``--eval-prompts`` test problems, one greedy
+  completion each, ``evaluate.max_new_tokens`` = ``--max-new-tokens``);
 * a compute ceiling: tokens/s of one large prefill forward (pure matmul work, no decode overhead)
   in the sampler's dtype.
 
@@ -20,6 +24,10 @@ Real tokens are the generated tokens up to and including EOS (padding after EOS 
     python bench/bench_sampling.py                       # full: 32 prompts, k=4, 256 tokens
     python bench/bench_sampling.py --prompts 8 --k 2     # a short check
     python bench/bench_sampling.py --check-accuracy 32 --skip-speed
+    python bench/bench_sampling.py --shots 4 --k 8 --max-new-tokens 128 --skip-stock  # the sample stage's prompts
+
+``--shots N`` puts the task's N worked exemplars before each problem, as the pipeline's sample
+stage does (the default params: 4): every prompt then starts with the same ~540 tokens.
 """
 
 from __future__ import annotations
@@ -99,7 +107,7 @@ def whole_job(cache: Path, prompts_file: Path, out: Path, args) -> tuple[int, fl
     cmd = [sys.executable, "-m", "cotshape.cli", "sample", "--task", "gsm8k", "--problems", str(prompts_file),
            "--model", str(cache), "--out", str(out), "--k", str(args.k), "--max-new-tokens", str(args.max_new_tokens),
            "--temperature", str(args.temperature), "--top-p", str(args.top_p), "--seed", str(args.seed),
-           "--batch-size", str(args.batch_size), "--dtype", args.dtype, "--device", "cpu"]
+           "--batch-size", str(args.batch_size), "--dtype", args.dtype, "--device", "cpu", "--shots", str(args.shots)]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     dt = time.perf_counter() - t0
@@ -136,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-cb", action="store_true", help="leave out transformers' continuous batching")
     ap.add_argument("--skip-job", action="store_true", help="leave out the whole-job (subprocess) figure")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-unfused", action="store_true", help="leave out the decode loop through the stock forward")
+    ap.add_argument("--shots", type=int, default=0, help="worked exemplars before each problem (the sample stage: 4)")
+    ap.add_argument("--eval-prompts", type=int, default=128, help="greedy evaluation figure on N problems (0: skip)")
     ap.add_argument("--check-accuracy", type=int, default=0, metavar="N")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None, help="also write the numbers to this file")
@@ -152,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"materialising smollm2-135m-instruct into {cache} (once)")
         materialize("smollm2-135m-instruct", cache)
     task = get_task("gsm8k")
-    n_load = max(args.prompts, args.check_accuracy)
+    n_load = max(args.prompts, args.check_accuracy, args.eval_prompts)
     problems = task.load("test", source="offline", limit=n_load, seed=args.seed)
-    prompts = [task.chat_messages(p) for p in problems[: args.prompts]]
+    prompts = [task.teacher_messages(p, args.shots) for p in problems[: args.prompts]]
     tok = load_tokenizer(cache)
     res: dict[str, float] = {"threads": torch.get_num_threads()}
 
@@ -206,13 +217,37 @@ def main(argv: list[str] | None = None) -> int:
         ntok = sum(c.num_tokens for cs in out for c in cs)
         res.update(sampler_tok_s=ntok / dt, sampler_tokens=ntok, sampler_seconds=dt,
                    sampler_length_finished=sum(c.finish_reason == "length" for cs in out for c in cs) / (len(out) * args.k))
+        if args.eval_prompts:
+            greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=args.max_new_tokens)
+            eval_prompts = [task.teacher_messages(p, args.shots) for p in problems[: args.eval_prompts]]
+            t0 = time.perf_counter()
+            eout = backend.generate(eval_prompts, greedy)
+            edt = time.perf_counter() - t0
+            res.update(eval_tok_s=sum(c.num_tokens for cs in eout for c in cs) / edt, eval_seconds=edt)
+        del backend
+        if not args.skip_unfused:
+            from cotshape.generation.transformers_backend import TransformersBackend
+
+            stock_fwd = TransformersBackend(cache, device="cpu", dtype=args.dtype, batch_size=args.batch_size, fused=False)
+            t0 = time.perf_counter()
+            uout = stock_fwd.generate(prompts, params)
+            udt = time.perf_counter() - t0
+            res.update(unfused_tok_s=sum(c.num_tokens for cs in uout for c in cs) / udt)
+            del stock_fwd
         print(f"\nSmolLM2-135M, {len(prompts)} prompts x k={args.k}, max_new_tokens={args.max_new_tokens}, "
-              f"{torch.get_num_threads()} threads")
+              f"{args.shots}-shot prompts, {torch.get_num_threads()} threads")
         if "stock_b16_tok_s" in res:
             print(f"  stock generate batch 1  ({args.stock_dtype}): {res['stock_b1_tok_s']:8.1f} real tok/s")
             print(f"  stock generate batch 16 ({args.stock_dtype}): {res['stock_b16_tok_s']:8.1f} real tok/s")
         print(f"  cotshape sampler ({sampler_dtype}, batch {args.batch_size}): {res['sampler_tok_s']:8.1f} real tok/s "
               f"({ntok} tokens in {dt:.1f} s)")
+        if "unfused_tok_s" in res:
+            res["speedup_vs_unfused"] = res["sampler_tok_s"] / res["unfused_tok_s"]
+            print(f"  same decode loop, stock model forward (the sampler before #14): {res['unfused_tok_s']:8.1f} "
+                  f"real tok/s; fused + shared prefix = {res['speedup_vs_unfused']:.2f}x")
+        if "eval_tok_s" in res:
+            print(f"  greedy evaluation, {args.eval_prompts} problems x 1: {res['eval_tok_s']:8.1f} real tok/s "
+                  f"({res['eval_tok_s'] / res['sampler_tok_s']:.2f}x the sampling rate)")
         if "transformers_cb_tok_s" in res:
             res["speedup_vs_cb"] = res["sampler_tok_s"] / res["transformers_cb_tok_s"]
             print(f"  transformers continuous batching (generate_batch, {sampler_dtype}): "
@@ -237,8 +272,8 @@ def main(argv: list[str] | None = None) -> int:
 
             print("  llama.cpp: llama-cpp-python is importable but not benchmarked here")
         except ImportError:
-            print("  llama.cpp: not measured (llama-cpp-python has no wheel for this platform on PyPI; "
-                  "it builds from source only)")
+            print("  llama.cpp: not measured (`pip download llama-cpp-python --only-binary=:all:` finds no wheel "
+                  "for this platform; it builds from source only)")
 
     if args.check_accuracy:
         greedy = SamplingParams(n=1, temperature=0.0, max_new_tokens=args.max_new_tokens)

@@ -9,8 +9,13 @@ batch 8, N optimizer steps each, in one process:
 * ``cotshape-full``: :func:`cotshape.train.train_sft`, method=full, dtype=auto, padding-free;
 * ``cotshape-lora``: the same with method=lora.
 
-Tokens/s counts real tokens (prompt + completion, no padding). Prints each, the ratio to stock
-and the loss curves side by side (same data order: the same seed, so the curves are comparable).
+Tokens/s counts real tokens (prompt + completion, no padding). Prints each, the ratio to stock,
+the fraction of the bf16 training ceiling, and the loss curves side by side (same data order:
+the same seed, so the curves are comparable).
+
+The training ceiling is measured in the same run: the tokens/s of one [16, 128] bf16 forward
+(pure matmul work, as in bench_sampling.py) divided by 3, since a training step does a forward
+and a backward of about twice its work (issue 14: about 470 tokens/s for 135M on 2 cores).
 
     .venv/bin/python bench/bench_sft.py --steps 8 [--model DIR] [--examples 64]
 """
@@ -103,6 +108,23 @@ def run_cotshape(model_path: str, records: list[dict], steps: int, batch: int, o
     return {**metrics, "losses": [e["loss"] for e in log["log"]], "time": log["train_time_s"]}
 
 
+def training_ceiling(model_path: str) -> float:
+    """bf16 forward tokens/s of a [16, 128] batch, divided by 3 (forward + backward)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16).eval()
+    ids = torch.randint(100, 20000, (16, 128))
+    with torch.inference_mode():
+        model(input_ids=ids[:2, :32])  # warm-up
+        best = 0.0
+        for _ in range(3):
+            t0 = time.perf_counter()
+            model(input_ids=ids, logits_to_keep=1)
+            best = max(best, ids.numel() / (time.perf_counter() - t0))
+    return best / 3
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="local HF folder (default: SmolLM2-135M-Instruct, offline)")
@@ -133,6 +155,12 @@ def main() -> None:
             r = results[name]
             print(f"{name:>14}: {r['tokens_per_second']:7.1f} tokens/s ({r['train_tokens']} tokens in {r['time']:.1f} s)")
 
+        ceiling = training_ceiling(model_path)
+    print(f"\nbf16 training ceiling (forward [16, 128] tokens/s / 3): {ceiling:.0f} tokens/s")
+    goals = {"cotshape-lora": 0.80, "cotshape-full": 0.65}
+    for name, r in results.items():
+        goal = f" (goal >= {100 * goals[name]:.0f} %)" if name in goals else ""
+        print(f"{name:>14}: {100 * r['tokens_per_second'] / ceiling:5.1f} % of the ceiling{goal}")
     base = results.get("stock")
     if base:
         for name, r in results.items():

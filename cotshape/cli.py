@@ -144,6 +144,7 @@ def sample(
     chunk_size: Annotated[int, typer.Option(help="problems per backend call")] = 256,
     model_cache: Annotated[Path | None, typer.Option(help="where an alias is materialised")] = None,
     limit: Annotated[int | None, typer.Option(help="only the first N problems")] = None,
+    shots: Annotated[int, typer.Option(help="worked exemplars before each problem (sample.shots)")] = _SAMPLE.shots,
 ) -> None:
     """Sample K chains of thought per problem from a teacher (resumable, shardable)."""
     from cotshape.errors import InputError
@@ -169,7 +170,7 @@ def sample(
     folder = model_folder(model, model_cache)
     kw = {"tensor_parallel_size": tensor_parallel_size, "seed": seed} if backend == "vllm" else {}
     be = get_backend(backend, folder, device=device, dtype=dtype, batch_size=batch_size, **kw)
-    n = run_sampling(t, probs, be, k, params, out, teacher=model, shard=sh, chunk_size=chunk_size)
+    n = run_sampling(t, probs, be, k, params, out, teacher=model, shard=sh, chunk_size=chunk_size, shots=shots)
     typer.echo(f"wrote {n} samples to {out}", err=True)
 
 

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
 
     run = begin_stage("degrade", p, task=args.task, tags={"sets": "mix,step", "base_set": d.base_set},
                       sections=("base.seed", "base.device", "base.dtype", "base.backend", "degrade", "sample.top_p",
-                                "sample.batch_size", "sample.max_new_tokens"),
+                                "sample.batch_size", "sample.tensor_parallel_size", "sample.max_new_tokens"),
                       inputs=[args.problems, args.good, *([args.ids] if args.ids else []),
                               *([args.teacher] if d.flawed_source == "model" else [])],
                       outputs=[args.mix_dir, args.step_dir, args.metrics], datasets={args.good: "base_set"})

@@ -49,8 +49,13 @@ def main(argv: list[str] | None = None) -> None:
     from cotshape.tracking import begin_stage, read_run_file
 
     sft_run = read_run_file(Path(args.model)) or {}  # the SFT run that trained this folder (or checkpoint), if tracked
-    run = begin_stage("evaluate", p, task=args.task, set=args.set, sections=("base.device", "base.dtype", "base.backend", "base.prompt_format", "evaluate"),
-                      inputs=[args.problems, args.model], outputs=[args.out, args.metrics],
+    # a LoRA folder's base model (models/student) is an input too: the adapter is merged onto it
+    marker = read_json(model_dir / SFT_MARKER) if (model_dir / SFT_MARKER).exists() else {}
+    base_model = [marker["base_model"]] if not marker.get("merged", True) else []
+    run = begin_stage("evaluate", p, task=args.task, set=args.set,
+                      sections=("base.device", "base.dtype", "base.backend", "base.prompt_format", "evaluate",
+                                "sample.tensor_parallel_size"),
+                      inputs=[args.problems, args.model, *base_model], outputs=[args.out, args.metrics],
                       datasets={args.problems: "evaluation"},
                       tags={"model": args.model, "cotshape.sft_run_id": sft_run.get("run_id"),
                             "checkpoint": model_dir.name if args.checkpoint else None})

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
 
     run = begin_stage("paraphrase", p, task=args.task, set="P", tags={"model": model},
                       sections=("base.seed", "base.device", "base.dtype", "base.backend", "base.prompt_format", "paraphrase",
-                                "sample.top_p", "sample.batch_size"),
+                                "sample.top_p", "sample.batch_size", "sample.tensor_parallel_size"),
                       inputs=[args.problems, model], outputs=[args.out, args.metrics], datasets={args.problems: "problems"})
     backend = load_backend(p, model, p.sample.batch_size)
 

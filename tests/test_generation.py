@@ -126,16 +126,23 @@ def test_bad_sampling_params():
         SamplingParams(stop=[""])
 
 
-def test_refilled_batches_equal_one_at_a_time(tiny_model_dir, backend1):
+def test_refilled_batches_equal_one_at_a_time(tiny_model_dir):
     """Rows stop at different steps (a common stop letter), so finished rows leave, waiting
     rows are prefilled and merged into the running batch and padding columns are trimmed;
-    the samples must still equal those decoded one row at a time."""
-    small = get_backend("transformers", tiny_model_dir, device="cpu", dtype="float32", batch_size=3, refill=1)
+    the samples must still equal those decoded one row at a time. In float64: a matrix
+    product of one row and of several rows round differently in the last bits (gemv vs gemm),
+    which at float32 can flip a sampled token now and then."""
+    from cotshape.models import load_model
+
+    def backend64(batch_size, **kw):
+        return get_backend("transformers", tiny_model_dir, device="cpu", batch_size=batch_size,
+                           model=load_model(tiny_model_dir, dtype="float32").double(), **kw)
+
     prompts = PROMPTS * 3
     p = SamplingParams(n=2, temperature=1.0, max_new_tokens=20, stop=["e"])
-    got = small.generate(prompts, p, seeds=list(range(len(prompts))))
+    got = backend64(3, refill=1).generate(prompts, p, seeds=list(range(len(prompts))))
     assert len({c.num_tokens for cs in got for c in cs}) > 3  # rows really finished at different steps
-    assert got == backend1.generate(prompts, p, seeds=list(range(len(prompts))))
+    assert got == backend64(1).generate(prompts, p, seeds=list(range(len(prompts))))
 
 
 def _top_p_reference(probs, top_p, u):
@@ -167,3 +174,115 @@ def test_top_p_candidates_equal_full_sort(monkeypatch, candidates):
         for _ in range(5):
             u = torch.rand(len(probs), generator=g)
             assert torch.equal(tb._top_p_draw(probs, top_p, u), _top_p_reference(probs, top_p, u))
+
+
+# ---- the fused Llama-family forward and the shared prompt prefix ----------------------------
+
+def _tiny(path, model_type: str):
+    """A tiny random decoder of ``model_type`` (llama with attention bias = Qwen2's layout)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(1)
+    cfg = AutoConfig.for_model(model_type, vocab_size=300, hidden_size=64, intermediate_size=96,
+                               num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                               max_position_embeddings=256, tie_word_embeddings=False)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2"])
+def test_fused_forward_matches_stock_forward(tmp_path, model_type):
+    """Prefill and decode steps through FusedDecoder give the stock model's logits (float32),
+    with q/k/v and gate/up fused (Qwen2: with the q/k/v biases), left padding and a cache."""
+    import torch
+
+    from cotshape.generation.fused import FusedDecoder, fused_reason
+    from cotshape.generation.transformers_backend import _new_cache
+
+    model = _tiny(tmp_path, model_type)
+    assert fused_reason(model) is None
+    torch.manual_seed(0)
+    ids = torch.randint(3, 300, (3, 9))
+    with torch.inference_mode():
+        ref = model(input_ids=ids).logits  # [3, 9, V]
+        fused = FusedDecoder(model)  # the modules' weights become views: the stock forward is unchanged
+        assert torch.equal(model(input_ids=ids).logits, ref)
+        cache = _new_cache(model)
+        pos = torch.arange(9)[None].expand(3, 9)
+        got = fused.forward(ids[:, :6], pos[:, :6], cache.layers)
+        assert torch.allclose(got, ref[:, 5], atol=1e-5)
+        for t in range(6, 9):
+            for layer in cache.layers:
+                layer.reserve(t + 1)
+            cap = cache.layers[0]._k.shape[2]
+            attend = torch.zeros(3, cap, dtype=torch.bool)
+            attend[:, : t + 1] = True  # the slab's unfilled tail stays masked
+            got = fused.forward(ids[:, t:t + 1], pos[:, t:t + 1], cache.layers,
+                                decode_bias=fused.decode_bias(attend, torch.float32))
+            assert torch.allclose(got, ref[:, t], atol=1e-5), t
+
+
+def test_unsupported_models_use_the_stock_forward(tiny_model_dir):
+    from cotshape.generation.fused import fused_reason
+    from cotshape.models import load_model
+
+    model = load_model(tiny_model_dir, dtype="float32")
+    model.config.hidden_act = "gelu"
+    assert "hidden_act" in fused_reason(model)
+    model.config.model_type = "gemma2"
+    assert "gemma2" in fused_reason(model)
+    b = get_backend("transformers", tiny_model_dir, device="cpu", dtype="float32", batch_size=4, model=model)
+    assert b._fused is None and "gemma2" in b.fused_reason
+    assert get_backend("transformers", tiny_model_dir, device="cpu", dtype="float32", fused=False)._fused is None
+
+
+def test_fused_and_stock_backends_sample_the_same(tiny_model_dir):
+    """The whole decode loop (prefill, refills, shared prefix, compaction) through the fused
+    forward and through the stock forward: the same samples (float64, see above)."""
+    from cotshape.models import load_model
+
+    def b64(fused):
+        return get_backend("transformers", tiny_model_dir, device="cpu", batch_size=3, refill=1, fused=fused,
+                           model=load_model(tiny_model_dir, dtype="float32").double())
+
+    chats = [[{"role": "user", "content": f"Problem {i}: what is {i} + {i * 7}?"}] for i in range(5)]
+    p = SamplingParams(n=2, temperature=1.0, max_new_tokens=16, stop=["e"])
+    fast, stock = b64(True), b64(False)
+    assert fast._fused is not None and stock._fused is None
+    assert fast.generate(chats, p, seeds=list(range(5))) == stock.generate(chats, p, seeds=list(range(5)))
+
+
+def test_shared_prefix_is_computed_once_and_changes_nothing(tiny_model_dir, monkeypatch):
+    """Chat prompts share the system turn: that prefix is run once and attended from one copy;
+    the samples equal those without sharing (float64)."""
+    from cotshape.generation import transformers_backend as tb
+    from cotshape.generation.fused import FusedDecoder
+    from cotshape.models import load_model
+
+    b = get_backend("transformers", tiny_model_dir, device="cpu", batch_size=4,
+                    model=load_model(tiny_model_dir, dtype="float32").double())
+    chats = [[{"role": "user", "content": f"Problem {i}: what is {i} + {i * 7}?"}] for i in range(6)]
+    encoded = [b.encode(c) for c in chats]
+    skip = tb.shared_prefix_length(encoded)
+    assert skip >= tb.SHARED_PREFIX_MIN and all(e[:skip] == encoded[0][:skip] for e in encoded)
+    calls = []
+    real = FusedDecoder.prefix_cache
+    monkeypatch.setattr(FusedDecoder, "prefix_cache", lambda self, ids, new: calls.append(len(ids)) or real(self, ids, new))
+    p = SamplingParams(n=2, temperature=1.0, max_new_tokens=12)
+    shared = b.generate(chats, p, seeds=list(range(6)))
+    assert calls == [skip]
+    monkeypatch.setattr(tb, "SHARED_PREFIX_MIN", 10**9)
+    assert b.generate(chats, p, seeds=list(range(6))) == shared
+    assert calls == [skip]  # not called again: sharing was off
+
+
+def test_shared_prefix_length():
+    from cotshape.generation.transformers_backend import SHARED_PREFIX_MIN, shared_prefix_length
+
+    long = list(range(100))
+    assert shared_prefix_length([]) == 0
+    assert shared_prefix_length([long + [1], long + [2, 3]]) == 100
+    assert shared_prefix_length([long, long]) == 99  # every prompt keeps a token of its own
+    assert shared_prefix_length([long, long[:50]]) == 49
+    assert shared_prefix_length([long[:SHARED_PREFIX_MIN - 1] + [7], long]) == 0  # too short to pay
+    assert shared_prefix_length([[5] + long, long]) == 0

@@ -18,6 +18,12 @@ and ``generate`` keeps every finished row in the batch (padding) until the longe
   attention mask marks the padding, ``position_ids`` are given explicitly per row, and columns
   that are padding in every row are trimmed away;
 * the ``n`` samples of a prompt share one prefill (the prompt's cache rows are copied);
+* Llama-family models (llama, qwen2, mistral) run through one fused forward
+  (:mod:`cotshape.generation.fused`: q/k/v and gate/up as single products, the decode mask an
+  additive bias built once per step) instead of the stock modules; others use the stock forward;
+* a prefix every prompt of a call starts with (the system turn, the few-shot exemplars of the
+  sample stage: 536 of ~590 tokens with ``sample.shots: 4``) is run once and kept as one shared
+  cache that every row attends to, so each row caches and reads only its own tokens (fused path);
 * prompts are queued longest first, so merged rows have similar lengths;
 * each row samples with its own ``torch.Generator`` seeded from (prompt seed, sample index), so
   the random stream of a sample does not depend on which other rows share its batch. (The
@@ -212,6 +218,19 @@ def _slab_layer_class():
     return SlabLayer
 
 
+SHARED_PREFIX_MIN = 16  # shorter common prefixes are not worth a separate attention product
+
+
+def shared_prefix_length(encoded: list[list[int]]) -> int:
+    """Tokens every prompt starts with (0 when fewer than ``SHARED_PREFIX_MIN``); each prompt
+    keeps at least one token of its own (its last prompt token gives the first logits)."""
+    if not encoded:
+        return 0
+    n = len(os.path.commonprefix(encoded))
+    n = min(n, min(len(e) for e in encoded) - 1)
+    return n if n >= SHARED_PREFIX_MIN else 0
+
+
 def _new_cache(model):
     from transformers import DynamicCache
 
@@ -240,6 +259,7 @@ class TransformersBackend(Backend):
         refill: int | None = None,
         model=None,
         tokenizer=None,
+        fused: bool = True,
     ) -> None:
         from cotshape.models import load_model, load_tokenizer
 
@@ -261,6 +281,12 @@ class TransformersBackend(Backend):
 
         fwd = inspect.signature(self.model.forward).parameters
         self._cache_kw = "cache" if "cache" in fwd else "past_key_values"
+        # Llama-family models decode through one fused forward (generation/fused.py); others,
+        # or ``fused=False``, through the stock forward with the attention registered above
+        from cotshape.generation.fused import FusedDecoder, fused_reason
+
+        self.fused_reason = "fused=False" if not fused else fused_reason(self.model)
+        self._fused = FusedDecoder(self.model) if self.fused_reason is None else None
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_path)
         self.device = self.model.device
         self.batch_size = batch_size
@@ -285,6 +311,10 @@ class TransformersBackend(Backend):
 
         pseeds = prompt_seeds(params, len(prompts), seeds)
         encoded = [self.encode(p) for p in prompts]
+        # a prompt prefix every row shares (system prompt, few-shot exemplars) is computed once
+        # and attended by all rows from one copy (fused path only)
+        skip = shared_prefix_length(encoded) if self._fused is not None else 0
+        shared = self._fused.prefix_cache(encoded[0][:skip], _slab_layer_class()) if skip else None
         n = params.n
         # longest prompts first; the n samples of a prompt stay together so they share a prefill
         order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
@@ -303,7 +333,7 @@ class TransformersBackend(Backend):
                 free = self.batch_size - len(rows)
                 if waiting and (not rows or free >= min(self.refill, len(waiting))):
                     take = [waiting.popleft() for _ in range(min(free, len(waiting)))]
-                    new_rows, new_cache, new_mask, logits = self._prefill(take, encoded, pseeds)
+                    new_rows, new_cache, new_mask, logits = self._prefill(take, encoded, pseeds, skip, shared)
                     new_last = self._sample(logits, new_rows, params)
                     rows, cache, mask, last = self._merge(rows, cache, mask, last, new_rows, new_cache, new_mask, new_last)
                     sampled = len(new_rows)
@@ -311,19 +341,20 @@ class TransformersBackend(Backend):
                     step_mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
                     # attend over whole contiguous cache buffers; unfilled slots are masked
                     cap = max(layer.reserve(step_mask.shape[1]) for layer in cache.layers)
-                    attn = torch.cat([step_mask, mask.new_zeros(len(rows), cap - step_mask.shape[1])], dim=1)
-                    out = self.model(
-                        input_ids=last[:, None],
-                        attention_mask=attn.bool()[:, None, None, :],
-                        position_ids=torch.tensor([[r.next_pos] for r in rows], device=self.device),
-                        use_cache=True,
-                        logits_to_keep=1,
-                        **{self._cache_kw: cache},
-                    )
+                    attn = torch.cat([step_mask, mask.new_zeros(len(rows), cap - step_mask.shape[1])], dim=1).bool()
+                    pos = torch.tensor([[r.next_pos] for r in rows], device=self.device)
+                    if self._fused is not None:
+                        bias = self._fused.decode_bias(attn, self.model.dtype)
+                        logits = self._fused.forward(last[:, None], pos, cache.layers, decode_bias=bias, shared=shared)
+                    else:
+                        logits = self.model(
+                            input_ids=last[:, None], attention_mask=attn[:, None, None, :], position_ids=pos,
+                            use_cache=True, logits_to_keep=1, **{self._cache_kw: cache},
+                        ).logits[:, -1, :]
                     mask = step_mask
                     for r in rows:
                         r.next_pos += 1
-                    last = self._sample(out.logits[:, -1, :], rows, params)
+                    last = self._sample(logits, rows, params)
                     sampled = len(rows)
                 if progress is not None:
                     progress(sampled)
@@ -344,29 +375,36 @@ class TransformersBackend(Backend):
                         rows, cache, mask, last = [], None, None, None
         return [results[i * n:(i + 1) * n] for i in range(len(prompts))]  # type: ignore[misc]
 
-    def _prefill(self, take, encoded, pseeds):
+    def _prefill(self, take, encoded, pseeds, skip=0, shared=None):
         """Run the prompts of ``take`` once each (left-padded), then copy each prompt's cache
-        rows for each of its samples."""
+        rows for each of its samples. With a ``shared`` prefix cache the first ``skip`` tokens of
+        every prompt are that prefix: only the rest is run and cached per row."""
         import torch
 
         uniq = list(dict.fromkeys(i for _, i, _ in take))
-        width = max(len(encoded[i]) for i in uniq)
+        own = {i: encoded[i][skip:] for i in uniq}
+        width = max(len(own[i]) for i in uniq)
         ids = torch.full((len(uniq), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(uniq), width), dtype=torch.long)
         for b, i in enumerate(uniq):
-            ids[b, width - len(encoded[i]):] = torch.tensor(encoded[i])
-            mask[b, width - len(encoded[i]):] = 1
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            ids[b, width - len(own[i]):] = torch.tensor(own[i])
+            mask[b, width - len(own[i]):] = 1
+        pos = (mask.cumsum(-1) - 1).clamp(min=0) + skip
         ids, mask, pos = ids.to(self.device), mask.to(self.device), pos.to(self.device)
         # boolean 4-D mask: causal and not padding; a padding query attends to itself only, so
         # its (unused) keys/values stay finite instead of NaN from an all-masked softmax
         causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
         mask4 = (causal[None] & mask.bool()[:, None, :]) | torch.eye(width, dtype=torch.bool, device=self.device)[None]
         cache = _new_cache(self.model)
-        out = self.model(
-            input_ids=ids, attention_mask=mask4[:, None], position_ids=pos, use_cache=True, logits_to_keep=1,
-            **{self._cache_kw: cache},
-        )
+        if self._fused is not None:
+            if shared is not None:  # every query also sees the whole shared prefix
+                mask4 = torch.cat([mask4.new_ones(len(uniq), width, skip), mask4], dim=2)
+            logits = self._fused.forward(ids, pos, cache.layers, prefill_mask=mask4[:, None], shared=shared)
+        else:
+            logits = self.model(
+                input_ids=ids, attention_mask=mask4[:, None], position_ids=pos, use_cache=True, logits_to_keep=1,
+                **{self._cache_kw: cache},
+            ).logits[:, -1, :]
         where = {i: b for b, i in enumerate(uniq)}
         sel = torch.tensor([where[i] for _, i, _ in take], device=self.device)
         if len(take) != len(uniq) or sel.tolist() != list(range(len(uniq))):
@@ -376,7 +414,7 @@ class TransformersBackend(Backend):
             g = torch.Generator()
             g.manual_seed(derive_seed(pseeds[i], j))
             rows.append(_Row(req=req, prompt=i, gen=g, next_pos=len(encoded[i])))
-        return rows, cache, mask[sel], out.logits[sel, -1, :]
+        return rows, cache, mask[sel], logits[sel]
 
     @staticmethod
     def _merge(rows, cache, mask, last, new_rows, new_cache, new_mask, new_last):
