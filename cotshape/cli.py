@@ -167,6 +167,7 @@ def sample(
         probs = probs[:limit]
     if not probs:
         raise InputError(f"{problems}: no problems to sample (the file is empty)")
+    t.teacher_messages(probs[0], shots)  # a bad --shots fails before the model loads
     folder = model_folder(model, model_cache)
     kw = {"tensor_parallel_size": tensor_parallel_size, "seed": seed} if backend == "vllm" else {}
     be = get_backend(backend, folder, device=device, dtype=dtype, batch_size=batch_size, **kw)

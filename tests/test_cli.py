@@ -86,6 +86,14 @@ def test_sample_empty_problem_file(tmp_path, tiny_model_dir, capsys):
     assert "no problems to sample" in capsys.readouterr().err
 
 
+def test_sample_bad_shots(problems_file, tiny_model_dir, tmp_path, capsys):
+    args = ["sample", "--task", "gsm8k", "--problems", str(problems_file), "--model", str(tiny_model_dir),
+            "--out", str(tmp_path / "o.jsonl"), "--shots", "99", "--device", "cpu"]
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith("error: sample.shots: task 'gsm8k' has ")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
 def test_sample_malformed_problem_file(tmp_path, tiny_model_dir, capsys):
     (tmp_path / "bad.jsonl").write_text('{"id": "x"}\n')
     args = ["sample", "--task", "gsm8k", "--problems", str(tmp_path / "bad.jsonl"), "--model", str(tiny_model_dir),
@@ -180,7 +188,7 @@ def test_sample_defaults_are_the_params_defaults():
 
     defaults = {k: v.default for k, v in inspect.signature(sample).parameters.items()}
     sp, bp = SampleParams(), BaseParams()
-    for key in ("k", "max_new_tokens", "temperature", "top_p", "batch_size", "tensor_parallel_size"):
+    for key in ("k", "max_new_tokens", "temperature", "top_p", "batch_size", "tensor_parallel_size", "shots"):
         assert defaults[key] == getattr(sp, key), key
     assert defaults["backend"].value == bp.backend and defaults["dtype"].value == bp.dtype
     assert defaults["seed"] == bp.seed and defaults["device"] == bp.device
