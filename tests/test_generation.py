@@ -178,7 +178,7 @@ def test_top_p_candidates_equal_full_sort(monkeypatch, candidates):
 
 # ---- the fused Llama-family forward and the shared prompt prefix ----------------------------
 
-def _tiny(path, model_type: str):
+def _tiny(model_type: str):
     """A tiny random decoder of ``model_type`` (llama with attention bias = Qwen2's layout)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -191,7 +191,7 @@ def _tiny(path, model_type: str):
 
 
 @pytest.mark.parametrize("model_type", ["llama", "qwen2"])
-def test_fused_forward_matches_stock_forward(tmp_path, model_type):
+def test_fused_forward_matches_stock_forward(model_type):
     """Prefill and decode steps through FusedDecoder give the stock model's logits (float32),
     with q/k/v and gate/up fused (Qwen2: with the q/k/v biases), left padding and a cache."""
     import torch
@@ -199,7 +199,7 @@ def test_fused_forward_matches_stock_forward(tmp_path, model_type):
     from cotshape.generation.fused import FusedDecoder, fused_reason
     from cotshape.generation.transformers_backend import _new_cache
 
-    model = _tiny(tmp_path, model_type)
+    model = _tiny(model_type)
     assert fused_reason(model) is None
     torch.manual_seed(0)
     ids = torch.randint(3, 300, (3, 9))
