@@ -109,9 +109,15 @@ def run_cotshape(model_path: str, records: list[dict], steps: int, batch: int, o
 
 
 def training_ceiling(model_path: str) -> float:
-    """bf16 forward tokens/s of a [16, 128] batch, divided by 3 (forward + backward)."""
+    """bf16 forward tokens/s of a [16, 128] batch, divided by 3 (forward + backward); measured
+    with the allocator setting train_sft uses (:func:`cotshape.train.reuse_freed_memory`), so the
+    ceiling is not lowered by page faults the training runs do not pay."""
     import torch
     from transformers import AutoModelForCausalLM
+
+    from cotshape.train import reuse_freed_memory
+
+    reuse_freed_memory()
 
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.bfloat16).eval()
     ids = torch.randint(100, 20000, (16, 128))

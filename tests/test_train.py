@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import sys
+
 import pytest
 import yaml
 
@@ -142,29 +144,34 @@ def _labelled_examples(tok) -> list[dict]:
     return out
 
 
-@pytest.mark.parametrize("varlen", [False, True], ids=["sdpa-block-mask", "varlen-sdpa"])
-def test_padding_free_loss_equals_padded_loss(tiny_model_dir, varlen, monkeypatch):
+@pytest.mark.parametrize("varlen, math_max", [(False, 512), (True, 0), (True, 512)],
+                         ids=["sdpa-block-mask", "varlen-sdpa", "varlen-math"])
+def test_padding_free_loss_equals_padded_loss(tiny_model_dir, varlen, math_max, monkeypatch):
     """A padding-free batch (one row, per-example position ids) gives the padded loss: no token
     attends across examples, with plain sdpa (dense block-diagonal mask) and with the per-example
-    causal sdpa train_sft uses."""
+    causal attention train_sft uses (sdpa's kernel, or the matrix-product path for short examples)."""
     import torch
     from transformers import AutoModelForCausalLM
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
+    import cotshape.train as train_mod
+
+    monkeypatch.setattr(train_mod, "VARLEN_MATH_MAX", math_max)
     tok = _tok(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     if varlen:
         assert use_varlen_sdpa(model) == "sdpa"
     import transformers.integrations.sdpa_attention as sdpa_mod
 
-    seen = []  # query lengths reaching sdpa: per example on the varlen path
-    real_sdpa = sdpa_mod.sdpa_attention_forward
+    seen = []  # query lengths reaching the per-example kernel chosen (varlen path)
+    real = sdpa_mod.sdpa_attention_forward if math_max == 0 else train_mod._causal_attention_math
 
-    def spy(module, query, *a, **kw):
-        seen.append(query.shape[2])
-        return real_sdpa(module, query, *a, **kw)
+    def spy(*a, **kw):
+        seen.append(a[1].shape[2] if math_max == 0 else a[0].shape[2])
+        return real(*a, **kw)
 
-    monkeypatch.setattr(sdpa_mod, "sdpa_attention_forward", spy)
+    monkeypatch.setattr(sdpa_mod if math_max == 0 else train_mod,
+                        "sdpa_attention_forward" if math_max == 0 else "_causal_attention_math", spy)
     examples = _labelled_examples(tok)
     assert len({len(e["input_ids"]) for e in examples}) == 3  # different lengths: real padding
     padded = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id)(examples)
@@ -186,6 +193,31 @@ def test_padding_free_loss_equals_padded_loss(tiny_model_dir, varlen, monkeypatc
         loss_leaky = model(input_ids=flat["input_ids"], labels=flat["labels"], use_cache=False).loss
     assert torch.allclose(loss_padded, loss_flat, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(loss_padded, loss_leaky, atol=1e-4)
+
+
+def test_causal_attention_math_equals_sdpa_with_gradients():
+    """The short-example attention path gives sdpa's causal output and gradients (grouped-query
+    heads: 6 query heads over 2 key/value heads)."""
+    import torch
+    import torch.nn.functional as F
+
+    from cotshape.train import _causal_attention_math
+
+    torch.manual_seed(0)
+    q = torch.randn(1, 6, 11, 8, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(1, 2, 11, 8, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 2, 11, 8, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(1, 11, 6, 8, dtype=torch.float64)
+
+    def grads(out):
+        return torch.autograd.grad(out, (q, k, v), g)
+
+    ours = _causal_attention_math(q, k, v, 0.3)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3, enable_gqa=True).transpose(1, 2)
+    assert ours.shape == ref.shape == (1, 11, 6, 8)
+    assert torch.allclose(ours, ref, atol=1e-6)  # softmax in float32: float32 agreement
+    for a, b in zip(grads(ours), grads(ref), strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
 
 
 @pytest.mark.parametrize("chunk, softcap", [(4096, None), (5, None), (4096, 3.0)],
@@ -229,6 +261,54 @@ def test_cpu_label_head_equals_trl_fused_head(tiny_model_dir, monkeypatch, chunk
     assert ref_grads.keys() == got_grads.keys()
     for name, g in ref_grads.items():
         assert torch.allclose(got_grads[name], g, atol=1e-5, rtol=1e-4), name
+
+
+def test_frozen_linears_in_bf16_give_the_same_autocast_outputs_and_adapter_grads(tiny_model_dir):
+    """LoRA under bf16 autocast: storing the frozen Linear weights in bf16 (what autocast casts them
+    to on every forward) and handing the adapters their input uncast change nothing, bit for bit;
+    the tied head/embedding stay fp32."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from cotshape.train import LORA_TARGET_MODULES, skip_lora_input_casts, store_frozen_linears_in
+
+    ids = torch.tensor([[5, 9, 13, 2, 7, 11, 3, 4]])
+
+    def run(cast):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+        model.config.tie_word_embeddings = True
+        model.tie_weights()
+        peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGET_MODULES,
+                                                task_type="CAUSAL_LM", init_lora_weights=False))
+        if cast:
+            assert skip_lora_input_casts(peft) == 7 * model.config.num_hidden_layers
+            n = store_frozen_linears_in(peft, torch.bfloat16)
+            layers = model.config.num_hidden_layers
+            assert n == 7 * layers  # q/k/v/o and gate/up/down of each layer; not the tied head
+            assert model.get_input_embeddings().weight.dtype == torch.float32
+            assert all(p.dtype == torch.float32 for p in peft.parameters() if p.requires_grad)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = peft(input_ids=ids, labels=ids)
+        out.loss.backward()
+        return out.logits, {n: p.grad for n, p in peft.named_parameters() if p.requires_grad}
+
+    ref_logits, ref_grads = run(False)
+    logits, grads = run(True)
+    assert torch.equal(logits, ref_logits)
+    assert ref_grads.keys() == grads.keys() and ref_grads
+    for name, g in ref_grads.items():
+        assert torch.equal(grads[name], g), name
+
+
+def test_reuse_freed_memory_applies_on_glibc():
+    import platform
+
+    from cotshape.train import reuse_freed_memory
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert reuse_freed_memory() is glibc
 
 
 def test_cpu_label_head_leaves_scaled_logit_models_to_trl(tiny_model_dir):
