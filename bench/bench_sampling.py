@@ -14,7 +14,9 @@ Instruct (the offline alias, materialised once into ``--cache``), k samples per 
 * the same decode loop through the stock model forward (``fused=False``: the sampler before the
   fused Llama forward and the shared prompt prefix; ``--skip-unfused`` leaves it out);
 * greedy evaluation through the same backend (``--eval-prompts`` test problems, one greedy
-  completion each, ``evaluate.max_new_tokens`` = ``--max-new-tokens``);
+  completion each, ``evaluate.max_new_tokens`` = ``--max-new-tokens``), and both rates counting
+  the prompt tokens prefilled too (evaluation prefills a prompt per completion, sampling one
+  per k completions);
 * a compute ceiling: tokens/s of one large prefill forward (pure matmul work, no decode overhead)
   in the sampler's dtype.
 
@@ -113,6 +115,16 @@ def whole_job(cache: Path, prompts_file: Path, out: Path, args) -> tuple[int, fl
     dt = time.perf_counter() - t0
     ntok = sum(json.loads(line)["num_tokens"] for line in out.read_text().splitlines() if line.strip())
     return ntok, dt
+
+
+def prompt_tokens(backend, prompts) -> int:
+    """Prompt tokens the backend prefills for ``prompts``: each prompt once (its samples share
+    the prefill), a prefix common to all of them once (the fused path's shared prefix)."""
+    from cotshape.generation.transformers_backend import shared_prefix_length
+
+    encoded = [backend.encode(p) for p in prompts]
+    skip = shared_prefix_length(encoded) if backend.fused_reason is None else 0
+    return sum(len(e) - skip for e in encoded) + skip
 
 
 def ceiling(model, tok, dtype_name: str) -> float:
@@ -215,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         dt = time.perf_counter() - t0
         bar.close()
         ntok = sum(c.num_tokens for cs in out for c in cs)
+        res["sampler_processed_tok_s"] = (prompt_tokens(backend, prompts) + ntok) / dt
         res.update(sampler_tok_s=ntok / dt, sampler_tokens=ntok, sampler_seconds=dt,
                    sampler_length_finished=sum(c.finish_reason == "length" for cs in out for c in cs) / (len(out) * args.k))
         if args.eval_prompts:
@@ -223,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             eout = backend.generate(eval_prompts, greedy)
             edt = time.perf_counter() - t0
-            res.update(eval_tok_s=sum(c.num_tokens for cs in eout for c in cs) / edt, eval_seconds=edt)
+            etok = sum(c.num_tokens for cs in eout for c in cs)
+            res.update(eval_tok_s=etok / edt, eval_seconds=edt,
+                       eval_processed_tok_s=(prompt_tokens(backend, eval_prompts) + etok) / edt)
         del backend
         if not args.skip_unfused:
             from cotshape.generation.transformers_backend import TransformersBackend
@@ -248,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         if "eval_tok_s" in res:
             print(f"  greedy evaluation, {args.eval_prompts} problems x 1: {res['eval_tok_s']:8.1f} real tok/s "
                   f"({res['eval_tok_s'] / res['sampler_tok_s']:.2f}x the sampling rate)")
+            print(f"  tokens through the model (prompt tokens prefilled + generated): sampling "
+                  f"{res['sampler_processed_tok_s']:.1f} tok/s, greedy evaluation {res['eval_processed_tok_s']:.1f} "
+                  f"tok/s ({res['eval_processed_tok_s'] / res['sampler_processed_tok_s']:.2f}x; evaluation prefills "
+                  f"one prompt per completion, sampling one per {args.k})")
         if "transformers_cb_tok_s" in res:
             res["speedup_vs_cb"] = res["sampler_tok_s"] / res["transformers_cb_tok_s"]
             print(f"  transformers continuous batching (generate_batch, {sampler_dtype}): "
