@@ -4,9 +4,8 @@ saving and reloading (full and LoRA), params validation and the launch command."
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -164,14 +163,16 @@ def test_padding_free_loss_equals_padded_loss(tiny_model_dir, varlen, math_max, 
     import transformers.integrations.sdpa_attention as sdpa_mod
 
     seen = []  # query lengths reaching the per-example kernel chosen (varlen path)
-    real = sdpa_mod.sdpa_attention_forward if math_max == 0 else train_mod._causal_attention_math
+    # (module, kernel name, position of the query argument)
+    owner, name, q_arg = ((sdpa_mod, "sdpa_attention_forward", 1) if math_max == 0
+                          else (train_mod, "_causal_attention_math", 0))
+    real = getattr(owner, name)
 
     def spy(*a, **kw):
-        seen.append(a[1].shape[2] if math_max == 0 else a[0].shape[2])
+        seen.append(a[q_arg].shape[2])
         return real(*a, **kw)
 
-    monkeypatch.setattr(sdpa_mod if math_max == 0 else train_mod,
-                        "sdpa_attention_forward" if math_max == 0 else "_causal_attention_math", spy)
+    monkeypatch.setattr(owner, name, spy)
     examples = _labelled_examples(tok)
     assert len({len(e["input_ids"]) for e in examples}) == 3  # different lengths: real padding
     padded = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id)(examples)
