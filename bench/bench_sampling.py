@@ -117,16 +117,6 @@ def whole_job(cache: Path, prompts_file: Path, out: Path, args) -> tuple[int, fl
     return ntok, dt
 
 
-def prompt_tokens(backend, prompts) -> int:
-    """Prompt tokens the backend prefills for ``prompts``: each prompt once (its samples share
-    the prefill), a prefix common to all of them once (the fused path's shared prefix)."""
-    from cotshape.generation.transformers_backend import shared_prefix_length
-
-    encoded = [backend.encode(p) for p in prompts]
-    skip = shared_prefix_length(encoded) if backend.fused_reason is None else 0
-    return sum(len(e) - skip for e in encoded) + skip
-
-
 def ceiling(model, tok, dtype_name: str) -> float:
     """Tokens/s of one [16, 128] forward: the matmul throughput decode can at best approach."""
     import torch
@@ -227,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         dt = time.perf_counter() - t0
         bar.close()
         ntok = sum(c.num_tokens for cs in out for c in cs)
-        res["sampler_processed_tok_s"] = (prompt_tokens(backend, prompts) + ntok) / dt
+        res["sampler_processed_tok_s"] = (backend.prompt_tokens(prompts) + ntok) / dt
         res.update(sampler_tok_s=ntok / dt, sampler_tokens=ntok, sampler_seconds=dt,
                    sampler_length_finished=sum(c.finish_reason == "length" for cs in out for c in cs) / (len(out) * args.k))
         if args.eval_prompts:
@@ -238,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             edt = time.perf_counter() - t0
             etok = sum(c.num_tokens for cs in eout for c in cs)
             res.update(eval_tok_s=etok / edt, eval_seconds=edt,
-                       eval_processed_tok_s=(prompt_tokens(backend, eval_prompts) + etok) / edt)
+                       eval_processed_tok_s=(backend.prompt_tokens(eval_prompts) + etok) / edt)
         del backend
         if not args.skip_unfused:
             from cotshape.generation.transformers_backend import TransformersBackend

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
                             "checkpoint": model_dir.name if args.checkpoint else None})
 
     kw = {}
-    if p.base.backend == "transformers" and (model_dir / SFT_MARKER).exists():
+    if p.base.backend == "transformers" and marker:
         # an SFT output folder: a LoRA adapter is merged onto its base model here (in memory;
         # for vllm, load_backend merges it into a temporary folder)
         from cotshape.models import load_tokenizer, resolve_device
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
 
         kw["model"] = load_trained(model_dir, device=resolve_device(p.base.device), dtype=p.base.dtype)
         # SFT does not change the tokenizer; a LoRA folder has no config.json, so take the base's
-        kw["tokenizer"] = load_tokenizer(read_json(model_dir / SFT_MARKER)["base_model"])
+        kw["tokenizer"] = load_tokenizer(marker["base_model"])
     backend = load_backend(p, model_dir, p.evaluate.batch_size, **kw)
     # all prompts in one call: the backend batches (and refills) internally
     records, metrics = evaluate(task, problems, backend, max_new_tokens=p.evaluate.max_new_tokens,

@@ -222,6 +222,39 @@ def test_fused_forward_matches_stock_forward(model_type):
             assert torch.allclose(got, ref[:, t], atol=1e-5), t
 
 
+def test_packed_projections_are_bit_identical():
+    """On a CPU in bf16 the fused forward multiplies by weights packed once into oneDNN's layout
+    (packed_linear): prefill and decode logits equal those through F.linear bit for bit."""
+    import torch
+
+    from cotshape.generation.fused import FusedDecoder, packed_linear
+    from cotshape.generation.transformers_backend import _new_cache
+
+    model = _tiny("qwen2")  # with q/k/v biases
+    assert packed_linear(model) is None  # float32: F.linear
+    model = model.to(torch.bfloat16)
+    if packed_linear(model) is None:
+        pytest.skip("no oneDNN bf16 on this CPU")
+    packed, plain = FusedDecoder(model), FusedDecoder(model, pack=False)
+    assert packed.packed and not plain.packed
+    torch.manual_seed(0)
+    ids = torch.randint(3, 300, (3, 9))
+    pos = torch.arange(9)[None].expand(3, 9)
+    with torch.inference_mode():
+        caches = [_new_cache(model), _new_cache(model)]
+        got = [fd.forward(ids[:, :6], pos[:, :6], c.layers) for fd, c in zip((packed, plain), caches, strict=True)]
+        assert torch.equal(got[0], got[1])
+        for t in range(6, 9):
+            for layer in (*caches[0].layers, *caches[1].layers):
+                layer.reserve(t + 1)
+            attend = torch.zeros(3, caches[0].layers[0]._k.shape[2], dtype=torch.bool)
+            attend[:, : t + 1] = True
+            got = [fd.forward(ids[:, t:t + 1], pos[:, t:t + 1], c.layers,
+                              decode_bias=fd.decode_bias(attend, torch.bfloat16))
+                   for fd, c in zip((packed, plain), caches, strict=True)]
+            assert torch.equal(got[0], got[1]), t
+
+
 def test_unsupported_models_use_the_stock_forward(tiny_model_dir):
     from cotshape.generation.fused import fused_reason
     from cotshape.models import load_model
@@ -274,6 +307,31 @@ def test_shared_prefix_is_computed_once_and_changes_nothing(tiny_model_dir, monk
     monkeypatch.setattr(tb, "SHARED_PREFIX_MIN", 10**9)
     assert b.generate(chats, p, seeds=list(range(6))) == shared
     assert calls == [skip]  # not called again: sharing was off
+
+
+def test_prompt_tokens_counts_what_prefill_runs(tiny_model_dir, monkeypatch):
+    """``prompt_tokens``: each prompt's own tokens once (its n samples share the prefill) plus the
+    shared prefix once: what the prefills of ``generate`` run when every row fits in one batch."""
+    from cotshape.generation import transformers_backend as tb
+    from cotshape.generation.fused import FusedDecoder
+
+    b = get_backend("transformers", tiny_model_dir, device="cpu", dtype="float32", batch_size=18)
+    chats = [[{"role": "user", "content": f"Problem {i}: what is {i} + {i * 7}?"}] for i in range(6)]
+    ran = []
+    real_prefix, real_prefill = FusedDecoder.prefix_cache, tb.TransformersBackend._prefill
+    monkeypatch.setattr(FusedDecoder, "prefix_cache", lambda self, ids, new: ran.append(len(ids)) or real_prefix(self, ids, new))
+
+    def prefill(self, take, encoded, pseeds, skip=0, shared=None):
+        ran.extend(len(encoded[i]) - skip for i in dict.fromkeys(i for _, i, _ in take))
+        return real_prefill(self, take, encoded, pseeds, skip, shared)
+
+    monkeypatch.setattr(tb.TransformersBackend, "_prefill", prefill)
+    b.generate(chats, SamplingParams(n=3, temperature=1.0, max_new_tokens=4), seeds=list(range(6)))
+    encoded = [b.encode(c) for c in chats]
+    skip = tb.shared_prefix_length(encoded)
+    assert skip > 0 and b.prompt_tokens(chats) == sum(ran) == skip + sum(len(e) - skip for e in encoded)
+    stock = get_backend("transformers", tiny_model_dir, device="cpu", dtype="float32", fused=False)
+    assert stock.prompt_tokens(chats) == sum(len(e) for e in encoded)  # no shared prefix off the fused path
 
 
 def test_shared_prefix_length():

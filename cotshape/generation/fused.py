@@ -13,7 +13,10 @@ fewer, larger operations:
 * rotary embedding is applied to q and k together (one set of operations per layer);
 * the decode mask is an additive bias built once per step and folded into the attention score
   product (``baddbmm``); grouped query heads are folded into that product instead of repeating
-  K/V (the same arithmetic as the backend's registered attention).
+  K/V (the same arithmetic as the backend's registered attention);
+* on a CPU in bfloat16 the projection weights are packed once into oneDNN's blocked layout
+  (:func:`packed_linear`): ``F.linear`` repacks a bf16 weight on every call, which at decode
+  batch sizes (32-128 rows) is 10-25 % of the product's time; the products are bit-identical.
 
 Supported: ``model_type`` llama, qwen2 and mistral with SiLU MLPs, no MLP bias, no sliding
 window, not quantized (:func:`fused_reason` says why a model is not). Other models use the
@@ -73,6 +76,36 @@ def _fuse(linears):
     return w, b
 
 
+def packed_linear(model):
+    """``(pack, linear)`` for the projections of ``model``, or None where packing does not apply.
+
+    On a CPU in bfloat16 with oneDNN, ``pack(w)`` reorders a weight once into oneDNN's blocked
+    layout and ``linear(x, packed, bias)`` multiplies by it (the op torch's inductor uses for
+    frozen CPU linears); ``F.linear`` reorders the weight inside every call. The result is
+    bit-identical (``tests/test_generation.py``); the packed copies hold as much memory as the
+    weights themselves (270 MB for SmolLM2-135M)."""
+    import torch
+
+    if model.device.type != "cpu" or model.dtype != torch.bfloat16 or not torch.backends.mkldnn.is_available():
+        return None
+    ops = torch.ops.mkldnn
+    if not (hasattr(ops, "_reorder_linear_weight") and hasattr(ops, "_linear_pointwise")):
+        return None
+    if not ops._is_mkldnn_bf16_supported():  # no native bf16 on this CPU: emulation is slower
+        return None
+
+    def pack(w):
+        return ops._reorder_linear_weight(w.detach(), PACK_ROWS)
+
+    def linear(x, w, b=None):
+        return ops._linear_pointwise(x, w, b, "none", [], "")
+
+    return pack, linear
+
+
+PACK_ROWS = 128  # the row count oneDNN picks the packed layout for (measured alike for 1-512)
+
+
 class _Layer:
     __slots__ = ("w_in", "wqkv", "bqkv", "wo", "bo", "w_post", "wgu", "wd", "eps_in", "eps_post")
 
@@ -81,7 +114,10 @@ class FusedDecoder:
     """``forward(ids, positions, cache_layers, ...)`` -> last-position logits, with the KV cache
     held in the backend's slab layers (``update`` returns the whole contiguous buffers)."""
 
-    def __init__(self, model) -> None:
+    def __init__(self, model, pack: bool = True) -> None:
+        """``pack``: use :func:`packed_linear` where it applies (False: ``F.linear``)."""
+        import torch.nn.functional as F
+
         cfg = model.config.get_text_config(decoder=True)
         inner = model.model
         self.embed = inner.embed_tokens.weight
@@ -104,6 +140,14 @@ class FusedDecoder:
             fl.wgu, _ = _fuse([m.gate_proj, m.up_proj])
             fl.wd = m.down_proj.weight
             self.layers.append(fl)
+        packing = packed_linear(model) if pack else None
+        self.packed = packing is not None
+        self.linear = F.linear
+        if packing is not None:
+            do_pack, self.linear = packing
+            self.lm_head = do_pack(self.lm_head)
+            for fl in self.layers:
+                fl.wqkv, fl.wo, fl.wgu, fl.wd = (do_pack(w) for w in (fl.wqkv, fl.wo, fl.wgu, fl.wd))
 
     def decode_bias(self, attend, dtype):
         """Additive attention bias for a decode step: [B * kv_heads, 1, T], 0 where ``attend``
@@ -133,7 +177,7 @@ class FusedDecoder:
         half = d // 2
         for i, (fl, cache) in enumerate(zip(self.layers, cache_layers, strict=True)):
             h = _rms(x, fl.w_in, fl.eps_in)
-            qkv = F.linear(h, fl.wqkv, fl.bqkv).view(b, q, nh + 2 * kvh, d)
+            qkv = self.linear(h, fl.wqkv, fl.bqkv).view(b, q, nh + 2 * kvh, d)
             qk = qkv[:, :, : nh + kvh]
             rot = torch.cat((-qk[..., half:], qk[..., :half]), dim=-1)
             qk = qk * cos + rot * sin
@@ -149,12 +193,12 @@ class FusedDecoder:
                     qk[:, :, :nh].transpose(1, 2), keys, values, attn_mask=prefill_mask, scale=self.scaling,
                     enable_gqa=kvh != nh, is_causal=prefill_mask is None,
                 ).transpose(1, 2).reshape(b, q, nh * d)
-            x = x + F.linear(att, fl.wo, fl.bo)
+            x = x + self.linear(att, fl.wo, fl.bo)
             h = _rms(x, fl.w_post, fl.eps_post)
-            gate, up = F.linear(h, fl.wgu).chunk(2, dim=-1)
-            x = x + F.linear(F.silu(gate) * up, fl.wd)
+            gate, up = self.linear(h, fl.wgu).chunk(2, dim=-1)
+            x = x + self.linear(F.silu(gate) * up, fl.wd)
         x = _rms(x[:, -1], self.norm_w, self.norm_eps)
-        return F.linear(x, self.lm_head, self.lm_bias)
+        return self.linear(x, self.lm_head, self.lm_bias)
 
     def _decode_attention(self, q, keys, values, bias, shared):
         """One query per row. ``q``: [B, heads, d]; ``keys``/``values``: the rows' own cache

@@ -313,7 +313,7 @@ class TransformersBackend(Backend):
         encoded = [self.encode(p) for p in prompts]
         # a prompt prefix every row shares (system prompt, few-shot exemplars) is computed once
         # and attended by all rows from one copy (fused path only)
-        skip = shared_prefix_length(encoded) if self._fused is not None else 0
+        skip = self._shared_length(encoded)
         shared = self._fused.prefix_cache(encoded[0][:skip], _slab_layer_class()) if skip else None
         n = params.n
         # longest prompts first; the n samples of a prompt stay together so they share a prefill
@@ -374,6 +374,18 @@ class TransformersBackend(Backend):
                     else:
                         rows, cache, mask, last = [], None, None, None
         return [results[i * n:(i + 1) * n] for i in range(len(prompts))]  # type: ignore[misc]
+
+    def _shared_length(self, encoded: list[list[int]]) -> int:
+        """Length of the prefix ``generate`` runs once for all of ``encoded`` (fused path only)."""
+        return shared_prefix_length(encoded) if self._fused is not None else 0
+
+    def prompt_tokens(self, prompts: list[Prompt]) -> int:
+        """Prompt tokens ``generate`` runs through the model for ``prompts``: each prompt once (its
+        samples share the prefill), the prefix common to all of them once. Exact when every row
+        fits in the batch; with refills, a prompt whose samples join in two refills runs twice."""
+        encoded = [self.encode(p) for p in prompts]
+        skip = self._shared_length(encoded)
+        return sum(len(e) - skip for e in encoded) + skip
 
     def _prefill(self, take, encoded, pseeds, skip=0, shared=None):
         """Run the prompts of ``take`` once each (left-padded), then copy each prompt's cache
