@@ -117,6 +117,26 @@ def whole_job(cache: Path, prompts_file: Path, out: Path, args) -> tuple[int, fl
     return ntok, dt
 
 
+ROW_BINS = (96, 64, 32, 1)
+
+
+def rate_by_rows(marks: list[tuple[float, int]]) -> list[dict]:
+    """Tokens/s of the sampler's steps grouped by how many rows the batch held (the batch
+    decays as rows finish). ``marks``: (time, rows) after each step; the first mark (the prefill
+    that starts the batch) is left out; with refills, later prefills fall in their rows' bin."""
+    bins = [{"min_rows": lo, "steps": 0, "tokens": 0, "seconds": 0.0} for lo in ROW_BINS]
+    for (t_prev, _), (t, rows) in zip(marks, marks[1:], strict=False):
+        b = next(b for b in bins if rows >= b["min_rows"])
+        b["steps"] += 1
+        b["tokens"] += rows
+        b["seconds"] += t - t_prev
+    total = sum(b["seconds"] for b in bins) or 1.0
+    for b in bins:
+        b["tok_s"] = b["tokens"] / b["seconds"] if b["seconds"] else 0.0
+        b["share_of_time"] = b["seconds"] / total
+    return [b for b in bins if b["steps"]]
+
+
 def ceiling(model, tok, dtype_name: str) -> float:
     """Tokens/s of one [16, 128] forward: the matmul throughput decode can at best approach."""
     import torch
@@ -212,10 +232,17 @@ def main(argv: list[str] | None = None) -> int:
         bar = tqdm(desc=f"cotshape sampler ({str(sampler_dtype).replace('torch.', '')}, b={args.batch_size})", unit="tok", mininterval=5)
         params = SamplingParams(n=args.k, temperature=args.temperature, top_p=args.top_p,
                                 max_new_tokens=args.max_new_tokens, seed=args.seed)
+        marks: list[tuple[float, int]] = []  # (time, rows) after each prefill or decode step
+
+        def progress(rows: int) -> None:
+            marks.append((time.perf_counter(), rows))
+            bar.update(rows)
+
         t0 = time.perf_counter()
-        out = backend.generate(prompts, params, progress=bar.update)
+        out = backend.generate(prompts, params, progress=progress)
         dt = time.perf_counter() - t0
         bar.close()
+        res["rows_bins"] = rate_by_rows(marks)
         ntok = sum(c.num_tokens for cs in out for c in cs)
         res["sampler_processed_tok_s"] = (backend.prompt_tokens(prompts) + ntok) / dt
         res.update(sampler_tok_s=ntok / dt, sampler_tokens=ntok, sampler_seconds=dt,
@@ -276,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
         res["fraction_of_ceiling"] = res["sampler_tok_s"] / res["ceiling_tok_s"]
         print(f"  compute ceiling (prefill forward, {sampler_dtype}): {res['ceiling_tok_s']:.0f} tok/s; "
               f"sampler at {100 * res['fraction_of_ceiling']:.0f}% of it (goal >= 50 %)")
+        print("  sampler steps by rows in the batch (rows finish at different lengths, so the batch decays):")
+        for b in res["rows_bins"]:
+            print(f"    >= {b['min_rows']:3d} rows: {b['tok_s']:7.1f} tok/s = {100 * b['tok_s'] / res['ceiling_tok_s']:3.0f} % "
+                  f"of the ceiling ({b['steps']} steps, {100 * b['share_of_time']:.0f} % of the time)")
         try:
             import llama_cpp  # noqa: F401
 
