@@ -35,6 +35,7 @@ stage does (the default params: 4): every prompt then starts with the same ~540 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import time
@@ -125,7 +126,7 @@ def rate_by_rows(marks: list[tuple[float, int]]) -> list[dict]:
     decays as rows finish). ``marks``: (time, rows) after each step; the first mark (the prefill
     that starts the batch) is left out; with refills, later prefills fall in their rows' bin."""
     bins = [{"min_rows": lo, "steps": 0, "tokens": 0, "seconds": 0.0} for lo in ROW_BINS]
-    for (t_prev, _), (t, rows) in zip(marks, marks[1:], strict=False):
+    for (t_prev, _), (t, rows) in itertools.pairwise(marks):
         b = next(b for b in bins if rows >= b["min_rows"])
         b["steps"] += 1
         b["tokens"] += rows
