@@ -177,8 +177,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from cotshape.core.models import load_model, load_tokenizer, materialize, resolve_dtype
     from cotshape.generation import SamplingParams, get_backend
-    from cotshape.models import load_model, load_tokenizer, materialize, resolve_dtype
     from cotshape.tasks import get_task
 
     cache = Path(args.cache)
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_job:
             import tempfile
 
-            from cotshape.records import write_jsonl
+            from cotshape.core.records import write_jsonl
 
             with tempfile.TemporaryDirectory() as d:
                 pf = Path(d) / "problems.jsonl"

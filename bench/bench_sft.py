@@ -6,7 +6,7 @@ batch 8, N optimizer steps each, in one process:
 
 * ``stock``: ``SFTTrainer`` with TRL's defaults except ``bf16=False`` (fp32), i.e. gradient
   checkpointing on (TRL's default) and the default padded collation;
-* ``cotshape-full``: :func:`cotshape.train.train_sft`, method=full, dtype=auto, padding-free;
+* ``cotshape-full``: :func:`cotshape.sft.train.train_sft`, method=full, dtype=auto, padding-free;
 * ``cotshape-lora``: the same with method=lora.
 
 Tokens/s counts real tokens (prompt + completion, no padding). Prints each, the ratio to stock,
@@ -47,20 +47,20 @@ def make_records(n: int, seed: int = 0) -> list[dict]:
 
 
 def resolve_model(arg: str | None, work: Path) -> str:
-    """A local HF folder of SmolLM2-135M-Instruct: --model, cotshape.models.materialize, or the
+    """A local HF folder of SmolLM2-135M-Instruct: --model, cotshape.core.models.materialize, or the
     shipped GGUF dequantised and saved (the same thing materialize does)."""
     if arg:
         return arg
     dest = work / "smollm2-135m-instruct"
     try:
-        from cotshape.models import materialize  # a teammate's; may not exist yet
+        from cotshape.core.models import materialize  # a teammate's; may not exist yet
 
         return str(materialize("smollm2-135m-instruct", dest))
     except ImportError:
         pass
     from transformers import AutoModelForCausalLM
 
-    from cotshape.models import load_gguf_tokenizer, smollm2_gguf_path
+    from cotshape.core.models import load_gguf_tokenizer, smollm2_gguf_path
 
     gguf = smollm2_gguf_path()
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -77,7 +77,7 @@ def run_stock(model_path: str, records: list[dict], steps: int, batch: int, out:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from cotshape.train import _loss_recorder
+    from cotshape.sft.train import _loss_recorder
 
     data = Dataset.from_list([
         {"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["completion"]}]}
@@ -101,7 +101,7 @@ def run_stock(model_path: str, records: list[dict], steps: int, batch: int, out:
 def run_cotshape(model_path: str, records: list[dict], steps: int, batch: int, out: Path, method: str) -> dict:
     import json
 
-    from cotshape.train import TRAIN_LOG, SFTParams, train_sft
+    from cotshape.sft.train import TRAIN_LOG, SFTParams, train_sft
 
     lr = 1e-5 if method == "full" else 2e-4
     params = SFTParams(method=method, batch_size=batch, max_steps=steps, learning_rate=lr, seed=0)
@@ -138,7 +138,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from cotshape.train import tokenize_records
+    from cotshape.sft.train import tokenize_records
 
     with tempfile.TemporaryDirectory(prefix="bench-sft-") as tmp:
         work = Path(tmp)
@@ -148,7 +148,7 @@ def main() -> None:
         print(f"data: {len(records)} examples, tokens/example mean {sum(lengths) / len(lengths):.0f} "
               f"(min {min(lengths)}, max {max(lengths)}); batch {args.batch}, {args.steps} steps each")
         # the ceiling twice: with glibc's default allocator (before any run) and with the setting
-        # train_sft makes (cotshape.train.reuse_freed_memory, after the runs); the higher counts
+        # train_sft makes (cotshape.sft.train.reuse_freed_memory, after the runs); the higher counts
         ceilings = {"default allocator": training_ceiling(model_path)}
         results = {}
         for name in args.only:
@@ -160,7 +160,7 @@ def main() -> None:
             r = results[name]
             print(f"{name:>14}: {r['tokens_per_second']:7.1f} tokens/s ({r['train_tokens']} tokens in {r['time']:.1f} s)")
 
-        from cotshape.train import reuse_freed_memory
+        from cotshape.sft.train import reuse_freed_memory
 
         reuse_freed_memory()
         ceilings["freed memory reused"] = training_ceiling(model_path)

@@ -80,8 +80,9 @@ def main() -> None:
 
     import math_verify  # noqa: F401 - import cost outside the timings
 
+    from cotshape.data.verify import verify_records
+    from cotshape.execution.pool import default_workers
     from cotshape.tasks import get_task
-    from cotshape.verify import default_workers, verify_records
 
     task = get_task("math")
     problems = {p["id"]: p for p in task.load("train", source="offline", limit=args.problems, seed=0)}

@@ -6,7 +6,7 @@ datasets optional) plus this repository:
 1. **generation**: the cotshape ``transformers`` backend, bf16, many chat prompts x ``k``
    sampled completions; real generated tokens per second;
 2. **SFT**: a few optimizer steps of full fine-tuning with bf16 autocast through
-   :func:`cotshape.train.train_sft` (stock TRL ``SFTTrainer``); if TRL/datasets are not
+   :func:`cotshape.sft.train.train_sft` (stock TRL ``SFTTrainer``); if TRL/datasets are not
    importable, the same tokenized examples and completion-only loss in a plain PyTorch loop
    (labelled ``torch-loop``). Tokens/s counts real tokens (no padding); model FLOPs
    utilisation = 6 x parameters x tokens/s / peak bf16 FLOP/s (``--peak-tflops``, default
@@ -93,7 +93,7 @@ def build_model(args, workdir: Path) -> tuple[str, str]:
 
 
 def read_problems(name: str) -> list[dict]:
-    from cotshape.records import read_jsonl
+    from cotshape.core.records import read_jsonl
 
     return read_jsonl(DATA / name)
 
@@ -150,7 +150,7 @@ def sft_records() -> list[dict]:
 
 
 def check_sft(args, model_dir: str, workdir: Path, n_params: int) -> dict:
-    from cotshape.train import SFTParams
+    from cotshape.sft.train import SFTParams
 
     records = sft_records()
     records = (records * (args.sft_steps * args.sft_batch // len(records) + 1))
@@ -167,7 +167,7 @@ def check_sft(args, model_dir: str, workdir: Path, n_params: int) -> dict:
         except Exception:  # noqa: BLE001 - missing or broken: either way, the fallback
             engine = "torch-loop"
     if engine == "trl":
-        from cotshape.train import train_sft
+        from cotshape.sft.train import train_sft
 
         m = train_sft(model_dir, records, workdir / "sft-out", params)
         res = {"steps": m["steps"], "tokens": m["train_tokens"], "tokens_per_s": m["tokens_per_second"],
@@ -182,12 +182,12 @@ def check_sft(args, model_dir: str, workdir: Path, n_params: int) -> dict:
 
 
 def torch_loop_sft(args, model_dir: str, records: list[dict], params) -> dict:
-    """Fallback without TRL: the same examples (cotshape.train.tokenize_records), completion-only
+    """Fallback without TRL: the same examples (cotshape.sft.train.tokenize_records), completion-only
     loss, AdamW, bf16 autocast over fp32 weights, padded batches; timing excludes step 1."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cotshape.train import tokenize_records
+    from cotshape.sft.train import tokenize_records
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sft-batch", type=int, default=None, help="examples per step (default 32; tiny 2)")
     p.add_argument("--eval-problems", type=int, default=None, help="default 32 (all); tiny 4")
     p.add_argument("--sft-engine", default="auto", choices=("auto", "trl", "torch-loop"),
-                   help="auto: cotshape.train.train_sft (TRL) when trl and datasets import, else a plain torch loop")
+                   help="auto: cotshape.sft.train.train_sft (TRL) when trl and datasets import, else a plain torch loop")
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="peak dense bf16 TFLOP/s for MFU (H100/H200 SXM: 989; H100 PCIe: 756)")
     args = p.parse_args(argv)

@@ -38,17 +38,17 @@ def main() -> None:
     ap.add_argument("--model", default="models/teacher")
     args = ap.parse_args()
 
-    from cotshape.config import load_params
-    from cotshape.generation import get_backend
-    from cotshape.generation.base import SamplingParams
-    from cotshape.records import read_jsonl, read_problems
-    from cotshape.sampling import (
+    from cotshape.core.config import load_params
+    from cotshape.core.records import read_jsonl, read_problems
+    from cotshape.data.sampling import (
         _write_partial,
         fingerprint,
         merge_shards,
         partial_path,
         run_sampling,
     )
+    from cotshape.generation import get_backend
+    from cotshape.generation.base import SamplingParams
     from cotshape.tasks import get_task
 
     p = load_params("params.yaml")

@@ -13,7 +13,7 @@
 
 The pipeline itself (prepare ... report) runs with ``dvc repro``; these commands are its parts that
 make sense on their own, and the tools around it. Defaults of ``cotshape sample`` are the params
-defaults (cotshape/config.py), so a command and a stage sample alike.
+defaults (cotshape/core/config.py), so a command and a stage sample alike.
 
 Bad input (a malformed record file, an unknown task, model spec or parameter) prints one line
 ``error: ...`` to stderr and exits with status 2, without a traceback.
@@ -30,7 +30,7 @@ from typing import Annotated
 
 import typer
 
-from cotshape.config import BaseParams, SampleParams
+from cotshape.core.config import BaseParams, SampleParams
 
 # -h as well as --help everywhere; plain help text (rich markup would eat "[@revision]")
 _TYPER = {"no_args_is_help": True, "rich_markup_mode": None,
@@ -88,7 +88,7 @@ DEFAULT_MODEL_CACHE = Path(os.environ.get("COTSHAPE_CACHE", Path.home() / ".cach
 def model_folder(spec: str, cache_dir: str | os.PathLike | None = None) -> str:
     """The folder or hub id to load for ``spec``: an alias is materialised once into
     ``cache_dir`` (the pipeline instead materialises it as a DVC out and passes the folder)."""
-    from cotshape.models import materialize, resolve_spec
+    from cotshape.core.models import materialize, resolve_spec
 
     ms = resolve_spec(spec)
     if ms.kind != "alias":
@@ -105,8 +105,8 @@ def _check_sample_options(**opts) -> None:
     finite numbers, choices), before any file or model is loaded."""
     import re
 
-    from cotshape.config import check_option
-    from cotshape.errors import InputError
+    from cotshape.core.config import check_option
+    from cotshape.core.errors import InputError
 
     mirrors = {"k": "sample", "max_new_tokens": "sample", "temperature": "sample", "top_p": "sample",
                "seed": "base", "backend": "base", "batch_size": "sample", "device": "base", "dtype": "base",
@@ -147,11 +147,11 @@ def sample(
     shots: Annotated[int, typer.Option(help="worked exemplars before each problem (sample.shots)")] = _SAMPLE.shots,
 ) -> None:
     """Sample K chains of thought per problem from a teacher (resumable, shardable)."""
-    from cotshape.errors import InputError
+    from cotshape.core.errors import InputError
+    from cotshape.core.records import read_problems
+    from cotshape.data.sampling import parse_shard, run_sampling
     from cotshape.generation import get_backend
     from cotshape.generation.base import SamplingParams
-    from cotshape.records import read_problems
-    from cotshape.sampling import parse_shard, run_sampling
     from cotshape.tasks import get_task
 
     backend, dtype = BackendChoice(backend).value, DtypeChoice(dtype).value
@@ -184,7 +184,7 @@ def verify(
     workers: Annotated[int | None, typer.Option(help="worker processes (default: all cores)")] = None,
 ) -> None:
     """Grade every sample; adds correct/parsed/extracted/reason to each record."""
-    from cotshape.verify import verify_file
+    from cotshape.data.verify import verify_file
 
     summary = verify_file(task, problems, in_path, out, workers=workers)
     typer.echo(json.dumps(summary, sort_keys=True), err=True)
@@ -196,7 +196,7 @@ def models_materialize(
     out_dir: Annotated[Path, typer.Argument(help="folder to write (replaced atomically)")],
 ) -> None:
     """Write SPEC as a plain Hugging Face folder (safetensors, tokenizer, chat template)."""
-    from cotshape.models import materialize
+    from cotshape.core.models import materialize
 
     path = materialize(spec, out_dir)
     typer.echo(str(path))
@@ -234,7 +234,7 @@ _PARAMS = typer.Option("--params", help="params file")
 @preset_app.command("list")
 def preset_list() -> None:
     """List the presets, one line each."""
-    from cotshape.presets import cmd_list
+    from cotshape.pipeline.presets import cmd_list
 
     cmd_list()
 
@@ -242,7 +242,7 @@ def preset_list() -> None:
 @preset_app.command("show")
 def preset_show(name: Annotated[str, typer.Argument(help="preset name (or its short form, e.g. gemma-2-9b)")]) -> None:
     """Print a preset file, with the source of each setting."""
-    from cotshape.presets import cmd_show
+    from cotshape.pipeline.presets import cmd_show
 
     cmd_show(name)
 
@@ -255,7 +255,7 @@ def preset_apply(
     dry_run: Annotated[bool, typer.Option(help="print the changes, write nothing")] = False,
 ) -> None:
     """Rewrite params.yaml with the preset (validated first; comments kept)."""
-    from cotshape.presets import cmd_apply
+    from cotshape.pipeline.presets import cmd_apply
 
     cmd_apply(name, list(overrides or []), params_file, dry_run)
 
@@ -268,7 +268,7 @@ def preset_exp(
     run: Annotated[bool, typer.Option(help="run `dvc exp run` instead of printing it")] = False,
 ) -> None:
     """Print (or --run) the `dvc exp run -S ...` command of the preset."""
-    from cotshape.presets import cmd_exp
+    from cotshape.pipeline.presets import cmd_exp
 
     code = cmd_exp(name, list(overrides or []), params_file, run)
     if code:
@@ -295,7 +295,7 @@ def compare(
     Experiments whose params are equal except --ignore (default: base.seed) form a group; with --group-by only the named
     params define the groups. Writes OUT/compare.md and OUT/compare.json.
     """
-    from cotshape import compare as cmp
+    from cotshape.reporting import compare as cmp
 
     dvc_json = cmp.load_exp_show(json_file) if json_file is not None else None
     skipped: list[str] = []
@@ -322,7 +322,7 @@ def export(
 ) -> None:
     """Export the training sets (H, G, W, P, step, mixtures) as a Hugging Face DatasetDict per task,
     with a dataset card (counts, teacher, selection policy, seed, DVC hashes, licenses)."""
-    from cotshape.export import export as run_export
+    from cotshape.reporting.export import export as run_export
 
     written = run_export(repo, out, ExportFormat(fmt).value, push_to_hub)
     for task, path in written.items():
@@ -330,10 +330,10 @@ def export(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: run the app; the project's own errors (:class:`~cotshape.errors.CotshapeError`)
+    """Entry point: run the app; the project's own errors (:class:`~cotshape.core.errors.CotshapeError`)
     become one ``error:`` line and exit status 2; anything else keeps its traceback."""
-    from cotshape.errors import CotshapeError, configure_logging
-    from cotshape.pipeline import report_user_error
+    from cotshape.core.errors import CotshapeError, configure_logging
+    from cotshape.pipeline.stage import report_user_error
 
     try:  # recent typer vendors click as typer._click; older typer uses click itself
         from typer._click.exceptions import ClickException, NoArgsIsHelpError

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from cotshape.config import describe
+from cotshape.core.config import describe
 
 readme = Path(__file__).resolve().parents[1] / "README.md"
 text = readme.read_text()

@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cotshape.pipeline import params, stage_main
-from cotshape.records import read_ids, read_json, read_jsonl, restrict_to_ids, write_json
+from cotshape.core.records import read_ids, read_json, read_jsonl, restrict_to_ids, write_json
+from cotshape.pipeline.stage import params, stage_main
 
 
 @stage_main
@@ -21,19 +21,19 @@ def main(argv: list[str] | None = None) -> None:
                     "record (base.prompt_format: plain) is built from its problem")
     args = ap.parse_args(argv)
     p = params()
-    from cotshape.closeness import completion_loss, loss_intervals
+    from cotshape.sft.closeness import completion_loss, loss_intervals
     sets_dir = Path(args.sets_dir)
-    from cotshape.tracking import begin_stage
+    from cotshape.tracking.tracker import begin_stage
 
     run = begin_stage("closeness", p, task=args.task, sections=("base.dtype", "base.device", "base.prompt_format", "closeness", "sft.max_length"),
                       inputs=[args.student, args.sets_dir], outputs=[args.out])
     # load the base student once for every set
-    from cotshape.closeness import load_scorer
-    from cotshape.models import resolve_device
+    from cotshape.core.models import resolve_device
+    from cotshape.sft.closeness import load_scorer
 
     device = resolve_device(p.base.device)
     model, tokenizer = load_scorer(args.student, device, p.base.dtype, None)
-    from cotshape.train import prompt_format_kwargs
+    from cotshape.sft.train import prompt_format_kwargs
 
     prompt_kw = prompt_format_kwargs(p.base.prompt_format, args.task, args.problems)
     # H, G, W, P; the step-degraded sets (step/step-K.jsonl, K in order) and the mixtures

@@ -6,9 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cotshape.config import set_name
-from cotshape.pipeline import generate_with_progress, load_backend, params, stage_main
-from cotshape.records import (
+from cotshape.core.config import set_name
+from cotshape.core.records import (
     atomic_folder,
     read_ids,
     read_jsonl,
@@ -17,13 +16,14 @@ from cotshape.records import (
     write_json,
     write_jsonl,
 )
+from cotshape.pipeline.stage import generate_with_progress, load_backend, params, stage_main
 from cotshape.tasks import get_task
 
 
 def model_flawed(task, good, by_id, teacher_dir, p) -> tuple[dict[str, str], str | None]:
     """Flawed CoTs from the teacher prompted to reason wrongly, kept only if verified wrong;
     with the name of the backend that generated them (None: nothing to generate)."""
-    from cotshape.degrade import flawed_from_model
+    from cotshape.data.degrade import flawed_from_model
     from cotshape.generation.base import SamplingParams
 
     if not good:
@@ -64,15 +64,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", required=True)
     args = ap.parse_args(argv)
     p = params()
-    from cotshape.degrade import (
+    from cotshape.core.artifacts import step_set_name
+    from cotshape.data.degrade import (
         flawed_from_corruption,
         make_mixtures,
         make_step_degraded,
-        step_set_name,
     )
     d = p.degrade
     task = get_task(args.task)
-    from cotshape.tracking import begin_stage, head_jsonl
+    from cotshape.tracking.tracker import begin_stage, head_jsonl
 
     run = begin_stage("degrade", p, task=args.task, tags={"sets": "mix,step", "base_set": d.base_set},
                       sections=("base.seed", "base.device", "base.dtype", "base.backend", "degrade", "sample.top_p",

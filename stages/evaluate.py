@@ -6,10 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cotshape.pipeline import SKIPPED, StageError, load_backend, params, stage_main
-from cotshape.records import read_json, read_problems, write_json, write_jsonl
+from cotshape.core.artifacts import SFT_MARKER, SKIPPED
+from cotshape.core.records import read_json, read_problems, write_json, write_jsonl
+from cotshape.pipeline.stage import StageError, load_backend, params, stage_main
 from cotshape.tasks import get_task
-from cotshape.train import MARKER as SFT_MARKER
 
 
 @stage_main
@@ -25,12 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", required=True)
     args = ap.parse_args(argv)
     p = params()
-    from cotshape.evaluate import evaluate
+    from cotshape.evaluation.evaluate import evaluate
     task = get_task(args.task)
     problems = read_problems(args.problems)
     model_dir = Path(args.model)
     if args.checkpoint and not (model_dir / SKIPPED).exists():  # a skipped SFT has no checkpoints either
-        from cotshape.train import checkpoint_dir
+        from cotshape.sft.train import checkpoint_dir
 
         step = args.checkpoint.removeprefix("step-")
         if not step.isdigit():
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         write_json(args.metrics, {"n": 0, "skipped": 1})
         print(f"{args.task}-{args.set}: not evaluated ({reason})")
         return
-    from cotshape.tracking import begin_stage, read_run_file
+    from cotshape.tracking.tracker import begin_stage, read_run_file
 
     sft_run = read_run_file(Path(args.model)) or {}  # the SFT run that trained this folder (or checkpoint), if tracked
     # a LoRA folder's base model (models/student) is an input too: the adapter is merged onto it
@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     if p.base.backend == "transformers" and marker:
         # an SFT output folder: a LoRA adapter is merged onto its base model here (in memory;
         # for vllm, load_backend merges it into a temporary folder)
-        from cotshape.models import load_tokenizer, resolve_device
-        from cotshape.train import load_trained
+        from cotshape.core.models import load_tokenizer, resolve_device
+        from cotshape.sft.train import load_trained
 
         kw["model"] = load_trained(model_dir, device=resolve_device(p.base.device), dtype=p.base.dtype)
         # SFT does not change the tokenizer; a LoRA folder has no config.json, so take the base's

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cotshape.pipeline import StageError, params, stage_main
-from cotshape.records import read_problems
+from cotshape.core.records import read_problems
+from cotshape.pipeline.stage import StageError, params, stage_main
 
 
 @stage_main
@@ -17,8 +17,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     p = params()
-    from cotshape.sampling import merge_shards
-    from cotshape.tracking import begin_stage
+    from cotshape.data.sampling import merge_shards
+    from cotshape.tracking.tracker import begin_stage
 
     task = Path(args.out).stem  # data/samples/TASK.jsonl
     begin_stage("merge_samples", p, task=task, sections=("sample.k", "sample.shards"),

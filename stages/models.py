@@ -10,7 +10,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from cotshape.pipeline import params, stage_main
+from cotshape.pipeline.stage import params, stage_main
 
 
 def copy_dir(src: Path, dst: Path) -> None:
@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--student-out", required=True)
     args = ap.parse_args(argv)
     p = params()
-    from cotshape.models import materialize
-    from cotshape.tracking import begin_stage
+    from cotshape.core.models import materialize
+    from cotshape.tracking.tracker import begin_stage
 
     begin_stage("models", p, sections=("base.teacher", "base.student"), outputs=[args.teacher_out, args.student_out])
     materialize(p.base.teacher, args.teacher_out)

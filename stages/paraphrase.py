@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cotshape.pipeline import generate_with_progress, load_backend, params, stage_main
-from cotshape.records import read_problems, write_json, write_jsonl
+from cotshape.core.records import read_problems, write_json, write_jsonl
+from cotshape.pipeline.stage import generate_with_progress, load_backend, params, stage_main
 from cotshape.tasks import get_task
 
 
@@ -20,13 +20,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", required=True)
     args = ap.parse_args(argv)
     p = params()
+    from cotshape.data.paraphrase import paraphrase_set
     from cotshape.generation.base import SamplingParams
-    from cotshape.paraphrase import paraphrase_set
     pp = p.paraphrase
     task = get_task(args.task)
     problems = read_problems(args.problems)
     model = {"student": args.student, "teacher": args.teacher}.get(pp.model, pp.model)
-    from cotshape.tracking import begin_stage
+    from cotshape.tracking.tracker import begin_stage
 
     run = begin_stage("paraphrase", p, task=args.task, set="P", tags={"model": model},
                       sections=("base.seed", "base.device", "base.dtype", "base.backend", "base.prompt_format", "paraphrase",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cotshape.pipeline import StageError, params, stage_main
-from cotshape.records import training_record, write_jsonl
+from cotshape.core.records import training_record, write_jsonl
+from cotshape.pipeline.stage import StageError, params, stage_main
 from cotshape.tasks import get_task
 
 
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = params()
     task = get_task(args.task)
-    from cotshape.tracking import begin_stage
+    from cotshape.tracking.tracker import begin_stage
 
     run = begin_stage("prepare", p, task=args.task, set="H", sections=("base.seed", "prepare"),
                       outputs=[args.train_out, args.test_out, args.human_out])

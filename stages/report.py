@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from cotshape.pipeline import params, stage_main
-from cotshape.records import write_json
+from cotshape.core.records import write_json
+from cotshape.pipeline.stage import params, stage_main
 
 #: the trained sets besides the mixtures; the step-degraded sets follow degrade.step_k
 BASE_SETS = ["H", "G", "W", "P"]
@@ -14,7 +14,7 @@ BASE_SETS = ["H", "G", "W", "P"]
 
 def trained_sets(p) -> list[str]:
     """H, G, W, P and one step-degraded set per k of ``degrade.step_k`` (``step-1``, ...)."""
-    from cotshape.degrade import step_set_name
+    from cotshape.core.artifacts import step_set_name
 
     return [*BASE_SETS, *(step_set_name(k) for k in p.degrade.step_k)]
 
@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--summary-out", required=True)
     args = ap.parse_args(argv)
     p = params()
-    from cotshape.claims import judge_run
-    from cotshape.report import build_report
-    from cotshape.tracking import begin_stage
+    from cotshape.evaluation.claims import judge_run
+    from cotshape.reporting.report import build_report
+    from cotshape.tracking.tracker import begin_stage
 
     sets = trained_sets(p)
     run = begin_stage("report", p, sections=("base", "prepare", "sample.k", "sample.shots", "sample.temperature",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cotshape.pipeline import load_backend, params, stage_main
-from cotshape.records import read_problems
+from cotshape.core.records import read_problems
+from cotshape.pipeline.stage import load_backend, params, stage_main
 from cotshape.tasks import get_task
 
 
@@ -19,11 +19,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     p = params()
+    from cotshape.data.sampling import run_sampling
     from cotshape.generation.base import SamplingParams
-    from cotshape.sampling import run_sampling
     task = get_task(args.task)
     problems = read_problems(args.problems)
-    from cotshape.tracking import begin_stage, head_jsonl
+    from cotshape.tracking.tracker import begin_stage, head_jsonl
 
     run = begin_stage("sample", p, task=args.task, name=f"sample@{args.task}-shard{args.shard}", tags={"shard": args.shard},
                       sections=("base.seed", "base.teacher", "base.device", "base.dtype", "base.backend", "sample"),

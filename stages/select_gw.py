@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cotshape.pipeline import params, stage_main
-from cotshape.records import read_problems, training_record, write_json, write_jsonl
-from cotshape.select import read_verified, select_gw
+from cotshape.core.records import read_problems, training_record, write_json, write_jsonl
+from cotshape.data.select import read_verified, select_gw
+from cotshape.pipeline.stage import params, stage_main
 from cotshape.tasks import get_task
 
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = params()
     task = get_task(args.task)
-    from cotshape.tracking import begin_stage, head_jsonl
+    from cotshape.tracking.tracker import begin_stage, head_jsonl
 
     sets_dir = Path(args.sets_dir)
     run = begin_stage("select", p, task=args.task, tags={"sets": "G,W"}, sections=("base.seed", "select"),

@@ -1,7 +1,7 @@
 """sft@TASK-SET / sft_mix@TASK-p: fine-tune the student on one training set with TRL.
 
 Runs under ``accelerate launch`` when ``sft.launcher`` is not ``none`` (the stage re-executes
-itself through :func:`cotshape.train.launch_command`). An empty training set (e.g. no correct
+itself through :func:`cotshape.sft.train.launch_command`). An empty training set (e.g. no correct
 teacher CoT at all for G) is not an error of the pipeline: the stage records it as skipped, and
 evaluate/report show the set as "n/a" instead of silently evaluating the untrained student.
 """
@@ -17,8 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cotshape.pipeline import SKIPPED, params, stage_main
-from cotshape.records import read_ids, read_jsonl, restrict_to_ids, write_json, write_text
+from cotshape.core.records import read_ids, read_jsonl, restrict_to_ids, write_json, write_text
+from cotshape.pipeline.stage import SKIPPED, params, stage_main
 
 
 def write_loss_csv(path: str, log: list[dict]) -> None:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
                     "record (base.prompt_format: plain) is built from its problem")
     args = ap.parse_args(argv)
     p = params()
-    from cotshape.train import SFTParams, launch_command, train_sft
+    from cotshape.sft.train import SFTParams, launch_command, train_sft
     sft: SFTParams = p.sft
     records = read_jsonl(args.data, required=("prompt", "completion"))
     if args.ids:
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(subprocess.call(cmd))
 
     sft = dataclasses.replace(sft, seed=p.base.seed)  # SFT is seeded with base.seed
-    from cotshape.train import prompt_format_kwargs
+    from cotshape.sft.train import prompt_format_kwargs
 
     prompt_kw = prompt_format_kwargs(p.base.prompt_format, args.task, args.problems)
     # under accelerate every rank trains; only the main one writes metrics and talks to MLflow
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
         train_sft(args.student, records, out, sft, **prompt_kw)
         return
 
-    from cotshape.tracking import stage_run, write_run_file
+    from cotshape.tracking.tracker import stage_run, write_run_file
 
     with stage_run("sft", dataclasses.replace(p, sft=sft), task=args.task, set=args.set,
                    sections=("base.seed", "base.prompt_format", "sft"), inputs=[x for x in (args.data, args.ids, args.student) if x],

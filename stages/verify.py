@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from cotshape.pipeline import params, stage_main
-from cotshape.records import read_json, read_jsonl, read_problems, write_json, write_jsonl
+from cotshape.core.records import read_json, read_jsonl, read_problems, write_json, write_jsonl
+from cotshape.pipeline.stage import params, stage_main
 from cotshape.tasks import get_task
 
 
@@ -19,9 +19,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", required=True)
     args = ap.parse_args(argv)
     params()  # validated even though verify reads none of them: bad params stop every stage
-    from cotshape.verify import count_verifier_errors, verify_records
+    from cotshape.data.verify import count_verifier_errors, verify_records
     task = get_task(args.task)
-    from cotshape.tracking import begin_stage, head_jsonl
+    from cotshape.tracking.tracker import begin_stage, head_jsonl
 
     run = begin_stage("verify", params(), task=args.task, inputs=[args.problems, args.samples],
                       outputs=[args.out, args.metrics])

@@ -22,7 +22,7 @@ def build_tiny_model(path, seed: int = 0, hidden: int = 64, layers: int = 2):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from cotshape.models import load_gguf_tokenizer
+    from cotshape.core.models import load_gguf_tokenizer
 
     tok = load_gguf_tokenizer()
     torch.manual_seed(seed)

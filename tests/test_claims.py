@@ -6,8 +6,15 @@ import json
 
 import pytest
 
-from cotshape.claims import correctness, judge_run, judge_task, mixture_sets, paired, summary_entry
-from cotshape.errors import RecordError
+from cotshape.core.errors import RecordError
+from cotshape.evaluation.claims import (
+    correctness,
+    judge_run,
+    judge_task,
+    mixture_sets,
+    paired,
+    summary_entry,
+)
 
 N = 200
 IDS = [f"p{i:03d}" for i in range(N)]

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from cotshape.cli import main
-from cotshape.records import make_problem, read_jsonl, write_jsonl
+from cotshape.core.records import make_problem, read_jsonl, write_jsonl
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -184,7 +184,7 @@ def test_sample_defaults_are_the_params_defaults():
     import inspect
 
     from cotshape.cli import sample
-    from cotshape.config import BaseParams, SampleParams
+    from cotshape.core.config import BaseParams, SampleParams
 
     defaults = {k: v.default for k, v in inspect.signature(sample).parameters.items()}
     sp, bp = SampleParams(), BaseParams()

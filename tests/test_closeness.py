@@ -1,4 +1,4 @@
-"""Closeness (cotshape.closeness.completion_loss) on literal fixtures and the tiny model."""
+"""Closeness (cotshape.sft.closeness.completion_loss) on literal fixtures and the tiny model."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from cotshape.closeness import completion_loss
-from cotshape.train import SFTParams, train_sft
+from cotshape.sft.closeness import completion_loss
+from cotshape.sft.train import SFTParams, train_sft
 
 PROMPTS = [
     "What is 2 + 3?",
@@ -114,7 +114,7 @@ def test_empty_set_and_bad_batch_size_are_errors(tiny_model_dir):
 def test_real_student_own_greedy_output_is_closer_than_shuffled_words(tmp_path_factory):
     """The paper's premise on the real offline student: SmolLM2's own greedy CoTs are closer to
     it than the same kind of text with its words shuffled (and than human solutions)."""
-    from cotshape.models import materialize
+    from cotshape.core.models import materialize
 
     model_dir = materialize("smollm2-135m-instruct", tmp_path_factory.mktemp("smollm2") / "model")
     # until its own end of turn: a CoT cut mid-sentence would be scored on an <|im_end|> the

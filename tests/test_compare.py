@@ -12,9 +12,9 @@ import textwrap
 
 import pytest
 
-from cotshape import compare as cmp
 from cotshape.cli import main
-from cotshape.compare import CompareError, Experiment
+from cotshape.reporting import compare as cmp
+from cotshape.reporting.compare import CompareError, Experiment
 
 Z95 = 1.959963984540054
 
@@ -506,7 +506,7 @@ def test_compare_real_dvc_experiments(tmp_path, capsys):
 
 
 def test_step_sets_sort_by_k_before_the_mixtures():
-    from cotshape.compare import _set_sort_key
+    from cotshape.reporting.compare import _set_sort_key
 
     sets = ["mix-0.5", "step-10", "P", "step-2", "base", "step-1", "mix-0.25"]
     assert sorted(sets, key=_set_sort_key) == ["base", "P", "step-1", "step-2", "step-10", "mix-0.25", "mix-0.5"]

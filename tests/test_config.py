@@ -7,7 +7,7 @@ import copy
 import pytest
 import yaml
 
-from cotshape.config import ParamsError, describe, load_params, set_name, validate_params
+from cotshape.core.config import ParamsError, describe, load_params, set_name, validate_params
 
 DEFAULT = yaml.safe_load(open("params.yaml"))
 
@@ -125,7 +125,7 @@ def test_params_yaml_equals_the_documented_defaults():
     """params.yaml spells out every key with its dataclass default (what README documents)."""
     import dataclasses
 
-    from cotshape.config import INTERNAL, SECTIONS, _section_cls
+    from cotshape.core.config import INTERNAL, SECTIONS, _section_cls
 
     for name in SECTIONS:
         for f in dataclasses.fields(_section_cls(name)):
@@ -200,7 +200,7 @@ def test_duplicate_yaml_key_names_key_and_line(tmp_path):
 
 
 def test_check_option_uses_the_params_rules():
-    from cotshape.config import check_option
+    from cotshape.core.config import check_option
 
     assert check_option("--k", "sample", "k", 4) == 4
     with pytest.raises(ParamsError, match=r"^--temperature: must be a finite number, got nan$"):

@@ -6,7 +6,8 @@ import random
 
 import pytest
 
-from cotshape.degrade import (
+from cotshape.core.records import read_jsonl
+from cotshape.data.degrade import (
     corrupt_cot,
     degrade_steps,
     flawed_from_corruption,
@@ -19,7 +20,6 @@ from cotshape.degrade import (
     reasoning_steps,
     split_steps,
 )
-from cotshape.records import read_jsonl
 from cotshape.tasks import get_task
 
 COT = "Tom has 3 apples.\nHe buys 4 more.\n3 + 4 = 7\nThe answer is 7."
@@ -140,8 +140,8 @@ def test_flawed_from_model_keeps_first_wrong_candidate_seeded_by_problem():
 def _stage_inputs(tmp_path, set_name: str, n: int) -> None:
     """The degrade stage's inputs in ``tmp_path``: ``n`` offline gsm8k training problems
     (train.jsonl) and their human solutions as the good set (``SET_NAME.jsonl``)."""
-    from cotshape.records import write_jsonl
-    from cotshape.select import training_record
+    from cotshape.core.records import write_jsonl
+    from cotshape.data.select import training_record
 
     task = get_task("gsm8k")
     problems = task.load("train", source="offline", limit=n, seed=0)
@@ -346,7 +346,7 @@ def test_step_k_sets_are_nested():
 def test_corrupt_code_keeps_syntax_and_signature():
     import ast
 
-    from cotshape.degrade import corrupt_code
+    from cotshape.data.degrade import corrupt_code
 
     code = ("import math\n\ndef area(r, scale=2):\n    \"\"\"Area.\"\"\"\n    if r < 0 or scale == 0:\n"
             "        return None\n    return math.pi * r ** 2 + scale - 1\n")

@@ -1,4 +1,4 @@
-"""cotshape.depgraph: each stage's library files from the import graph, and the dvc.yaml fixer.
+"""cotshape.pipeline.depgraph: each stage's library files from the import graph, and the dvc.yaml fixer.
 
 Fast: ast only, no model, no DVC run. The first test is the guard for the repository itself:
 every stage of dvc.yaml depends on the fingerprint of its script (code/X.txt: the script and
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from cotshape import depgraph
-from cotshape.depgraph import (
+from cotshape.pipeline import depgraph
+from cotshape.pipeline.depgraph import (
     DYNAMIC_IMPORTS,
     REPO_ROOT,
     dynamic_import_sites,
@@ -43,21 +43,21 @@ def _tree(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_real_dvc_yaml_depends_on_exactly_the_code_each_stage_runs():
-    fix = "fix with: python -m cotshape.depgraph --write dvc.yaml"
+    fix = "fix with: python -m cotshape.pipeline.depgraph --write dvc.yaml"
     assert missing_deps(DVC_YAML) == {}, fix
     assert extra_deps(DVC_YAML) == {}, fix
     code = depgraph._stage_bodies(depgraph._load(DVC_YAML)[1])["code"]
     assert [depgraph._dep_path(d) for d in code["deps"]] == ["cotshape", "stages"]
-    assert code["cmd"] == "python -m cotshape.depgraph --fingerprint code"
+    assert code["cmd"] == "python -m cotshape.pipeline.depgraph --fingerprint code"
 
 
 def test_select_code_reruns_select_but_not_sampling():
     deps = stage_code_deps(DVC_YAML)
-    assert "cotshape/select.py" in deps["select"]
-    assert "cotshape/sampling.py" in deps["sample"]
-    assert "cotshape/select.py" not in deps["sample"]
-    assert "cotshape/select.py" in module_files("stages/select_gw.py")
-    assert "cotshape/select.py" not in module_files("stages/sample.py")
+    assert "cotshape/data/select.py" in deps["select"]
+    assert "cotshape/data/sampling.py" in deps["sample"]
+    assert "cotshape/data/select.py" not in deps["sample"]
+    assert "cotshape/data/select.py" in module_files("stages/select_gw.py")
+    assert "cotshape/data/select.py" not in module_files("stages/sample.py")
 
 
 def test_every_dynamic_import_site_is_in_the_table():
@@ -262,7 +262,7 @@ def test_fingerprints_change_exactly_with_the_code_a_script_runs(project):
 
 
 def test_fingerprint_cli_writes_into_the_working_directory(project):
-    proc = subprocess.run([sys.executable, "-m", "cotshape.depgraph", "--fingerprint", "code"],
+    proc = subprocess.run([sys.executable, "-m", "cotshape.pipeline.depgraph", "--fingerprint", "code"],
                           cwd=project, capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert proc.returncode == 0, proc.stderr
@@ -281,7 +281,7 @@ def test_write_keeps_comments_and_other_deps_and_check_then_passes(project, caps
 
 
 def test_cli_runs_as_a_module(project):
-    proc = subprocess.run([sys.executable, "-m", "cotshape.depgraph", "--check", "dvc.yaml"],
+    proc = subprocess.run([sys.executable, "-m", "cotshape.pipeline.depgraph", "--check", "dvc.yaml"],
                           cwd=project, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 1, proc.stderr
     assert "many: missing code/two.txt" in proc.stdout

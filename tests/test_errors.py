@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from cotshape.errors import CotshapeError, configure_logging
-from cotshape.pipeline import stage_main
-from cotshape.records import RecordError, read_jsonl, read_problems
+from cotshape.core.errors import CotshapeError, configure_logging
+from cotshape.core.records import RecordError, read_jsonl, read_problems
+from cotshape.pipeline.stage import stage_main
 
 
 def test_internal_key_error_keeps_its_traceback():
@@ -55,8 +55,8 @@ def test_debug_env_shows_traceback_of_user_errors(capsys, monkeypatch):
 
 
 def test_library_user_errors_are_project_errors():
-    from cotshape.models import resolve_spec
-    from cotshape.sampling import parse_shard
+    from cotshape.core.models import resolve_spec
+    from cotshape.data.sampling import parse_shard
     from cotshape.tasks import get_task
 
     for call in (lambda: get_task("gsm9k"), lambda: resolve_spec("no-such-alias"), lambda: parse_shard("3/2"),
@@ -92,7 +92,7 @@ def test_unhashable_problem_id_is_a_record_error(tmp_path):
 def test_stage_main_configures_logging(capsys):
     @stage_main
     def main(argv=None):
-        logging.getLogger("cotshape.sampling").info("resuming, 3 of 4 problems already sampled")
+        logging.getLogger("cotshape.data.sampling").info("resuming, 3 of 4 problems already sampled")
 
     assert main([]) == 0
     assert "resuming, 3 of 4 problems already sampled" in capsys.readouterr().err

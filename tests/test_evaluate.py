@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from cotshape.evaluate import OUTPUT_FIELDS, evaluate, score
+from cotshape.core.records import make_problem
+from cotshape.core.stats import wilson_interval
+from cotshape.evaluation.evaluate import OUTPUT_FIELDS, evaluate, score
 from cotshape.generation.base import Backend, Completion, SamplingParams
-from cotshape.records import make_problem
-from cotshape.stats import wilson_interval
 from cotshape.tasks import Verdict, get_task
 
 PROBLEMS = [

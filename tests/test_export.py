@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from cotshape.cli import main
-from cotshape.records import write_json, write_jsonl
+from cotshape.core.records import write_json, write_jsonl
 
 REPO = Path(__file__).parent.parent
 

@@ -132,7 +132,7 @@ def test_refilled_batches_equal_one_at_a_time(tiny_model_dir):
     the samples must still equal those decoded one row at a time. In float64: a matrix
     product of one row and of several rows round differently in the last bits (gemv vs gemm),
     which at float32 can flip a sampled token now and then."""
-    from cotshape.models import load_model
+    from cotshape.core.models import load_model
 
     def backend64(batch_size, **kw):
         return get_backend("transformers", tiny_model_dir, device="cpu", batch_size=batch_size,
@@ -256,8 +256,8 @@ def test_packed_projections_are_bit_identical():
 
 
 def test_unsupported_models_use_the_stock_forward(tiny_model_dir):
+    from cotshape.core.models import load_model
     from cotshape.generation.fused import fused_reason
-    from cotshape.models import load_model
 
     model = load_model(tiny_model_dir, dtype="float32")
     model.config.hidden_act = "gelu"
@@ -272,7 +272,7 @@ def test_unsupported_models_use_the_stock_forward(tiny_model_dir):
 def test_fused_and_stock_backends_sample_the_same(tiny_model_dir):
     """The whole decode loop (prefill, refills, shared prefix, compaction) through the fused
     forward and through the stock forward: the same samples (float64, see above)."""
-    from cotshape.models import load_model
+    from cotshape.core.models import load_model
 
     def b64(fused):
         return get_backend("transformers", tiny_model_dir, device="cpu", batch_size=3, refill=1, fused=fused,
@@ -288,9 +288,9 @@ def test_fused_and_stock_backends_sample_the_same(tiny_model_dir):
 def test_shared_prefix_is_computed_once_and_changes_nothing(tiny_model_dir, monkeypatch):
     """Chat prompts share the system turn: that prefix is run once and attended from one copy;
     the samples equal those without sharing (float64)."""
+    from cotshape.core.models import load_model
     from cotshape.generation import transformers_backend as tb
     from cotshape.generation.fused import FusedDecoder
-    from cotshape.models import load_model
 
     b = get_backend("transformers", tiny_model_dir, device="cpu", batch_size=4,
                     model=load_model(tiny_model_dir, dtype="float32").double())

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from cotshape.models import (
+from cotshape.core.models import (
     SMOLLM2_ALIAS,
     ModelSpec,
     cpu_has_fast_bf16,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cotshape.paraphrase import paraphrase_messages, paraphrase_seed, paraphrase_set
+from cotshape.data.paraphrase import paraphrase_messages, paraphrase_seed, paraphrase_set
 from cotshape.tasks import get_task
 
 TASK = get_task("gsm8k")

@@ -168,7 +168,7 @@ def _ran(proc: subprocess.CompletedProcess) -> set[str]:
 
 def test_library_change_reruns_only_the_stages_that_run_it(repo):
     """Each stage depends on the fingerprint of the code its script runs (code/X.txt, written by
-    the code stage): editing cotshape/select.py reruns the code stage and select (not sampling
+    the code stage): editing cotshape/data/select.py reruns the code stage and select (not sampling
     and nothing upstream); an edit of a module no stage runs (the CLI) reruns only the code stage;
     reverting restores the state."""
     repo, _ = repo
@@ -183,7 +183,7 @@ def test_library_change_reruns_only_the_stages_that_run_it(repo):
         assert not any(s.startswith(("sample@", "prepare@", "verify@", "models", "merge_samples@")) for s in ran), ran
         # a comment leaves select's outputs byte-identical: nothing downstream trains again
         assert not any(s.startswith(("sft", "evaluate")) for s in ran), ran
-        assert "cotshape/select.py" in (repo / "code" / "select_gw.txt").read_text()
+        assert "cotshape/data/select.py" in (repo / "code" / "select_gw.txt").read_text()
         cli.write_text(cli_original + "\n# a change\n")
         assert _ran(dvc(repo, "repro")) == {"code"}
     finally:

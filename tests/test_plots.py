@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cotshape.report import build_report
+from cotshape.reporting.report import build_report
 
 REPO = Path(__file__).parent.parent
 DVC = [sys.executable, "-m", "dvc"]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cotshape import presets as P
-from cotshape.config import ParamsError, load_params, validate_params
+from cotshape.core.config import ParamsError, load_params, validate_params
+from cotshape.pipeline import presets as P
 
 ROOT = Path(__file__).resolve().parent.parent
 PARAMS = ROOT / "params.yaml"

@@ -12,8 +12,8 @@ import shutil
 
 import pytest
 
-from cotshape.errors import InputError
-from cotshape.records import make_problem, training_record
+from cotshape.core.errors import InputError
+from cotshape.core.records import make_problem, training_record
 from cotshape.tasks import get_task
 from cotshape.tasks.base import MATH_PLAIN_TEMPLATE, special_prefix, student_prompt
 
@@ -64,7 +64,7 @@ def test_stop_strings_apply_to_plain_prompts_only():
 
 
 def test_eval_tokens_auto_resolve_per_task():
-    from cotshape.evaluate import resolve_max_new_tokens
+    from cotshape.evaluation.evaluate import resolve_max_new_tokens
 
     want = {"math": 2048, "gsm8k": 2048, "countdown": 4096, "mbpp": 1024}
     assert {t: resolve_max_new_tokens(get_task(t), "auto") for t in want} == want
@@ -74,7 +74,7 @@ def test_eval_tokens_auto_resolve_per_task():
 
 
 def test_params_accept_auto_and_the_new_choices():
-    from cotshape.config import ParamsError, validate_params
+    from cotshape.core.config import ParamsError, validate_params
 
     p = validate_params({"base": {"prompt_format": "plain"}, "evaluate": {"max_new_tokens": "auto", "scoring": "paper"},
                          "paraphrase": {"max_new_tokens": "auto"}})
@@ -102,10 +102,10 @@ def test_plain_prompt_is_the_same_string_in_sft_closeness_and_evaluation(which, 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cotshape.closeness import completion_loss
-    from cotshape.evaluate import evaluate
+    from cotshape.evaluation.evaluate import evaluate
     from cotshape.generation import get_backend
-    from cotshape.train import record_prompts, tokenize_records
+    from cotshape.sft.closeness import completion_loss
+    from cotshape.sft.train import record_prompts, tokenize_records
 
     model_dir = tiny_model_dir if which == "chat_template" else base_model_dir
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -151,7 +151,7 @@ def test_a_tokenizer_without_chat_template_is_refused_with_chat_naming_the_key(b
     from transformers import AutoTokenizer
 
     from cotshape.generation.base import Backend
-    from cotshape.train import tokenize_records
+    from cotshape.sft.train import tokenize_records
 
     tok = AutoTokenizer.from_pretrained(base_model_dir)
     task = get_task("gsm8k")
@@ -189,7 +189,7 @@ def test_special_prefix_is_the_bos_the_tokenizer_adds(tiny_model_dir):
 
 
 def test_plain_sft_needs_the_problems():
-    from cotshape.train import prompt_format_kwargs, record_prompts
+    from cotshape.sft.train import prompt_format_kwargs, record_prompts
 
     with pytest.raises(InputError, match=r"--problems"):
         prompt_format_kwargs("plain", "gsm8k", None)
@@ -242,7 +242,7 @@ def test_paper_scorers_never_raise():
 
 
 def test_evaluate_records_paper_scoring_in_its_metrics():
-    from cotshape.evaluate import evaluate
+    from cotshape.evaluation.evaluate import evaluate
     from cotshape.generation.base import Backend, Completion
 
     class Replay(Backend):
@@ -265,7 +265,7 @@ def test_evaluate_records_paper_scoring_in_its_metrics():
 
 # ---- paraphrase length ----------------------------------------------------------------------
 def test_paraphrase_budget_follows_the_solution():
-    from cotshape.paraphrase import paraphrase_budget
+    from cotshape.data.paraphrase import paraphrase_budget
 
     assert [paraphrase_budget(n) for n in (0, 10, 64, 65, 300, 1500, 5000)] == [1024, 1024, 1024, 1024, 1024, 4096, 4096]
     assert paraphrase_budget(513) == 2048  # 2 x 513, rounded up to a power of two
@@ -274,7 +274,7 @@ def test_paraphrase_budget_follows_the_solution():
 def test_paraphrase_auto_length_groups_by_budget_and_reports_the_fallback(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from cotshape.paraphrase import paraphrase_budget, paraphrase_set
+    from cotshape.data.paraphrase import paraphrase_budget, paraphrase_set
 
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     task = get_task("gsm8k")
@@ -301,7 +301,7 @@ def test_paraphrase_auto_length_groups_by_budget_and_reports_the_fallback(tiny_m
 def test_student_paraphrases_in_plain_text(base_model_dir):
     from transformers import AutoTokenizer
 
-    from cotshape.paraphrase import paraphrase_prompt
+    from cotshape.data.paraphrase import paraphrase_prompt
 
     tok = AutoTokenizer.from_pretrained(base_model_dir)
     text = paraphrase_prompt(get_task("gsm8k"), GSM, "plain", tok)
@@ -311,8 +311,8 @@ def test_student_paraphrases_in_plain_text(base_model_dir):
 
 
 def test_plain_sft_trains_a_base_model_without_chat_template(base_model_dir, tmp_path):
-    from cotshape.sft_params import SFTParams
-    from cotshape.train import MARKER, train_sft
+    from cotshape.sft.params import SFTParams
+    from cotshape.sft.train import MARKER, train_sft
 
     task = get_task("gsm8k")
     second = make_problem("g2", "gsm8k", "A box holds 6 eggs. How many eggs in 2 boxes?", "12", "6 * 2 = 12\n#### 12")

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from cotshape.claims import STATEMENTS, judge_task
-from cotshape.config import set_name as mix_set
-from cotshape.records import RecordError
-from cotshape.report import build_report, read_loss_csv
-from cotshape.stats import wilson_interval
+from cotshape.core.config import set_name as mix_set
+from cotshape.core.records import RecordError
+from cotshape.core.stats import wilson_interval
+from cotshape.evaluation.claims import STATEMENTS, judge_task
+from cotshape.reporting.report import build_report, read_loss_csv
 
 TASKS = ["gsm8k", "countdown"]
 SETS = ["H", "G", "W", "P", "step"]
@@ -38,7 +38,7 @@ def _cmp(diff: float, lo: float, hi: float) -> dict:
     return {"diff": diff, "ci95": [lo, hi]}
 
 
-#: paired comparisons of gsm8k as cotshape.claims computes them (countdown has none): G and W
+#: paired comparisons of gsm8k as cotshape.evaluation.claims computes them (countdown has none): G and W
 #: beat the base student beyond noise, nothing beats H, step is below H
 COMPARISONS = {
     "gsm8k": {
@@ -449,7 +449,7 @@ def test_run_notes_say_which_prompts_and_scorers_a_run_used():
     """The report states the prompt format, the scorers and the evaluation budget of its run."""
     import importlib.util
 
-    from cotshape.config import validate_params
+    from cotshape.core.config import validate_params
 
     root = Path(__file__).resolve().parents[1]
     spec = importlib.util.spec_from_file_location("report_stage", root / "stages" / "report.py")

@@ -6,9 +6,8 @@ import json
 
 import pytest
 
-from cotshape.generation import SamplingParams, get_backend
-from cotshape.records import RecordError, make_problem, read_jsonl
-from cotshape.sampling import (
+from cotshape.core.records import RecordError, make_problem, read_jsonl
+from cotshape.data.sampling import (
     SAMPLE_FIELDS,
     merge_shards,
     parse_shard,
@@ -16,6 +15,7 @@ from cotshape.sampling import (
     run_sampling,
     shard_problems,
 )
+from cotshape.generation import SamplingParams, get_backend
 from cotshape.tasks.base import Task
 
 
@@ -71,7 +71,7 @@ def test_output_is_final_and_partial_removed(backend, tmp_path):
 def test_resume_samples_only_what_is_missing(backend, full_run, tmp_path):
     out = tmp_path / "s.jsonl"
     part = partial_path(out)
-    from cotshape.sampling import fingerprint
+    from cotshape.data.sampling import fingerprint
 
     # a first run that finished problems p0, p1 and died while writing p2 (torn last line)
     fp = fingerprint("echo", "tiny", 2, SamplingParams(**{**PARAMS.__dict__, "n": 2}), None, PROBLEMS)
@@ -92,7 +92,7 @@ def test_partial_from_other_arguments_is_discarded(backend, full_run, tmp_path):
 
 
 def test_corrupt_line_in_the_middle_is_an_error(backend, full_run, tmp_path):
-    from cotshape.sampling import fingerprint
+    from cotshape.data.sampling import fingerprint
 
     out = tmp_path / "s.jsonl"
     fp = fingerprint("echo", "tiny", 2, SamplingParams(**{**PARAMS.__dict__, "n": 2}), None, PROBLEMS)
@@ -112,7 +112,7 @@ def test_shards_merge_to_the_full_run(backend, full_run, tmp_path):
 
 
 def test_merge_refuses_duplicates(full_run, tmp_path):
-    from cotshape.records import write_jsonl
+    from cotshape.core.records import write_jsonl
 
     write_jsonl(tmp_path / "a.jsonl", full_run[:3])
     write_jsonl(tmp_path / "b.jsonl", full_run[2:])
@@ -121,7 +121,7 @@ def test_merge_refuses_duplicates(full_run, tmp_path):
 
 
 def test_merge_refuses_missing_samples(full_run, tmp_path):
-    from cotshape.records import write_jsonl
+    from cotshape.core.records import write_jsonl
 
     write_jsonl(tmp_path / "a.jsonl", full_run[:-1])
     with pytest.raises(RecordError, match=r"1 samples missing .*p4#1"):
@@ -155,11 +155,11 @@ def test_second_run_on_the_same_output_refuses_naming_the_pid(backend, tmp_path)
     import subprocess
     import sys
 
-    from cotshape.errors import BusyError
+    from cotshape.core.errors import BusyError
 
     out = tmp_path / "samples.jsonl"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom cotshape.sampling import partial_lock\n"
+        [sys.executable, "-c", "import sys, time\nfrom cotshape.data.sampling import partial_lock\n"
          f"with partial_lock({str(out)!r}):\n    print('locked', flush=True)\n    time.sleep(60)\n"],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -15,8 +15,8 @@ import uuid
 
 import pytest
 
-from cotshape import sandbox
-from cotshape.sandbox import (
+from cotshape.execution.sandbox import host as sandbox
+from cotshape.execution.sandbox.host import (
     ExecutionResult,
     isolation_report,
     run_program,

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from cotshape.errors import RecordError, StageError
-from cotshape.select import read_verified, select_gw
+from cotshape.core.errors import RecordError, StageError
+from cotshape.data.select import read_verified, select_gw
 
 
 def s(pid, idx, correct, parsed=True):
@@ -158,7 +158,7 @@ def test_select_stage_reads_allow_truncated(tmp_path, allow):
 
     import yaml
 
-    from cotshape.records import read_jsonl, write_jsonl
+    from cotshape.core.records import read_jsonl, write_jsonl
 
     root = Path(__file__).resolve().parents[1]
     problems = [{"id": pid, "task": "gsm8k", "question": f"q {pid}", "answer": "1", "solution": "", "tests": [],

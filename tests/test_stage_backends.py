@@ -30,7 +30,7 @@ def make_lora_sft_dir(base_dir: Path, out: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cotshape.train import MARKER
+    from cotshape.sft.train import MARKER
 
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
@@ -48,7 +48,7 @@ def make_lora_sft_dir(base_dir: Path, out: Path) -> Path:
 @pytest.fixture(scope="module")
 def stage_inputs(tiny_model_dir, tmp_path_factory):
     """Problems, a good set and a LoRA SFT folder for the four generating stages."""
-    from cotshape.records import training_record, write_jsonl
+    from cotshape.core.records import training_record, write_jsonl
     from cotshape.tasks import get_task
 
     d = tmp_path_factory.mktemp("stage-backends")
@@ -94,7 +94,7 @@ def write_params(path: Path, model: str, backend: str) -> Path:
 
 @pytest.mark.slow
 def test_every_generating_stage_records_the_configured_backend(stage_inputs, tiny_model_dir, tmp_path):
-    from cotshape.records import read_jsonl
+    from cotshape.core.records import read_jsonl
 
     pfile = write_params(tmp_path / "params.yaml", str(tiny_model_dir), "transformers")
     out = tmp_path / "out"
@@ -138,7 +138,7 @@ def test_lora_student_merged_into_a_folder_for_vllm(stage_inputs, tiny_model_dir
     from transformers import AutoModelForCausalLM
 
     from cotshape.generation.vllm_backend import SFT_MARKER, merged_lora_folder
-    from cotshape.train import MARKER, load_trained
+    from cotshape.sft.train import MARKER, load_trained
 
     assert SFT_MARKER == MARKER
     sft = stage_inputs / "sft-lora"
@@ -161,9 +161,9 @@ def test_lora_student_merged_into_a_folder_for_vllm(stage_inputs, tiny_model_dir
 
 @pytest.mark.skipif(not HAS_VLLM, reason=NO_VLLM)
 def test_vllm_backend_generates_from_a_lora_student(stage_inputs, tmp_path):  # pragma: no cover - GPU only
-    from cotshape.config import validate_params
+    from cotshape.core.config import validate_params
     from cotshape.generation.base import SamplingParams
-    from cotshape.pipeline import load_backend
+    from cotshape.pipeline.stage import load_backend
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["base"].update(backend="vllm", device="cuda", dtype="float32")
@@ -181,7 +181,7 @@ def test_generate_with_progress_shows_rate_and_eta_and_returns_what_generate_ret
     """The bar of paraphrase and model-written flawed CoTs: prompts done, rate, ETA, tokens/s."""
     from cotshape.generation import get_backend
     from cotshape.generation.base import SamplingParams
-    from cotshape.pipeline import generate_with_progress
+    from cotshape.pipeline.stage import generate_with_progress
 
     backend = get_backend("transformers", tiny_model_dir, device="cpu", dtype="float32", batch_size=2)
     prompts = [[{"role": "user", "content": f"Count to {i}."}] for i in range(3)]

@@ -1,4 +1,4 @@
-"""Tests for cotshape.stats: intervals, exact McNemar, seeded bootstraps, slope and verdicts.
+"""Tests for cotshape.core.stats: intervals, exact McNemar, seeded bootstraps, slope and verdicts.
 
 Expected values are derived by hand from the formulas (noted next to each), not from the code.
 """
@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from cotshape.stats import (
+from cotshape.core.stats import (
     _binom_half_cdf_exact,
     _binom_half_log_cdf,
     mcnemar_exact,

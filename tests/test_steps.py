@@ -1,4 +1,4 @@
-"""Step-level correctness (cotshape.steps) on literal chains of thought."""
+"""Step-level correctness (cotshape.data.steps) on literal chains of thought."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from cotshape.steps import MAX_TEXT_CHARS, Step, find_steps, step_stats
+from cotshape.data.steps import MAX_TEXT_CHARS, Step, find_steps, step_stats
 
 
 def claims(text: str) -> list[tuple[str, str, bool]]:

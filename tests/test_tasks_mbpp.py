@@ -94,7 +94,7 @@ def test_offline_humaneval_split_is_fixed_and_disjoint():
 
 # ---- grading runs the real sandbox -----------------------------------------------------------
 
-sandbox = pytest.importorskip("cotshape.sandbox")
+sandbox = pytest.importorskip("cotshape.execution.sandbox.host")
 
 
 def test_right_code_passes():
@@ -125,7 +125,7 @@ def test_hub_references_pass():
 
 
 def test_humaneval_references_pass_in_batch():
-    from cotshape.verify import verify_records
+    from cotshape.data.verify import verify_records
 
     probs = TASK.load("test", limit=12)
     out = verify_records(TASK, {p["id"]: p for p in probs},

@@ -105,7 +105,7 @@ def test_readme_task_walkthrough(tmp_path, monkeypatch, isolated_registry):
     with params validation, loads, and verifies right, wrong and unparseable answers."""
     import yaml
 
-    from cotshape.config import load_params
+    from cotshape.core.config import load_params
 
     (tmp_path / "mytasks").mkdir()
     (tmp_path / "mytasks" / "__init__.py").write_text("")
@@ -132,7 +132,7 @@ def test_readme_task_walkthrough(tmp_path, monkeypatch, isolated_registry):
 def test_task_module_that_cannot_be_imported_names_the_key(tmp_path, monkeypatch, isolated_registry):
     import yaml
 
-    from cotshape.config import load_params
+    from cotshape.core.config import load_params
 
     params = yaml.safe_load(open("params.yaml"))
     params["base"]["task_modules"] = ["mytasks.nope"]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cotshape.tracking import Tracker, git_commit, run_tags
+from cotshape.tracking.tracker import Tracker, git_commit, run_tags
 
 MLFLOW = Path(sys.executable).with_name("mlflow")
 
@@ -248,7 +248,7 @@ def test_path_hash_is_dvcs_md5_and_falls_back_to_stat(tmp_path):
     import hashlib
     import json
 
-    from cotshape.tracking import path_hash
+    from cotshape.tracking.tracker import path_hash
 
     (tmp_path / "d" / "sub").mkdir(parents=True)
     (tmp_path / "d" / "b.txt").write_text("bee\n")
@@ -268,9 +268,9 @@ def test_path_hash_is_dvcs_md5_and_falls_back_to_stat(tmp_path):
 def test_stage_run_tags_params_inputs_table_and_outputs(mlflow_server, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from cotshape.config import SECTIONS, Params
-    from cotshape.sft_params import SFTParams
-    from cotshape.tracking import stage_run
+    from cotshape.core.config import SECTIONS, Params
+    from cotshape.sft.params import SFTParams
+    from cotshape.tracking.tracker import stage_run
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     p = Params(**{k: SFTParams() if k == "sft" else cls() for k, cls in SECTIONS.items()})  # the defaults
@@ -315,7 +315,7 @@ def test_stage_run_tags_params_inputs_table_and_outputs(mlflow_server, tmp_path,
 def test_stage_run_failed_has_no_output_hashes(mlflow_server, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from cotshape.tracking import begin_stage, end_stage_runs
+    from cotshape.tracking.tracker import begin_stage, end_stage_runs
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     out = tmp_path / "x.json"
@@ -327,7 +327,7 @@ def test_stage_run_failed_has_no_output_hashes(mlflow_server, tmp_path, monkeypa
 
 
 def test_unreachable_store_stage_run_is_a_fast_noop(tmp_path, monkeypatch):
-    from cotshape.tracking import stage_run, write_run_file
+    from cotshape.tracking.tracker import stage_run, write_run_file
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/no/such/folder/m.db")
     big = tmp_path / "big.bin"
@@ -363,7 +363,7 @@ def stage_runs(mlflow_server, tiny_model_dir, tmp_path_factory):
     loopback server in a fresh experiment. Returns (experiment name, work folder)."""
     import yaml
 
-    import cotshape.pipeline as pipeline
+    import cotshape.pipeline.stage as pipeline
 
     work = tmp_path_factory.mktemp("stages")
     experiment = f"stages-{work.name}"
@@ -507,7 +507,7 @@ def test_sft_run_params_dataset_and_model_card(mlflow_server, stage_runs):
     assert {t.key: t.value for t in ds.tags}["mlflow.data.context"] == "training"
     assert json.loads((work / "sft-H" / "mlflow_run.json").read_text())["run_id"] == sft.info.run_id
     # the run file is not part of the result: the output hash leaves it out, like .dvcignore does for DVC
-    from cotshape.tracking import path_hash
+    from cotshape.tracking.tracker import path_hash
 
     assert sft.data.tags[f"output.{(work / 'sft-H').as_posix()}.md5"] == path_hash(work / "sft-H")[1]
     card = (work / "sft-H" / "README.md").read_text()
@@ -543,7 +543,7 @@ def test_evaluate_run_links_the_sft_run_and_logs_generations(mlflow_server, stag
 def test_run_file_is_ignored_once_the_folder_holds_another_model(tmp_path):
     """A dvc checkout of another experiment leaves the (ignored) run file in place: evaluate must
     not link its run to the SFT run of the other model."""
-    from cotshape.tracking import SFT_RUN_FILE, path_hash, read_run_file, write_run_file
+    from cotshape.tracking.tracker import SFT_RUN_FILE, path_hash, read_run_file, write_run_file
 
     class Run:  # the two attributes write_run_file reads from a TrackedRun
         run_id, name = "abc123", "sft@gsm8k-G"

@@ -1,4 +1,4 @@
-"""SFT (cotshape.train) on the tiny test model: masking, padding-free equivalence, training,
+"""SFT (cotshape.sft.train) on the tiny test model: masking, padding-free equivalence, training,
 saving and reloading (full and LoRA), params validation and the launch command."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cotshape.train import (
+from cotshape.sft.train import (
     MARKER,
     TRAIN_LOG,
     SFTParams,
@@ -153,7 +153,7 @@ def test_padding_free_loss_equals_padded_loss(tiny_model_dir, varlen, math_max, 
     from transformers import AutoModelForCausalLM
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    import cotshape.train as train_mod
+    import cotshape.sft.train as train_mod
 
     monkeypatch.setattr(train_mod, "VARLEN_MATH_MAX", math_max)
     tok = _tok(tiny_model_dir)
@@ -202,7 +202,7 @@ def test_causal_attention_math_equals_sdpa_with_gradients():
     import torch
     import torch.nn.functional as F
 
-    from cotshape.train import _causal_attention_math
+    from cotshape.sft.train import _causal_attention_math
 
     torch.manual_seed(0)
     q = torch.randn(1, 6, 11, 8, dtype=torch.float64, requires_grad=True)
@@ -231,7 +231,7 @@ def test_cpu_label_head_equals_trl_fused_head(tiny_model_dir, monkeypatch, chunk
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
     from trl.trainer.utils import add_fused_lm_head
 
-    import cotshape.train as train_mod
+    import cotshape.sft.train as train_mod
 
     monkeypatch.setattr(train_mod, "LABEL_HEAD_CHUNK", chunk)
     tok = _tok(tiny_model_dir)
@@ -272,7 +272,11 @@ def test_frozen_linears_in_bf16_give_the_same_autocast_outputs_and_adapter_grads
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from cotshape.train import LORA_TARGET_MODULES, skip_lora_input_casts, store_frozen_linears_in
+    from cotshape.sft.train import (
+        LORA_TARGET_MODULES,
+        skip_lora_input_casts,
+        store_frozen_linears_in,
+    )
 
     ids = torch.tensor([[5, 9, 13, 2, 7, 11, 3, 4]])
 
@@ -306,7 +310,7 @@ def test_frozen_linears_in_bf16_give_the_same_autocast_outputs_and_adapter_grads
 def test_reuse_freed_memory_applies_on_glibc():
     import platform
 
-    from cotshape.train import reuse_freed_memory
+    from cotshape.sft.train import reuse_freed_memory
 
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert reuse_freed_memory() is glibc
@@ -426,7 +430,7 @@ def test_batch_mismatch_on_purpose_is_kept():
 
 
 def test_params_file_mismatch_is_a_params_error_naming_the_file_and_key():
-    from cotshape.config import ParamsError, validate_params
+    from cotshape.core.config import ParamsError, validate_params
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["sft"].update(effective_batch_size=64, grad_accum=1)
@@ -470,7 +474,7 @@ def test_bf16_precision_trains_bf16_weights(tiny_model_dir, tmp_path):
 def test_save_steps_write_loadable_checkpoints(tiny_model_dir, tmp_path):
     import torch
 
-    from cotshape.train import checkpoint_dir
+    from cotshape.sft.train import checkpoint_dir
 
     out = tmp_path / "ckpt"
     metrics = train_sft(tiny_model_dir, RECORDS, out, SFTParams(method="full", **FAST, save_steps=[1, 2]))
@@ -495,7 +499,7 @@ def test_save_steps_write_loadable_checkpoints(tiny_model_dir, tmp_path):
 
 
 def test_lora_checkpoint_is_an_adapter_that_load_trained_merges(tiny_model_dir, tmp_path):
-    from cotshape.train import checkpoint_dir
+    from cotshape.sft.train import checkpoint_dir
 
     out = tmp_path / "lora"
     train_sft(tiny_model_dir, RECORDS, out, SFTParams(method="lora", lora_r=4, lora_alpha=8, **FAST, save_steps=[2]))
@@ -505,8 +509,8 @@ def test_lora_checkpoint_is_an_adapter_that_load_trained_merges(tiny_model_dir, 
 
 
 def test_save_step_after_the_last_step_is_recorded_as_not_reached(tiny_model_dir, tmp_path):
-    from cotshape.pipeline import SKIPPED
-    from cotshape.train import checkpoint_dir
+    from cotshape.pipeline.stage import SKIPPED
+    from cotshape.sft.train import checkpoint_dir
 
     out = tmp_path / "late"
     train_sft(tiny_model_dir, RECORDS, out, SFTParams(method="full", **FAST, save_steps=[2, 50]))

@@ -8,10 +8,11 @@ import time
 
 import pytest
 
-from cotshape.records import RecordError, make_problem, write_jsonl
+from cotshape.core.records import RecordError, make_problem, write_jsonl
+from cotshape.data.verify import summarize, verify_file, verify_records
+from cotshape.execution.pool import GuardedPool
 from cotshape.tasks import get_task
 from cotshape.tasks.countdown import Countdown
-from cotshape.verify import GuardedPool, summarize, verify_file, verify_records
 
 
 def cd_problem(pid: str, numbers: list[int], target: int) -> dict:
@@ -162,7 +163,7 @@ def mbpp_files(tmp_path):
 
 
 def test_misspelt_sandbox_mode_stops_verify(tmp_path, monkeypatch):
-    from cotshape.errors import SandboxError
+    from cotshape.core.errors import SandboxError
 
     problems, samples = mbpp_files(tmp_path)
     monkeypatch.setenv("COTSHAPE_SANDBOX_MODE", "bwrapp")
@@ -188,8 +189,8 @@ def test_misspelt_sandbox_mode_stops_the_stage_with_one_line(tmp_path):
 
 
 def test_sandbox_failing_its_self_test_stops_verify(tmp_path, monkeypatch):
-    import cotshape.sandbox as sb
-    from cotshape.errors import SandboxError
+    import cotshape.execution.sandbox.host as sb
+    from cotshape.core.errors import SandboxError
 
     problems, samples = mbpp_files(tmp_path)
     broken = sb.ExecutionResult(False, "sandbox_error", "sandbox server (rlimit) failed to start", "", "", None,

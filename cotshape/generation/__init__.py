@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from cotshape.errors import InputError
+from cotshape.core.errors import InputError
 from cotshape.generation.base import Backend, Completion, Prompt, SamplingParams, derive_seed
 
 BACKENDS = ("transformers", "vllm")

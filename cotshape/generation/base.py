@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-from cotshape.errors import InputError
+from cotshape.core.errors import InputError
 
 Prompt = list[dict[str, str]] | str  # chat messages or raw text
 FinishReason = Literal["stop", "length"]

@@ -261,7 +261,7 @@ class TransformersBackend(Backend):
         tokenizer=None,
         fused: bool = True,
     ) -> None:
-        from cotshape.models import load_model, load_tokenizer
+        from cotshape.core.models import load_model, load_tokenizer
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -18,6 +18,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from cotshape.core.artifacts import SFT_MARKER
 from cotshape.generation.base import (
     Backend,
     Completion,
@@ -30,9 +31,6 @@ from cotshape.generation.base import (
 )
 
 MISSING_VLLM = "the vllm backend needs vLLM on a CUDA machine: pip install 'cotshape[gpu]'"
-#: the marker file of an SFT output folder (``cotshape.train.MARKER``; not imported from there:
-#: every generating stage imports this module, and the trainer is no dependency of theirs)
-SFT_MARKER = "cotshape_sft.json"
 
 
 def merged_lora_folder(model_path: str | os.PathLike, dtype: str = "auto",
@@ -57,7 +55,7 @@ def merged_lora_folder(model_path: str | os.PathLike, dtype: str = "auto",
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cotshape.models import _model_dir, resolve_dtype
+    from cotshape.core.models import _model_dir, resolve_dtype
 
     torch_dtype = resolve_dtype(dtype, device="cuda" if torch.cuda.is_available() else "cpu")
     base = AutoModelForCausalLM.from_pretrained(_model_dir(marker["base_model"]), dtype=torch_dtype)
@@ -78,7 +76,7 @@ def import_vllm():
     try:
         import vllm
     except ImportError as e:
-        from cotshape.errors import MissingExtraError
+        from cotshape.core.errors import MissingExtraError
 
         raise MissingExtraError(f"{MISSING_VLLM} ({e})") from None
     return vllm
@@ -103,7 +101,7 @@ class VLLMBackend(Backend):
         # owned_dir: a temporary folder that holds the model (merged_lora_folder), removed on close
         self._owned_dir = owned_dir
         vllm = import_vllm()
-        from cotshape.models import _model_dir
+        from cotshape.core.models import _model_dir
 
         if tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")

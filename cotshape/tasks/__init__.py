@@ -19,7 +19,7 @@ import difflib
 import importlib
 import sys
 
-from cotshape.errors import UnknownTaskError
+from cotshape.core.errors import UnknownTaskError
 from cotshape.tasks.base import Problem, Task, Verdict
 
 _REGISTRY: dict[str, type[Task]] = {}

@@ -1,7 +1,7 @@
 """The Task base class and the Verdict every verifier returns.
 
 A task knows how to load its problems (hub or offline source, in the one record schema of
-:mod:`cotshape.records`), how to prompt a chat or base model for a chain of thought, how to
+:mod:`cotshape.core.records`), how to prompt a chat or base model for a chain of thought, how to
 pull the final answer out of a completion and how to grade it (strictly, :meth:`Task.verify`,
 or as the authors' scripts did, :meth:`Task.paper_verify`). :func:`student_prompt` is the one
 place that turns (task, problem, ``base.prompt_format``, tokenizer) into a student's prompt text. ``verify`` never raises: a
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from cotshape.errors import DataNotFoundError, InputError
+from cotshape.core.errors import DataNotFoundError, InputError
 
 Problem = dict[str, Any]
 #: prefix of ``Verdict.reason`` when grading itself failed (the verifier raised, the gold answer
@@ -118,7 +118,7 @@ def read_hub_rows(source: str, config: str | None, split: str) -> list[dict[str,
             if f.suffix == ".json" and text.lstrip().startswith("["):
                 rows.extend(json.loads(text))
             else:
-                from cotshape.records import read_jsonl
+                from cotshape.core.records import read_jsonl
 
                 rows.extend(read_jsonl(f))
     return rows
@@ -261,7 +261,7 @@ class Task:
     def check_many(
         self, items: list[tuple[Problem, str]], workers: int | None = None, progress: bool = True
     ) -> list[Verdict]:
-        """Grade many ``(problem, extracted)`` pairs (the batch path of :mod:`cotshape.verify`);
+        """Grade many ``(problem, extracted)`` pairs (the batch path of :mod:`cotshape.data.verify`);
         never raises. The default grades one after another; tasks with costly checks (math,
         code) override it with a process pool."""
         from tqdm import tqdm
@@ -321,7 +321,7 @@ def special_prefix(tokenizer) -> str:
 
 def student_prompt(task: Task, problem: Problem, prompt_format: str, tokenizer=None) -> str:
     """The exact text a student model reads before its completion, for every stage that prompts
-    a student: SFT tokenization and closeness (:func:`cotshape.train.tokenize_records`),
+    a student: SFT tokenization and closeness (:func:`cotshape.sft.train.tokenize_records`),
     evaluation, and the student side of paraphrase. Tokenize it with ``add_special_tokens=False``.
 
     ``chat``: :meth:`Task.chat_messages` rendered with the tokenizer's chat template and the

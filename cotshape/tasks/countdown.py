@@ -27,8 +27,8 @@ from collections import Counter
 from fractions import Fraction
 from itertools import combinations
 
-from cotshape.errors import InputError
-from cotshape.records import make_problem
+from cotshape.core.errors import InputError
+from cotshape.core.records import make_problem
 from cotshape.tasks import register
 from cotshape.tasks.base import Problem, Task, Verdict, is_test_key, read_hub_rows
 

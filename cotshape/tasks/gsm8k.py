@@ -19,8 +19,8 @@ from __future__ import annotations
 import re
 from fractions import Fraction
 
-from cotshape.errors import InputError
-from cotshape.records import make_problem
+from cotshape.core.errors import InputError
+from cotshape.core.records import make_problem
 from cotshape.tasks import register
 from cotshape.tasks.base import (
     MATH_PLAIN_TEMPLATE,

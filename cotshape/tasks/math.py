@@ -16,7 +16,7 @@ decimal, where math-verify's rounding rules apply) goes to math-verify (``parse`
 with the gold parsed once per gold string (cached). math-verify's own alarms bound its time in
 the main thread; answers that could make sympy compute for minutes in C code (huge exponents,
 factorials, very long input) are compared as text instead; batch verification
-(:mod:`cotshape.verify`) additionally runs math-verify in worker processes that are killed on
+(:mod:`cotshape.data.verify`) additionally runs math-verify in worker processes that are killed on
 a hard per-item deadline. ``verify`` never raises.
 """
 
@@ -29,8 +29,8 @@ from collections import OrderedDict
 from fractions import Fraction
 from typing import Any
 
-from cotshape.errors import DataNotFoundError, InputError
-from cotshape.records import make_problem
+from cotshape.core.errors import DataNotFoundError, InputError
+from cotshape.core.records import make_problem
 from cotshape.tasks import register
 from cotshape.tasks.base import (
     MATH_PLAIN_TEMPLATE,
@@ -282,7 +282,7 @@ def _warm_up() -> None:
 
 
 def grade_pair(gold: str, pred: str) -> tuple[bool, str]:
-    """Picklable entry point for worker processes (see :mod:`cotshape.verify`)."""
+    """Picklable entry point for worker processes (see :mod:`cotshape.data.verify`)."""
     return math_equal(gold, pred)
 
 
@@ -407,7 +407,7 @@ class MATH(Task):
     ) -> list[Verdict]:
         """Plain numbers are settled here; the rest go to math-verify in a :class:`GuardedPool`
         (hard per-item deadline), sorted by gold so each worker parses a gold once."""
-        from cotshape.verify import GuardedPool
+        from cotshape.execution.pool import GuardedPool
 
         verdicts: list[Verdict | None] = [None] * len(items)
         pending: list[int] = []

@@ -1,9 +1,9 @@
 """The ``sft:`` section of params.yaml: :class:`SFTParams`, pure data and validation.
 
-Kept apart from :mod:`cotshape.train` (which re-exports it) so that :mod:`cotshape.config`, and
+Kept apart from :mod:`cotshape.sft.train` (which re-exports it) so that :mod:`cotshape.core.config`, and
 with it every stage, does not depend on the trainer's code: a change to training reruns only
 the stages that train. This module imports nothing from torch, transformers, trl or
-:mod:`cotshape.train`.
+:mod:`cotshape.sft.train`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ _PRECISIONS = ("amp", "bf16")
 
 def _f(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
        max: float | None = None, default_factory: Any = None) -> Any:
-    # the same metadata as cotshape.config's fields: the params validator checks choices and bounds
+    # the same metadata as cotshape.core.config's fields: the params validator checks choices and bounds
     meta = {"help": help, "choices": choices, "min": min, "max": max}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)

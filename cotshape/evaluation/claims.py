@@ -4,14 +4,14 @@ Inputs (all written by earlier stages; nothing here knows about DVC paths):
 
 * per set, the evaluation records (one per test problem: ``problem_id``, ``correct``), for the
   untrained student (``base``) and every trained set (H, G, W, P, step, ``mix-p``);
-* the closeness metrics of the task (:func:`cotshape.closeness.loss_intervals`): per set the base
+* the closeness metrics of the task (:func:`cotshape.sft.closeness.loss_intervals`): per set the base
   student's mean per-token loss, its interval, and the difference to H with its interval;
 * the flawed fractions of the mixture curve; fraction 0 is the mixtures' base set itself
   (``degrade.base_set``), so it is not trained twice.
 
 Every comparison of two sets is *paired*: both students answered the same test problems, and the
 difference of their accuracies gets Newcombe's paired score 95 % interval and an exact McNemar
-p-value (:mod:`cotshape.stats`); closeness differences and the mixture slope get seeded bootstrap
+p-value (:mod:`cotshape.core.stats`); closeness differences and the mixture slope get seeded bootstrap
 intervals. A claim is
 
 * ``holds`` when its interval excludes the alternative (for "A > B": the whole interval of
@@ -34,8 +34,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cotshape import stats
-from cotshape.errors import RecordError
+from cotshape.core import stats
+from cotshape.core.errors import RecordError
 
 BASE = "base"
 #: the sets whose chains of thought get step-level correctness (the sets written by hand or by a model)
@@ -66,7 +66,7 @@ def correctness(records: Sequence[Mapping[str, Any]], where: str = "evaluation r
 
 
 def paired(a: Mapping[str, bool], b: Mapping[str, bool], seed: int = 0, n_boot: int = 10000) -> dict[str, Any]:
-    """:func:`cotshape.stats.paired_accuracy_diff` of B - A on the problems both answered; the
+    """:func:`cotshape.core.stats.paired_accuracy_diff` of B - A on the problems both answered; the
     two must have answered the same problems (a comparison on different problems is not paired)."""
     if set(a) != set(b):
         raise RecordError(f"paired comparison on different test problems ({len(set(a) ^ set(b))} differ)")
@@ -103,7 +103,7 @@ def _claim(cid: str, task: str, kind: str, evidence: dict[str, Any] | None, miss
 
 def mixture_sets(fractions: Sequence[float], base_set: str) -> list[tuple[float, str]]:
     """``(fraction, set name)`` of the mixture curve: 0 is the base set itself, then ``mix-p``."""
-    from cotshape.config import set_name
+    from cotshape.core.config import set_name
 
     return [(0.0, base_set)] + [(float(p), set_name(p)) for p in sorted(fractions) if float(p) > 0]
 
@@ -233,8 +233,8 @@ def judge_run(
     holds, ``summary_doc`` what ``metrics/summary.json`` holds, ``comparisons[task][set]`` the
     paired comparisons against the base student and H.
     """
-    from cotshape.records import read_ids, read_json, read_jsonl, restrict_to_ids
-    from cotshape.steps import step_stats
+    from cotshape.core.records import read_ids, read_json, read_jsonl, restrict_to_ids
+    from cotshape.data.steps import step_stats
 
     eval_dir, metrics_dir, sets_dir = Path(eval_dir), Path(metrics_dir), Path(sets_dir)
 

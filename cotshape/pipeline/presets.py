@@ -1,7 +1,7 @@
 """Paper-scale presets: partial params files under ``presets/`` applied on top of params.yaml.
 
 A preset has the sections and keys of params.yaml (only the ones it changes). It is applied in
-one of two ways, both validated by :func:`cotshape.config.validate_params` before anything is
+one of two ways, both validated by :func:`cotshape.core.config.validate_params` before anything is
 written or run:
 
 * ``cotshape preset apply NAME [--set k=v ...]`` rewrites params.yaml (atomically, keeping its
@@ -29,7 +29,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cotshape.errors import InputError
+from cotshape.core.errors import InputError
 
 #: presets live beside the package in a checkout; COTSHAPE_PRESETS_DIR points elsewhere
 PRESETS_ENV = "COTSHAPE_PRESETS_DIR"
@@ -47,7 +47,7 @@ def presets_dir() -> Path:
     env = os.environ.get(PRESETS_ENV)
     if env:
         return Path(env)
-    here = Path(__file__).resolve().parent.parent / "presets"
+    here = Path(__file__).resolve().parents[2] / "presets"
     # an installed (non-editable) package has no presets/ beside it: use the working dir's
     return here if here.is_dir() else Path.cwd() / "presets"
 
@@ -170,8 +170,8 @@ def merge_preset(name: str, params: dict[str, Any], overrides: Sequence[str] = (
 
 def apply_preset(name: str, params: dict[str, Any], overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Deep-merge preset ``name`` and then ``key.sub=value`` overrides into a copy of ``params``
-    and validate the result (:class:`cotshape.config.ParamsError` names the bad key)."""
-    from cotshape.config import validate_params
+    and validate the result (:class:`cotshape.core.config.ParamsError` names the bad key)."""
+    from cotshape.core.config import validate_params
 
     merged = merge_preset(name, params, overrides)
     source = f"preset {name}" + (f" with --set {' '.join(overrides)}" if overrides else "")
@@ -262,7 +262,7 @@ def write_params(path: str | os.PathLike, changes: list[tuple[str, Any, Any]]) -
     from ruamel.yaml.comments import CommentedSeq
     from ruamel.yaml.representer import RoundTripRepresenter
 
-    from cotshape.records import write_text
+    from cotshape.core.records import write_text
 
     # add_representer is a class method: a subclass keeps dvc's own ruamel writer untouched
     class _Representer(RoundTripRepresenter):
@@ -352,9 +352,9 @@ def cmd_exp(name: str, overrides: list[str], params_file: str = "params.yaml", r
 
 
 def cli_main(argv: list[str]) -> int:
-    """``python -m cotshape.presets list | show NAME | apply NAME ... | exp NAME ...`` (the same
+    """``python -m cotshape.pipeline.presets list | show NAME | apply NAME ... | exp NAME ...`` (the same
     commands as ``cotshape preset``); returns the exit code."""
-    from cotshape.config import ParamsError
+    from cotshape.core.config import ParamsError
 
     args = _parser().parse_args(argv)
     try:

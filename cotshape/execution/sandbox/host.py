@@ -130,7 +130,7 @@ _PREIMPORT = (
 
 
 try:
-    from cotshape.errors import SandboxError
+    from cotshape.core.errors import SandboxError
 except ImportError:  # the server side runs this file alone (python -I), without the package
     SandboxError = RuntimeError  # type: ignore[misc,assignment]
 
@@ -300,7 +300,7 @@ def _resolve_mode(mode: str | None) -> str:
         _warned = True
         warnings.warn(
             f"bubblewrap unavailable ({probe['error']}); sandbox falls back to rlimits + setsid: "
-            "no file-system, pid or network namespaces (see cotshape.sandbox docstring)",
+            "no file-system, pid or network namespaces (see cotshape.execution.sandbox.host docstring)",
             SandboxWarning,
             stacklevel=3,
         )
@@ -670,7 +670,7 @@ def self_test(mode: str | None = None) -> str:
         res = run_program("pass", timeout_s=30.0, mode=resolved)
         if not res.passed:
             raise SandboxError(f"sandbox self-test failed: {res.status}: {res.reason} (mode {resolved}); "
-                               f"cotshape.sandbox.isolation_report() says why; {MODE_ENV} picks the mode")
+                               f"cotshape.execution.sandbox.host.isolation_report() says why; {MODE_ENV} picks the mode")
         _self_tested.add(resolved)
     return resolved
 

@@ -5,7 +5,7 @@ the stages wrote.
 every file is optional: a missing one shows as "—" in the tables and as a gap in the plots, so a
 partly-run pipeline still gets a report::
 
-    eval/{task}-{set}.json          score() of cotshape.evaluate; set in H, G, W, P, step-K,
+    eval/{task}-{set}.json          score() of cotshape.evaluation.evaluate; set in H, G, W, P, step-K,
                                     mix-{p} (p as a Python float: mix-0.0 ... mix-1.0), base
     sft/{task}-{set}.json           train_loss, first_loss, final_loss, steps, train_tokens,
                                     tokens_per_second, examples
@@ -21,7 +21,7 @@ and writes, each file atomically: ``summary.md`` (tables and a how-to-read note,
 embedded), ``accuracy.png``, ``mixture_curve.png``, ``loss_curves.png``, ``closeness.png`` in
 ``out_dir``, and the long-format tables of dvc.yaml's top-level plots in ``plots/summary/``
 (:func:`summary_csvs`). A file that exists but is malformed is an error naming it (a
-:class:`~cotshape.records.RecordError`): a silently wrong report is worse than none.
+:class:`~cotshape.core.records.RecordError`): a silently wrong report is worse than none.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cotshape.config import set_name
-from cotshape.records import RecordError, read_json, write_text
+from cotshape.core.config import set_name
+from cotshape.core.records import RecordError, read_json, write_text
 
 DASH = "—"
 #: shown for a set whose stage ran but had nothing to do (an empty training set is recorded
@@ -488,7 +488,7 @@ def _headlines(m: _Metrics, tasks: Sequence[str], sets: Sequence[str],
 
 
 def _steps_section(tasks: Sequence[str], comparisons: dict[str, Any] | None) -> str:
-    """Step-level correctness of the training sets (:mod:`cotshape.steps`)."""
+    """Step-level correctness of the training sets (:mod:`cotshape.data.steps`)."""
     rows = []
     for t in tasks:
         for s, st in ((comparisons or {}).get(t, {}).get("_steps") or {}).items():
@@ -824,7 +824,7 @@ def build_report(
     ``sets`` are the non-mixture training sets (e.g. ``["H", "G", "W", "P", "step"]``); the
     mixture sets ``mix-{p}`` come from ``fractions`` and the base student is always included.
     ``context`` (e.g. ``{"teacher": ..., "student": ...}``) is listed in the intro, ``notes``
-    (what the run is and is not) right after it. ``claims`` (:func:`cotshape.claims.judge_run`)
+    (what the run is and is not) right after it. ``claims`` (:func:`cotshape.evaluation.claims.judge_run`)
     opens the report; ``comparisons`` adds the paired differences to the accuracy tables.
     ``checkpoints`` (``sft.save_steps``) adds a table of the intermediate checkpoints' accuracy
     (``eval/checkpoints/{task}-{set}-step-{n}.json``).

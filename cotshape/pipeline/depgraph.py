@@ -2,13 +2,13 @@
 
 A stage in dvc.yaml lists its script (``stages/X.py``) as a dep, but the script is thin: the
 code that decides what the stage writes lives in the ``cotshape`` package. Unless those files
-are deps too, a change to, say, ``cotshape/select.py`` leaves every stage "up to date". This
+are deps too, a change to, say, ``cotshape/data/select.py`` leaves every stage "up to date". This
 module computes, for each stage, the exact set of package files its command runs, and checks
 or rewrites the ``deps:`` lists of dvc.yaml to match::
 
-    python -m cotshape.depgraph dvc.yaml            # print each stage's library files
-    python -m cotshape.depgraph --check dvc.yaml    # missing/extra per stage; exit 1 if any
-    python -m cotshape.depgraph --write dvc.yaml    # make each stage's cotshape/ deps exact
+    python -m cotshape.pipeline.depgraph dvc.yaml            # print each stage's library files
+    python -m cotshape.pipeline.depgraph --check dvc.yaml    # missing/extra per stage; exit 1 if any
+    python -m cotshape.pipeline.depgraph --write dvc.yaml    # make each stage's cotshape/ deps exact
 
 How: the stage's ``python stages/X.py`` (or ``python -m cotshape.x``) is parsed with
 :mod:`ast` -- nothing is imported or executed -- and every ``import`` / ``from ... import``
@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 PACKAGE = "cotshape"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 #: where the ``code`` stage writes one fingerprint per stage script (``code/sft.txt``)
 CODE_DIR = "code"
 #: the folder of the stage scripts that get a fingerprint
@@ -64,11 +64,11 @@ SCRIPTS_DIR = "stages"
 DYNAMIC_IMPORTS: dict[str, tuple[str, ...]] = {
     # the fork server pre-imports standard-library modules by name (_PREIMPORT) and is started
     # as `sys.executable sandbox.py --serve`: the file itself, already in the closure
-    "cotshape/sandbox.py": (),
+    "cotshape/execution/sandbox/host.py": (),
     # launch_command reruns the stage's own script (plain python or `accelerate launch`)
-    "cotshape/train.py": (),
+    "cotshape/sft/train.py": (),
     # runs `python -m dvc exp show` (DVC, not package code) and asks find_spec whether dvc exists
-    "cotshape/compare.py": (),
+    "cotshape/reporting/compare.py": (),
     # imports the user's task modules (base.task_modules) and the cotshape.tasks entry points:
     # code outside the package (README, "Adding a task": add such a file to the stages' deps)
     "cotshape/tasks/__init__.py": (),
@@ -391,7 +391,7 @@ def fingerprint(script: str | Path, root: Path = REPO_ROOT, package: str = PACKA
     rel = Path(script).as_posix()  # relative to root
     files = [rel, *module_files(rel, root, package)]
     lines = [f"{_md5(root / f)}  {f}" for f in files]
-    return (f"# the code {rel} runs (python -m cotshape.depgraph --fingerprint): "
+    return (f"# the code {rel} runs (python -m cotshape.pipeline.depgraph --fingerprint): "
             "a stage depending on this file reruns when any of them changes\n" + "\n".join(lines) + "\n")
 
 
@@ -495,7 +495,7 @@ def _atomic_write(path: Path, text: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="python -m cotshape.depgraph",
+        prog="python -m cotshape.pipeline.depgraph",
         description="Each DVC stage's library files, from the import graph of its script.",
     )
     mode = ap.add_mutually_exclusive_group()
@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
             for f in extra.get(name, []):
                 print(f"{name}: extra {f}")
         if missing or extra:
-            print(f"fix with: python -m cotshape.depgraph --write {shlex.quote(str(path))}", file=sys.stderr)
+            print(f"fix with: python -m cotshape.pipeline.depgraph --write {shlex.quote(str(path))}", file=sys.stderr)
             return 1
         print(f"{path}: library deps exact")
         return 0

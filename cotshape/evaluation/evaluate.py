@@ -27,8 +27,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from cotshape.core.stats import wilson_interval
 from cotshape.generation.base import Backend, Prompt, SamplingParams
-from cotshape.stats import wilson_interval
 from cotshape.tasks.base import Problem, Task, Verdict, check_prompt_format, student_prompt
 
 #: ``evaluate.scoring``: strict (the project's verifiers) or paper (the authors' released scorers)
@@ -146,7 +146,7 @@ def evaluate(
     ``prompt_format`` (``base.prompt_format``): ``chat`` or ``plain`` (the authors' plain-text
     template, stopped at the task's :attr:`~cotshape.tasks.base.Task.plain_stop` strings).
     ``max_new_tokens``: an integer or ``auto`` (:func:`resolve_max_new_tokens`). ``scoring``:
-    ``strict`` grades with the task's verifier (:mod:`cotshape.verify`), ``paper`` with the
+    ``strict`` grades with the task's verifier (:mod:`cotshape.data.verify`), ``paper`` with the
     authors' scorer (:meth:`~cotshape.tasks.base.Task.paper_verify`). The metrics record
     ``prompt_format``, ``scoring`` and the resolved ``max_new_tokens``.
 
@@ -214,7 +214,7 @@ def evaluate(
         graded = [{**rec, **task.paper_verify(problems_by_id[rec["problem_id"]], rec["completion"]).to_dict()}
                   for rec in records]
     else:
-        from cotshape.verify import verify_records
+        from cotshape.data.verify import verify_records
 
         graded = verify_records(task, problems_by_id, records, progress=progress)
     out = []

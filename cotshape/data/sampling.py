@@ -49,9 +49,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from cotshape.errors import BusyError, InputError
+from cotshape.core.errors import BusyError, InputError
 from cotshape.generation.base import Backend, Completion, SamplingParams, derive_seed
-from cotshape.records import RecordError, read_jsonl, write_jsonl
+from cotshape.core.records import RecordError, read_jsonl, write_jsonl
 from cotshape.tasks.base import Problem, Task
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def partial_lock(out_path: str | os.PathLike) -> Iterator[Path]:
 
     The lock is an ``fcntl.flock`` on ``OUT.partial.lock`` (holding the holder's pid); the kernel
     drops it when its holder exits, ``kill -9`` included, so a stale lock cannot block a rerun.
-    A second run on the same output raises :class:`~cotshape.errors.BusyError` naming the
+    A second run on the same output raises :class:`~cotshape.core.errors.BusyError` naming the
     first one's pid, instead of both appending to one partial file. The lock file is removed
     on release.
     """

@@ -50,15 +50,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from cotshape.errors import RecordError
-from cotshape.sft_params import SFTParams
+from cotshape.core.artifacts import CHECKPOINTS, SFT_MARKER, SKIPPED, STEP_PREFIX, TRAIN_LOG
+from cotshape.core.errors import RecordError
+from cotshape.sft.params import SFTParams
 
 #: Written in every checkpoint folder; says how to load it (see :func:`load_trained`).
-MARKER = "cotshape_sft.json"
-TRAIN_LOG = "train_log.json"
-#: intermediate checkpoints (sft.save_steps): <out>/checkpoints/step-<N>, each loadable like <out>
-CHECKPOINTS = "checkpoints"
-STEP_PREFIX = "step-"
+MARKER = SFT_MARKER
 
 # peft's "all-linear": every Linear but the output head, i.e. the attention and MLP projections
 # of a decoder (q/k/v/o, gate/up/down on Llama, Gemma, Qwen, Mistral), whatever their names.
@@ -72,7 +69,7 @@ LORA_TARGET_MODULES = "all-linear"
 def resolve_dtype(dtype: str) -> str:
     """``auto`` -> ``bfloat16`` where bf16 compute is fast on this machine, else ``float32``.
 
-    Unlike :func:`cotshape.models.resolve_dtype` (inference), never fp16: fp16 training would
+    Unlike :func:`cotshape.core.models.resolve_dtype` (inference), never fp16: fp16 training would
     need loss scaling, so a GPU without bf16 trains in fp32."""
     if dtype != "auto":
         return dtype
@@ -80,7 +77,7 @@ def resolve_dtype(dtype: str) -> str:
 
     if torch.cuda.is_available():
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
-    from cotshape.models import cpu_has_fast_bf16
+    from cotshape.core.models import cpu_has_fast_bf16
 
     # AVX512-BF16/AMX: bf16 autocast ~1.6x fp32 (measured); without them bf16 is emulated, slower
     return "bfloat16" if cpu_has_fast_bf16() else "float32"
@@ -147,7 +144,7 @@ def tokenize_example(tokenizer, prompt: list[dict[str, str]] | str, completion: 
 
 def _chat_ids(tokenizer, messages: list[dict[str, str]], **kw: Any) -> list[int]:
     if getattr(tokenizer, "chat_template", None) is None:
-        from cotshape.errors import InputError
+        from cotshape.core.errors import InputError
         from cotshape.generation.base import NO_CHAT_TEMPLATE
 
         raise InputError(NO_CHAT_TEMPLATE)
@@ -178,18 +175,18 @@ def record_prompts(tokenizer, records: Sequence[dict[str, Any]], prompt_format: 
 
 def prompt_format_kwargs(prompt_format: str, task_name: str, problems_path: str | os.PathLike | None) -> dict[str, Any]:
     """The ``prompt_format``/``task``/``problems`` keywords of :func:`train_sft` and
-    :func:`cotshape.closeness.completion_loss` for a stage: ``plain`` needs the prepared problems
+    :func:`cotshape.sft.closeness.completion_loss` for a stage: ``plain`` needs the prepared problems
     file (stage option ``--problems``), ``chat`` nothing more."""
     from cotshape.tasks.base import check_prompt_format
 
     if check_prompt_format(prompt_format) == "chat":
         return {"prompt_format": "chat"}
     if not problems_path:
-        from cotshape.errors import InputError
+        from cotshape.core.errors import InputError
 
         raise InputError("base.prompt_format: plain builds each student prompt from the record's problem: "
                          "pass the task's prepared problems with --problems (dvc.yaml)")
-    from cotshape.records import read_problems
+    from cotshape.core.records import read_problems
     from cotshape.tasks import get_task
 
     return {"prompt_format": "plain", "task": get_task(task_name),
@@ -519,7 +516,7 @@ def build_sft_config(params: SFTParams, out_dir: str | os.PathLike):
         logging_first_step=True,
         save_strategy="no",  # train_sft saves the final model itself, atomically
         eval_strategy="no",
-        report_to="none",  # MLflow is fed by cotshape.tracking's callback
+        report_to="none",  # MLflow is fed by cotshape.tracking.tracker's callback
         seed=params.seed,
         data_seed=params.seed,
         dataloader_num_workers=0,
@@ -619,7 +616,6 @@ def _checkpoint_saver(steps: Sequence[int], root: Path, save, main: bool):
                 self.saved.append(step)
 
         def on_train_end(self, args, state, control, **kwargs):
-            from cotshape.pipeline import SKIPPED
 
             self.not_reached = [s for s in self.steps if s not in self.saved]
             for step in self.not_reached if main else ():
@@ -645,7 +641,7 @@ def train_sft(model_path: str | os.PathLike, records: list[dict[str, Any]], out_
     chat template; ``plain`` on the task's plain-text prompt of the record's problem (``task``
     and ``problems``, id -> problem, are then required; :func:`record_prompts`).
 
-    ``tracker`` is an active run from :meth:`cotshape.tracking.Tracker.run` (or anything with a
+    ``tracker`` is an active run from :meth:`cotshape.tracking.tracker.Tracker.run` (or anything with a
     ``callback()`` returning a ``TrainerCallback``): the step-wise loss goes to it.
 
     The folder holds the tokenizer, ``train_log.json`` and ``cotshape_sft.json``, and either the

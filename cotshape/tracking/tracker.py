@@ -43,7 +43,8 @@ COMPLETION_CHARS = 2000  # a completion is cut here in that table
 # an input larger than this (md5 at ~300-600 MB/s: about 1 s) is hashed by its file listing
 # (input.<path>.stat); by size, not by time, so the same folder gets the same kind of tag every run
 HASH_MAX_BYTES = 256 << 20
-SFT_RUN_FILE = "mlflow_run.json"  # in an SFT output folder: the MLflow run that trained it
+from cotshape.core.artifacts import SFT_RUN_FILE  # noqa: E402
+
 _RUN_FILES = frozenset({SFT_RUN_FILE, f".{SFT_RUN_FILE}.tmp"})
 CONNECT_TIMEOUT = 5.0  # seconds an unreachable store may cost a stage
 _WARNED: set[str] = set()  # URIs already warned about in this process
@@ -414,7 +415,7 @@ def _loss_callback(run: TrackedRun):
 #                       outputs=[args.out, args.metrics])
 #     ...                                   # the stage's work; run.log_metrics / log_generations
 #
-# stage_main (cotshape/pipeline.py) ends the run: FINISHED with its outputs' hashes, or FAILED.
+# stage_main (cotshape/pipeline/stage.py) ends the run: FINISHED with its outputs' hashes, or FAILED.
 # ``with stage_run(...) as run:`` is the same as a context manager.
 
 _STAGE_RUNS: list[Any] = []  # stage_run context managers begun by begin_stage, ended by end_stage_runs

@@ -37,7 +37,7 @@ Example (programmatic corruption of every step of a GSM8K CoT)::
 chosen step has its derived numbers perturbed; a step without one (say, a restatement of the
 problem) is dropped or swapped with its neighbour. The final answer line is never among the chosen steps
 and stays last, so the set isolates flawed *reasoning* from a flawed *answer*. ``degrade.step_k``
-is a list: one set per k (``step-1``, ``step-2``, ... :func:`step_set_name`).
+is a list: one set per k (``step-1``, ``step-2``, ... :func:`cotshape.core.artifacts.step_set_name`).
 
     >>> degrade_steps(cot, 1, random.Random(0), keep)
     'Tom has 3 apples.\\nHe buys 4 more.\\n3 + 4 = 4\\nThe answer is 7.'
@@ -443,9 +443,6 @@ def make_mixtures(
     return mixtures, metrics
 
 
-def step_set_name(k: int) -> str:
-    """The training-set name of the step-degraded set with ``k`` corrupted steps: ``step-2``."""
-    return f"step-{int(k)}"
 
 
 def make_step_degraded(good: list[dict[str, Any]], k: int, seed: int, task: Any = None,

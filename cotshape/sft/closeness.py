@@ -5,7 +5,7 @@ This is the paper's evidence that model-written CoTs (G, W, P) sit closer to the
 distribution than human solutions (H): the untrained student's loss on them is lower. The loss is
 measured exactly as SFT measures it: the same tokenization (chat template, or the plain-text
 prompt with ``base.prompt_format: plain``) and completion mask
-(:func:`cotshape.train.tokenize_records`), the same ``max_length`` cut, and TRL's fused LM head
+(:func:`cotshape.sft.train.tokenize_records`), the same ``max_length`` cut, and TRL's fused LM head
 for the per-token log-probabilities, so ``mean_loss`` equals SFT's first-step loss on the same
 batch (a test checks it). Batched (sorted by length to limit padding), no gradients.
 """
@@ -21,7 +21,7 @@ def load_scorer(model_path_or_model, device: str, dtype: str, tokenizer):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cotshape.train import MARKER, load_trained, resolve_dtype
+    from cotshape.sft.train import MARKER, load_trained, resolve_dtype
 
     if isinstance(model_path_or_model, (str, os.PathLike)):
         path = str(model_path_or_model)
@@ -44,7 +44,7 @@ def completion_loss(model_path_or_model, records: list[dict[str, Any]], batch_si
     """Mean negative log-likelihood per completion token of ``records`` (training-set records:
     ``prompt`` messages + ``completion`` text) under the model, over all tokens of the set.
 
-    ``prompt_format``, ``task`` and ``problems`` as in :func:`cotshape.train.train_sft`: with
+    ``prompt_format``, ``task`` and ``problems`` as in :func:`cotshape.sft.train.train_sft`: with
     ``plain`` the completion is scored after the task's plain-text prompt, as SFT trains it.
 
     Returns ``mean_loss``, ``perplexity`` (``exp(mean_loss)``), ``n_tokens`` (completion tokens
@@ -57,13 +57,13 @@ def completion_loss(model_path_or_model, records: list[dict[str, Any]], batch_si
     from tqdm.auto import tqdm
     from trl.trainer.utils import add_fused_lm_head
 
-    from cotshape.train import record_prompts, tokenize_records, use_cpu_label_head
+    from cotshape.sft.train import record_prompts, tokenize_records, use_cpu_label_head
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"closeness.batch_size: got {batch_size!r}, expected an integer >= 1")
     if not records:
         raise ValueError("completion_loss: the set is empty (0 records); nothing to measure")
-    from cotshape.models import resolve_device
+    from cotshape.core.models import resolve_device
 
     device = resolve_device(device)  # "auto" -> cuda or cpu
     model, tokenizer = load_scorer(model_path_or_model, device, dtype, tokenizer)
@@ -125,7 +125,7 @@ def loss_intervals(results: dict[str, dict[str, Any]], reference: str = "H", see
     ``minus_ref`` = reference loss - this set's loss (> 0: the set sits closer to the model than
     the reference) with its interval ``minus_ref_ci95`` (the two sets resampled independently).
     """
-    from cotshape.stats import ratio_diff_ci, ratio_mean_ci
+    from cotshape.core.stats import ratio_diff_ci, ratio_mean_ci
 
     out: dict[str, dict[str, Any]] = {}
     ref = results.get(reference)

@@ -36,9 +36,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from cotshape.errors import InputError
+from cotshape.core.errors import InputError
 from cotshape.generation.base import Prompt, derive_seed
-from cotshape.records import training_record
+from cotshape.core.records import training_record
 from cotshape.tasks.base import Messages, Problem, Task, check_prompt_format, special_prefix
 
 #: ``generate(prompts, seeds)``: one completion per prompt, prompt ``i`` sampled with ``seeds[i]``;

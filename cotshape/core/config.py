@@ -6,7 +6,7 @@ field's metadata (``cotshape params`` style docs are generated from it: see :fun
 key or a bad value with one :class:`ParamsError` whose message names the file and the key, e.g.
 ``params.yaml: degrade.flawed_fractions[2]: must be in [0, 1], got 1.5``.
 
-The ``sft`` section is :class:`cotshape.sft_params.SFTParams` (a small module of its own,
+The ``sft`` section is :class:`cotshape.sft.params.SFTParams` (a small module of its own,
 re-exported by the trainer, so that no stage depends on the trainer's code); everything else
 is here.
 """
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-from cotshape.errors import ParamsError
+from cotshape.core.errors import ParamsError
 
 #: upper bounds: generous for paper scale, small enough that a typo (1e12) fails here, not hours later
 MAX_SEED = 2**32 - 1  # numpy, torch and vLLM take 32-bit seeds
@@ -96,7 +96,7 @@ class SelectParams:
 class ParaphraseParams:
     model: str = _f("student", "Paraphrasing model: the student or the teacher (both are materialised, DVC-tracked folders).",
                     choices=("student", "teacher"))
-    max_new_tokens: int | str = _f(128, "Longest paraphrase, in tokens, or auto: each problem's budget follows its human solution (2x its tokens rounded up to a power of two, at least 1024, at most 4096; cotshape/paraphrase.py says why).",
+    max_new_tokens: int | str = _f(128, "Longest paraphrase, in tokens, or auto: each problem's budget follows its human solution (2x its tokens rounded up to a power of two, at least 1024, at most 4096; cotshape/data/paraphrase.py says why).",
                                    min=1, max=MAX_TOKENS)
     temperature: float = _f(0.7, "Sampling temperature of the paraphraser.", min=0, max=100)
     retries: int = _f(1, "Extra attempts with a new seed when a paraphrase fails the verifier.", min=0, max=100)
@@ -145,7 +145,7 @@ class TrackingParams:
 
 
 def _sft_cls():
-    from cotshape.sft_params import SFTParams
+    from cotshape.sft.params import SFTParams
 
     return SFTParams
 
@@ -423,5 +423,7 @@ def describe() -> str:
 
 
 def set_name(fraction: float) -> str:
-    """The training-set name of a flawed mixture: ``mix-0.25`` (Python float repr)."""
-    return f"mix-{float(fraction)}"
+    """The training-set name of a flawed mixture: ``mix-0.25`` (:func:`cotshape.core.artifacts.mix_set_name`)."""
+    from cotshape.core.artifacts import mix_set_name
+
+    return mix_set_name(fraction)

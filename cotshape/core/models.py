@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from cotshape.errors import InputError, ModelSpecError
+from cotshape.core.errors import InputError, ModelSpecError
 
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -223,7 +223,7 @@ def resolve_dtype(dtype: str = "auto", device: str = "cpu"):
     """The torch dtype for ``dtype`` on ``device``.
 
     ``auto``: bf16 on CUDA GPUs that support it (else fp16: fine for inference, unlike training,
-    see :func:`cotshape.train.resolve_dtype`), bf16 on CPUs with fast bf16
+    see :func:`cotshape.sft.train.resolve_dtype`), bf16 on CPUs with fast bf16
     (:func:`cpu_has_fast_bf16`), fp32 otherwise.
     """
     import torch

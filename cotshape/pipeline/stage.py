@@ -2,7 +2,7 @@
 
 A stage script parses its paths from argv (dvc.yaml declares them), loads and validates
 params.yaml, calls into cotshape and writes its outs atomically. :func:`stage_main` turns the
-errors a user can cause (a :class:`~cotshape.errors.CotshapeError`: bad params, malformed input
+errors a user can cause (a :class:`~cotshape.core.errors.CotshapeError`: bad params, malformed input
 files, unknown names) into one line on stderr and exit code 2, with no traceback
 (``COTSHAPE_DEBUG=1`` prints it too); anything else is a bug and keeps its traceback.
 """
@@ -17,15 +17,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cotshape.config import Params, load_params
-from cotshape.errors import CotshapeError, StageError, configure_logging, debug_enabled
+from cotshape.core.config import Params, load_params
+from cotshape.core.errors import CotshapeError, StageError, configure_logging, debug_enabled
 
 __all__ = ["PARAMS_FILE", "SKIPPED", "StageError", "generate_with_progress", "load_backend", "params", "report_user_error",
            "stage_main"]
 
 PARAMS_FILE = os.environ.get("COTSHAPE_PARAMS", "params.yaml")
 #: written into an SFT output folder instead of a model when the training set was empty
-SKIPPED = "SKIPPED.json"
+from cotshape.core.artifacts import SKIPPED  # noqa: E402  (re-exported for the stage scripts)
 
 
 def stage_main(fn: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None], int]:
@@ -55,8 +55,8 @@ def stage_main(fn: Callable[[list[str] | None], Any]) -> Callable[[list[str] | N
 
 
 def _end_stage_runs(error: BaseException | None) -> None:
-    """End the MLflow run the stage began (``cotshape.tracking.begin_stage``), if any."""
-    tracking = sys.modules.get("cotshape.tracking")
+    """End the MLflow run the stage began (``cotshape.tracking.tracker.begin_stage``), if any."""
+    tracking = sys.modules.get("cotshape.tracking.tracker")
     if tracking is not None:
         tracking.end_stage_runs(error)
 

@@ -36,9 +36,9 @@ REV:metrics/claims.json`` for each row (the file on disk for the workspace), fal
 JSON given when git cannot (a saved ``dvc exp show --json`` from elsewhere).
 
 **Pooling.** Per claim and task, the per-seed differences are combined with
-:func:`cotshape.stats.pooled_difference` (n-weighted mean; normal approximation from each
+:func:`cotshape.core.stats.pooled_difference` (n-weighted mean; normal approximation from each
 seed's CI half-width, seeds taken as independent) and the claim's rule is applied to the pooled
-interval (:func:`~cotshape.stats.verdict_greater`, ``verdict_less``, ``verdict_equivalent``). A
+interval (:func:`~cotshape.core.stats.verdict_greater`, ``verdict_less``, ``verdict_equivalent``). A
 claim made of parts holds when every part holds, is contradicted when any part is contradicted
 and is inconclusive otherwise.
 """
@@ -60,8 +60,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cotshape.errors import InputError
-from cotshape.records import write_json, write_text
+from cotshape.core.errors import InputError
+from cotshape.core.records import write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ POOLING_NOTE = (
     "(the number of experiments that have the value). Claims: per claim and task, the per-seed "
     "differences are pooled as an n-weighted mean (n = test problems of each seed); the pooled "
     "95 % interval is a normal approximation from each seed's CI half-width (se = half-width / "
-    "1.96), the seeds taken as independent (cotshape.stats.pooled_difference). The claim's rule "
+    "1.96), the seeds taken as independent (cotshape.core.stats.pooled_difference). The claim's rule "
     "is applied to the pooled interval: greater — the interval lies above 0; less — below 0; "
     "equivalent — inside ±margin. A claim made of parts holds when every part holds, is "
     "contradicted when any part is, and is inconclusive otherwise."
@@ -466,7 +466,7 @@ def _evidence_ok(ev: Any) -> bool:
 
 
 def _verdict(kind: str, ci95: Sequence[float], margin: float | None) -> str:
-    from cotshape import stats
+    from cotshape.core import stats
 
     if kind == "greater":
         return stats.verdict_greater(ci95)
@@ -479,7 +479,7 @@ def _verdict(kind: str, ci95: Sequence[float], margin: float | None) -> str:
 
 def _pool(evidences: Sequence[Any], kind: str, margin: float | None) -> dict[str, Any]:
     """Pool one difference over the seeds that measured it; verdict by the claim's kind."""
-    from cotshape import stats
+    from cotshape.core import stats
 
     ok = [ev for ev in evidences if _evidence_ok(ev)]
     if not ok:

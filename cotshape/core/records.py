@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cotshape.errors import RecordError
+from cotshape.core.errors import RecordError
 
 PROBLEM_FIELDS: dict[str, type | tuple[type, ...]] = {
     "id": str,

@@ -42,9 +42,9 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
-from cotshape.errors import RecordError, StageError
-from cotshape.records import iter_jsonl
-from cotshape.records import training_record as training_record  # re-exported: moved to records
+from cotshape.core.errors import RecordError, StageError
+from cotshape.core.records import iter_jsonl
+from cotshape.core.records import training_record as training_record  # re-exported: moved to records
 from cotshape.tasks.base import VERIFIER_ERROR
 
 #: default share of samples whose grading failed above which selection refuses to run: a

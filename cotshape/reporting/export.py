@@ -25,8 +25,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from cotshape.errors import InputError
-from cotshape.records import atomic_folder, read_ids, read_jsonl, restrict_to_ids
+from cotshape.core.errors import InputError
+from cotshape.core.records import atomic_folder, read_ids, read_jsonl, restrict_to_ids
 
 #: where each task's problems and human solutions come from, per prepare.source, and their license
 SOURCE_LICENSES = {
@@ -198,7 +198,7 @@ def export(repo: str | os.PathLike = ".", out: str | os.PathLike = "export", fmt
     (a hub dataset repo id), each task is pushed as a config of that repo, card included."""
     from datasets.utils.logging import disable_progress_bar
 
-    from cotshape.config import load_params
+    from cotshape.core.config import load_params
 
     disable_progress_bar()
     if fmt not in ("disk", "parquet"):

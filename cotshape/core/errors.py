@@ -1,13 +1,13 @@
 """The project's own error types: errors a user can cause and fix.
 
-The stage scripts (:func:`cotshape.pipeline.stage_main`) and the ``cotshape`` command print a
+The stage scripts (:func:`cotshape.pipeline.stage.stage_main`) and the ``cotshape`` command print a
 :class:`CotshapeError` as one line ``error: ...`` and exit with status 2; every other exception
 is a bug and keeps its traceback. ``COTSHAPE_DEBUG=1`` prints the traceback of user errors too.
 
 Errors about a bad value also subclass :class:`ValueError`, and errors about a resource that
 cannot be used also subclass :class:`RuntimeError`, so callers that caught those keep working.
-Each module re-exports the class it raises (``cotshape.config.ParamsError``,
-``cotshape.records.RecordError``, ...); they all live here so that one ``except`` catches them.
+Each module re-exports the class it raises (``cotshape.core.config.ParamsError``,
+``cotshape.core.records.RecordError``, ...); they all live here so that one ``except`` catches them.
 """
 
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""Shared foundations: errors, records, statistics, config, model aliases."""

@@ -1,0 +1,1 @@
+"""Building the training sets: sampling, verification, selection, paraphrase, degradation."""

@@ -1,0 +1,1 @@
+"""Scoring students on the test problems and the verdict of each claim."""

@@ -1,0 +1,1 @@
+"""Running untrusted code: the guarded verifier pool and the sandbox."""

@@ -1,0 +1,1 @@
+"""DVC glue: stage helpers, code fingerprints (depgraph), presets."""

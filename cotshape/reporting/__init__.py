@@ -1,0 +1,1 @@
+"""Turning metrics into reports, cross-experiment comparisons and exports."""

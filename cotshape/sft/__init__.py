@@ -1,0 +1,1 @@
+"""Supervised fine-tuning: params, tokenising, CPU kernels, the trainer; closeness."""

@@ -1,0 +1,1 @@
+"""MLflow tracking of every stage run."""
