@@ -10,6 +10,7 @@ import math
 
 import pytest
 
+from cotshape.core import stats as stats_mod
 from cotshape.core.stats import (
     _binom_half_cdf_exact,
     _binom_half_log_cdf,
@@ -294,3 +295,61 @@ def test_pooled_difference_by_hand():
 def test_pooled_difference_rejects_mismatched_lengths():
     with pytest.raises(ValueError, match="equal lengths"):
         pooled_difference([0.1, 0.2], [[0.0, 0.2]], [10, 10])
+
+
+# ---- runs as the unit of replication ---------------------------------------------------------
+
+def test_t975_matches_scipy():
+    ss = pytest.importorskip("scipy.stats")
+    for df in [*range(1, 31), 31, 45, 100, 1000]:
+        assert stats_mod.t975(df) == pytest.approx(float(ss.t.ppf(0.975, df)), abs=1e-6)
+    with pytest.raises(ValueError):
+        stats_mod.t975(0)
+
+
+def test_t_interval_by_hand():
+    # mean 2, sd 1, k 3: 2 +- 4.302653 / sqrt 3
+    lo, hi = stats_mod.t_interval([1.0, 2.0, 3.0])
+    assert (lo, hi) == pytest.approx((2 - 4.302652730 / math.sqrt(3), 2 + 4.302652730 / math.sqrt(3)))
+    assert stats_mod.t_interval([1.0]) is None
+
+
+SE6 = 0.06 / 1.959963984540054  # a run's paired interval of +-6 points
+
+
+def test_random_effects_runs_that_agree_keep_about_the_per_run_width():
+    r = stats_mod.random_effects_difference([0.10, 0.11, 0.09], [SE6] * 3)
+    lo, hi = r["ci95"]
+    assert r["diff"] == pytest.approx(0.10) and r["tau"] == 0.0 and r["i2"] == 0.0
+    # truncated HKSJ: 4.303 x 0.0306 / sqrt 3 = 0.076, about the runs' own +-0.06 (not the 0.025
+    # the three close values alone would give)
+    assert (hi - lo) / 2 == pytest.approx(4.302652730 * SE6 / math.sqrt(3))
+    assert 0.05 < (hi - lo) / 2 < 0.09
+    assert r["ci95"][0] <= r["t_ci95"][0] and r["t_ci95"][1] <= r["ci95"][1]
+
+
+def test_random_effects_runs_that_disagree_widen_the_interval():
+    diffs = [0.17, 0.125, 0.015]  # the committed G - H per seed
+    r = stats_mod.random_effects_difference(diffs, [SE6] * 3)
+    fixed = pooled_difference(diffs, [[d - 0.06, d + 0.06] for d in diffs], [200] * 3)
+    width = r["ci95"][1] - r["ci95"][0]
+    assert width > 0.12 and width > fixed["ci95"][1] - fixed["ci95"][0]
+    assert r["ci95"][0] < 0 < r["ci95"][1]  # inconclusive, while the fixed-effect interval is above 0
+    assert fixed["ci95"][0] > 0
+    assert r["tau"] > 0.05 and r["i2"] > 0.8
+    assert r["ci95"] == pytest.approx(stats_mod.t_interval(diffs))  # here the t-interval is the wider
+    assert stats_mod.verdict_greater(r["ci95"]) == "inconclusive"
+
+
+def test_random_effects_one_run_has_no_interval():
+    r = stats_mod.random_effects_difference([0.2], [SE6])
+    assert r["ci95"] is None and "one training run" in r["reason"] and r["k"] == 1
+
+
+def test_random_effects_without_ses_is_the_t_interval():
+    r = stats_mod.random_effects_difference([0.1, 0.2, 0.3])
+    assert r["ci95"] == stats_mod.t_interval([0.1, 0.2, 0.3]) and r["tau"] is None
+    with pytest.raises(ValueError):
+        stats_mod.random_effects_difference([0.1, 0.2], [SE6])
+    with pytest.raises(ValueError):
+        stats_mod.random_effects_difference([])
