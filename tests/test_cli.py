@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+from conftest import REPO_ROOT
 
 from cotshape.cli import main
 from cotshape.core.records import make_problem, read_jsonl, write_jsonl
@@ -198,13 +199,13 @@ def test_preset_subcommands(tmp_path, capsys):
     import shutil
 
     target = tmp_path / "params.yaml"
-    shutil.copy("params.yaml", target)
+    shutil.copy(REPO_ROOT / "params.yaml", target)
     assert main(["preset", "list"]) == 0
     assert "paper-gemma-2-2b" in capsys.readouterr().out
     assert main(["preset", "show", "gemma-2-2b"]) == 0
     assert "sft.py" in capsys.readouterr().out
     assert main(["preset", "apply", "gemma-2-2b", "--params", str(target), "--dry-run"]) == 0
-    assert "dry run" in capsys.readouterr().out and target.read_text() == open("params.yaml").read()
+    assert "dry run" in capsys.readouterr().out and target.read_text() == (REPO_ROOT / "params.yaml").read_text()
     assert main(["preset", "exp", "gemma-2-2b", "--params", str(target), "--set", "prepare.train_size=50"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("dvc exp run") and "prepare.train_size=50" in out

@@ -9,10 +9,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
 from cotshape.cli import main
+from cotshape.core import stats
 from cotshape.reporting import compare as cmp
 from cotshape.reporting.compare import CompareError, Experiment
 
@@ -184,35 +186,54 @@ def test_one_seed_has_no_sd_and_missing_sets_count_in_k():
     assert (g["mean"], g["sd"], g["k"], g["values"]) == (0.5, None, 1, [0.5, None])
 
 
+T2, T4 = 4.302652730, 2.776445105  # t 97.5 % quantiles, 2 and 4 degrees of freedom
+Z95 = 1.959963984540054
+
+
+def _claims_over(kind, cid, diffs, half, **kw):
+    return [_exp(f"e{i}", i, 0.4, claims={"claims": [_claim(cid, kind, d, half)], **kw}) for i, d in enumerate(diffs)]
+
+
 def test_pooled_verdict_holds_where_every_seed_was_inconclusive():
-    exps = [_exp("a", 0, 0.4, claims={"claims": [_claim("C2", "greater", 0.06, 0.065)]}),
-            _exp("b", 1, 0.4, claims={"claims": [_claim("C2", "greater", 0.04, 0.065)]})]
-    (c,) = cmp.compare(cmp.group(exps))["groups"][0]["claims"]
-    assert c["per_seed"] == ["inconclusive", "inconclusive"] and c["counts"] == {"inconclusive": 2}
-    # by hand: n-weighted mean 0.05; se_i = 0.065 / 1.96, pooled se = sqrt(2 (0.5 se_i)^2), so the
-    # half-width is 0.065 / sqrt 2 = 0.046 -> [0.004, 0.096], above 0
+    diffs = [0.05, 0.06, 0.04, 0.05, 0.05]  # five runs, each ± 0.065: inconclusive one by one
+    (c,) = cmp.compare(cmp.group(_claims_over("greater", "C2", diffs, 0.065)))["groups"][0]["claims"]
+    assert c["per_seed"] == ["inconclusive"] * 5 and c["counts"] == {"inconclusive": 5}
+    # by hand: tau 0 (the runs agree within their noise), truncated HKSJ: 0.05 ± t(4) se / sqrt 5
     p = c["pooled"]
-    assert p["diff"] == pytest.approx(0.05) and (p["k"], p["n"]) == (2, 400)
-    assert p["ci95"] == pytest.approx([0.05 - 0.065 / math.sqrt(2), 0.05 + 0.065 / math.sqrt(2)])
-    assert p["verdict"] == "holds"
+    half = T4 * 0.065 / Z95 / math.sqrt(5)
+    assert p["diff"] == pytest.approx(0.05) and (p["k"], p["n"]) == (5, 1000) and p["tau"] == 0.0
+    assert p["ci95"] == pytest.approx([0.05 - half, 0.05 + half])
+    assert p["verdict"] == "holds" and p["per_seed"] == pytest.approx(diffs)
+
+
+def test_two_seeds_that_fixed_effect_calls_holds_are_inconclusive_as_runs():
+    (c,) = cmp.compare(cmp.group(_claims_over("greater", "C2", [0.06, 0.04], 0.065)))["groups"][0]["claims"]
+    p = c["pooled"]
+    # fixed effect: 0.05 ± 0.065 / sqrt 2 = [0.004, 0.096] -> holds; runs: t(1) = 12.7 -> inconclusive
+    assert p["fixed"]["ci95"] == pytest.approx([0.05 - 0.065 / math.sqrt(2), 0.05 + 0.065 / math.sqrt(2)])
+    assert p["fixed"]["verdict"] == "holds" and p["verdict"] == "inconclusive"
+    assert p["ci95"][1] - p["ci95"][0] > p["fixed"]["ci95"][1] - p["fixed"]["ci95"][0]
+
+
+def test_seeds_that_disagree_widen_the_pooled_interval():
+    # the committed G - H per seed, each ± 6 points: every fixed-effect reading says holds
+    (c,) = cmp.compare(cmp.group(_claims_over("greater", "C2", [0.17, 0.125, 0.015], 0.06)))["groups"][0]["claims"]
+    p = c["pooled"]
+    assert p["fixed"]["verdict"] == "holds" and p["verdict"] == "inconclusive"
+    assert p["ci95"][0] < 0 < p["ci95"][1] and p["tau"] > 0.05 and p["i2"] > 0.8
 
 
 def test_pooled_verdict_less_and_contradicted():
-    exps = [_exp("a", 0, 0.4, claims={"claims": [_claim("C6", "less", 0.1, 0.05, verdict="contradicted")]}),
-            _exp("b", 1, 0.4, claims={"claims": [_claim("C6", "less", 0.0, 0.05)]})]
+    exps = _claims_over("less", "C6", [0.1, 0.09, 0.11, 0.1], 0.05)
     (c,) = cmp.compare(cmp.group(exps))["groups"][0]["claims"]
-    assert c["pooled"]["diff"] == pytest.approx(0.05) and c["pooled"]["verdict"] == "contradicted"
+    assert c["pooled"]["diff"] == pytest.approx(0.1) and c["pooled"]["verdict"] == "contradicted"
 
 
 def test_pooled_equivalent_uses_the_claims_margin():
-    def claims(margin):
-        return {"margin": margin, "claims": [_claim("C5", "equivalent", -0.02, 0.06)]}
-
-    exps = [_exp("a", 0, 0.4, claims=claims(0.1)), _exp("b", 1, 0.4, claims=claims(0.1))]
-    (c,) = cmp.compare(cmp.group(exps))["groups"][0]["claims"]
-    assert c["margin"] == 0.1 and c["pooled"]["verdict"] == "holds"  # [-0.062, 0.022] inside ±0.1
-    exps = [_exp("a", 0, 0.4, claims=claims(0.03)), _exp("b", 1, 0.4, claims=claims(0.03))]
-    (c,) = cmp.compare(cmp.group(exps))["groups"][0]["claims"]
+    # -0.02 ± t(3) 0.0306 / 2 = [-0.069, 0.029]: inside ±0.1, not inside ±0.03
+    (c,) = cmp.compare(cmp.group(_claims_over("equivalent", "C5", [-0.02] * 4, 0.06, margin=0.1)))["groups"][0]["claims"]
+    assert c["margin"] == 0.1 and c["pooled"]["verdict"] == "holds"
+    (c,) = cmp.compare(cmp.group(_claims_over("equivalent", "C5", [-0.02] * 4, 0.06, margin=0.03)))["groups"][0]["claims"]
     assert c["pooled"]["verdict"] == "inconclusive"
 
 
@@ -223,14 +244,14 @@ def _parts_claim(g_diff, w_diff):
     return {"claims": [c]}
 
 
-@pytest.mark.parametrize("w_diffs, verdict", [((0.1, 0.12), "holds"), ((0.0, 0.02), "inconclusive"),
-                                              ((-0.1, -0.12), "contradicted")])
+@pytest.mark.parametrize("w_diffs, verdict", [((0.1, 0.12, 0.1, 0.12), "holds"),
+                                              ((0.0, 0.02, 0.0, 0.02), "inconclusive"),
+                                              ((-0.1, -0.12, -0.1, -0.12), "contradicted")])
 def test_pooled_parts_claim(w_diffs, verdict):
-    exps = [_exp("a", 0, 0.4, claims=_parts_claim(0.3, w_diffs[0])),
-            _exp("b", 1, 0.4, claims=_parts_claim(0.32, w_diffs[1]))]
+    exps = [_exp(f"e{i}", i, 0.4, claims=_parts_claim(0.3 + 0.02 * (i % 2), w)) for i, w in enumerate(w_diffs)]
     (c,) = cmp.compare(cmp.group(exps))["groups"][0]["claims"]
     assert c["parts"]["G"]["diff"] == pytest.approx(0.31) and c["parts"]["G"]["verdict"] == "holds"
-    assert c["parts"]["W"]["diff"] == pytest.approx(sum(w_diffs) / 2)
+    assert c["parts"]["W"]["diff"] == pytest.approx(sum(w_diffs) / 4)
     assert c["pooled"]["verdict"] == verdict
 
 
@@ -239,7 +260,9 @@ def test_claim_missing_in_a_seed_pools_the_others():
             _exp("b", 1, 0.4, claims={"claims": []})]
     (c,) = cmp.compare(cmp.group(exps))["groups"][0]["claims"]
     assert c["per_seed"] == ["holds", None] and c["counts"] == {"holds": 1, "missing": 1}
-    assert c["pooled"]["k"] == 1 and c["pooled"]["verdict"] == "holds"
+    # one run: no run-level interval, so no run-level verdict (the seed's own verdict stays in per_seed)
+    assert c["pooled"]["k"] == 1 and c["pooled"]["verdict"] == "inconclusive"
+    assert c["pooled"]["ci95"] is None and "one training run" in c["pooled"]["reason"]
 
 
 def test_duplicate_seed_is_warned():
@@ -256,8 +279,8 @@ def test_markdown_holds_the_numbers():
     assert "| H | 41.0 ± 1.4 | 40.0 – 42.0 | 2 | 40.0 | 42.0 | 31.0 ± 1.4 |" in md
     assert "| set | accuracy mean ± sd | min – max | k | seed 0 | seed 1 | Δ vs base (pp) |" in md
     assert "inconclusive, inconclusive" in md and "0 / 0 / 2" in md
-    assert "+0.050 [+0.004, +0.096] (k 2, n 400) | **holds** |" in md
-    assert "n-weighted mean" in md and "Skipped (not compared): q (1234567): queued." in md
+    assert "(k 2, τ 0.000, I² 0 %) | **inconclusive** | +0.050 [+0.004, +0.096] holds |" in md
+    assert "Hartung-Knapp-Sidik-Jonkman" in md and "fixed effect (secondary)" in md and "Skipped (not compared): q (1234567): queued." in md
     # a count stays a count, a fraction is shown in %
     assert "Also: compared 71.0 ± 0.0; n_test 200; teacher_acc 30.0 ± 0.0 %" in md
 
@@ -476,27 +499,32 @@ def test_compare_real_dvc_experiments(tmp_path, capsys):
     assert h2["mean"] == pytest.approx(0.52) and h2["sd"] is None and h2["k"] == 1
 
     claims = {c["id"]: c for c in g1["claims"]}
-    # C2: diffs 0.02, 0.03, 0.04 ± 0.045, n 200 each: every seed inconclusive; pooled mean 0.03,
-    # half-width 0.045 * sqrt(3 * (1/3)^2) = 0.045 / sqrt(3) -> [0.004, 0.056]: holds
+    # C2: diffs 0.02, 0.03, 0.04 ± 0.045, n 200 each: every seed inconclusive. Fixed effect: mean
+    # 0.03 ± 0.045 / sqrt 3 -> [0.004, 0.056], holds; runs as the unit (tau 0, truncated HKSJ):
+    # 0.03 ± t(2) (0.045 / 1.96) / sqrt 3 -> [-0.027, 0.087], inconclusive
     c2 = claims["C2"]
     assert c2["per_seed"] == ["inconclusive"] * 3 and c2["counts"] == {"inconclusive": 3}
     assert c2["pooled"]["diff"] == pytest.approx(0.03) and c2["pooled"]["n"] == 600
-    half = 0.045 / math.sqrt(3)
+    half = T2 * 0.045 / Z95 / math.sqrt(3)
     assert c2["pooled"]["ci95"] == pytest.approx([0.03 - half, 0.03 + half])
-    assert c2["pooled"]["verdict"] == "holds"
-    # C1: G part 0.3 ± 0.1 holds; W part 0, -0.01, -0.02 ± 0.05 -> pooled -0.01 ± 0.05/sqrt 3: inconclusive
+    assert c2["pooled"]["verdict"] == "inconclusive" and c2["pooled"]["tau"] == 0.0
+    fixed = 0.045 / math.sqrt(3)
+    assert c2["pooled"]["fixed"]["ci95"] == pytest.approx([0.03 - fixed, 0.03 + fixed])
+    assert c2["pooled"]["fixed"]["verdict"] == "holds"
+    # C1: G part 0.3 ± 0.1 holds; W part 0, -0.01, -0.02 ± 0.05: inconclusive
     c1 = claims["C1"]
     assert c1["parts"]["G"]["verdict"] == "holds" and c1["parts"]["W"]["diff"] == pytest.approx(-0.01)
     assert c1["parts"]["W"]["verdict"] == "inconclusive" and c1["pooled"]["verdict"] == "inconclusive"
-    # C5: -0.02 ± 0.06 / sqrt 3 inside ±0.1; C6: -0.1 ± 0.05 / sqrt 3 below 0
+    # C5: -0.02 ± t(2) 0.06 / sqrt 3 = [-0.096, 0.056] inside ±0.1; C6: -0.1 ± t(2) 0.05 / sqrt 3 below 0
     assert claims["C5"]["pooled"]["verdict"] == "holds" and claims["C5"]["margin"] == 0.1
     assert claims["C6"]["pooled"]["verdict"] == "holds"
-    assert claims["C6"]["pooled"]["ci95"] == pytest.approx([-0.1 - 0.05 / math.sqrt(3), -0.1 + 0.05 / math.sqrt(3)])
+    h6 = T2 * 0.05 / Z95 / math.sqrt(3)
+    assert claims["C6"]["pooled"]["ci95"] == pytest.approx([-0.1 - h6, -0.1 + h6])
 
     md = (out / "compare.md").read_text()
     assert "## sft.epochs=1 — 3 experiment(s), seeds 0, 1, 2" in md
     assert "| H | 42.0 ± 2.0 | 40.0 – 44.0 | 3 | 40.0 | 42.0 | 44.0 |" in md
-    assert f"+0.030 [{0.03 - half:+.3f}, {0.03 + half:+.3f}] (k 3, n 600) | **holds** |" in md
+    assert f"+0.030 [{0.03 - half:+.3f}, {0.03 + half:+.3f}] (k 3, τ 0.000, I² 0 %) | **inconclusive** |" in md
 
     # the same from a saved `dvc exp show --json`
     saved = tmp_path / "show.json"
@@ -510,3 +538,29 @@ def test_step_sets_sort_by_k_before_the_mixtures():
 
     sets = ["mix-0.5", "step-10", "P", "step-2", "base", "step-1", "mix-0.25"]
     assert sorted(sets, key=_set_sort_key) == ["base", "P", "step-1", "step-2", "step-10", "mix-0.25", "mix-0.5"]
+
+
+def test_repool_script_rebuilds_per_seed_differences_from_a_committed_comparison(tmp_path):
+    """scripts/repool_compare.py: the comparison keeps per-seed accuracies; the run-level interval
+    is rebuilt from them (t-interval: the per-seed intervals are not in an old compare.json)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("repool", Path(__file__).resolve().parents[1] / "scripts/repool_compare.py")
+    repool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(repool)
+    g_diffs = [0.17, 0.125, 0.015]
+    exps = [_exp(f"e{i}", i, 0.5, G={"acc": 0.5 + d}, claims={"claims": [_claim("C2", "greater", d, 0.06)]})
+            for i, d in enumerate(g_diffs)]
+    res = cmp.compare(cmp.group(exps))
+    for c in res["groups"][0]["claims"]:  # an old comparison: no per-seed intervals
+        c["pooled"].pop("per_seed_ci95")
+    path = tmp_path / "compare.json"
+    path.write_text(json.dumps(res))
+    assert repool.main([str(path)]) == 0
+    (c,) = json.loads(path.read_text())["groups"][0]["claims"]
+    assert c["pooled"]["per_seed"] == pytest.approx(g_diffs)
+    assert c["pooled"]["ci95"] == pytest.approx(stats.t_interval(g_diffs)) and c["pooled"]["verdict"] == "inconclusive"
+    assert c["pooled"]["fixed"]["verdict"] == "holds"  # the former pooled interval, kept as secondary
+    assert "Re-pooled by scripts/repool_compare.py" in (tmp_path / "compare.md").read_text()
+    path.write_text("{}")
+    assert repool.main([str(path)]) == 2

@@ -6,10 +6,11 @@ import copy
 
 import pytest
 import yaml
+from conftest import REPO_ROOT
 
 from cotshape.core.config import ParamsError, describe, load_params, set_name, validate_params
 
-DEFAULT = yaml.safe_load(open("params.yaml"))
+DEFAULT = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
 
 
 def with_change(path: str, value):
@@ -23,7 +24,7 @@ def with_change(path: str, value):
 
 
 def test_default_params_validate():
-    p = load_params("params.yaml")
+    p = load_params(REPO_ROOT / "params.yaml")
     assert p.base.tasks == ["gsm8k"]
     assert p.degrade.flawed_fractions == [0.25, 0.5, 0.75, 1.0]
     assert p.sample.k >= 1
@@ -108,7 +109,7 @@ def test_set_name_matches_dvc_rendering():
 
 def test_readme_documents_every_param():
     """README's params table is generated (scripts/update_readme_params.py); keep it current."""
-    readme = open("README.md").read()
+    readme = (REPO_ROOT / "README.md").read_text()
     start, end = readme.index("<!-- params-table -->"), readme.index("<!-- /params-table -->")
     assert readme[start:end].strip().removeprefix("<!-- params-table -->").strip() == describe().strip()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from conftest import REPO_ROOT
 
 from cotshape.tasks import Task, UnknownTaskError, get_task, list_tasks, register
 from cotshape.tasks.base import is_test_key, stable_bucket
@@ -92,9 +93,8 @@ def isolated_registry(monkeypatch):
 
 def _readme_block(after: str, lang: str) -> str:
     import re
-    from pathlib import Path
 
-    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    readme = (REPO_ROOT / "README.md").read_text()
     section = readme[readme.index("## Adding a task"):]
     blocks = re.findall(rf"```{lang}\n(.*?)```", section, flags=re.S)
     return next(b for b in blocks if b.startswith(after))
@@ -111,7 +111,7 @@ def test_readme_task_walkthrough(tmp_path, monkeypatch, isolated_registry):
     (tmp_path / "mytasks" / "__init__.py").write_text("")
     (tmp_path / "mytasks" / "parity.py").write_text(_readme_block("# mytasks/parity.py", "python"))
     snippet = yaml.safe_load(_readme_block("# params.yaml", "yaml"))
-    params = yaml.safe_load(open("params.yaml"))
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["base"].update(snippet["base"])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
@@ -134,7 +134,7 @@ def test_task_module_that_cannot_be_imported_names_the_key(tmp_path, monkeypatch
 
     from cotshape.core.config import load_params
 
-    params = yaml.safe_load(open("params.yaml"))
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["base"]["task_modules"] = ["mytasks.nope"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)

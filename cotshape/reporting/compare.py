@@ -35,10 +35,11 @@ DVC's metrics reader keeps only numbers, so the claims (strings) are read from g
 REV:metrics/claims.json`` for each row (the file on disk for the workspace), falling back to the
 JSON given when git cannot (a saved ``dvc exp show --json`` from elsewhere).
 
-**Pooling.** Per claim and task, the per-seed differences are combined with
-:func:`cotshape.core.stats.pooled_difference` (n-weighted mean; normal approximation from each
-seed's CI half-width, seeds taken as independent) and the claim's rule is applied to the pooled
-interval (:func:`~cotshape.core.stats.verdict_greater`, ``verdict_less``, ``verdict_equivalent``). A
+**Pooling.** Per claim and task, the per-seed differences are combined with the seed (one run
+of the pipeline) as the unit: :func:`cotshape.core.stats.random_effects_difference` (truncated
+HKSJ random effects, never narrower than the t-interval over seeds; tau and I² reported); the
+fixed-effect :func:`~cotshape.core.stats.pooled_difference` stays as a secondary column. The
+claim's rule is applied to the run-level interval (:func:`~cotshape.core.stats.verdict_greater`, ``verdict_less``, ``verdict_equivalent``). A
 claim made of parts holds when every part holds, is contradicted when any part is contradicted
 and is inconclusive otherwise.
 """
@@ -82,13 +83,19 @@ DASH = "—"
 
 POOLING_NOTE = (
     "Accuracies: mean ± sample sd (ddof 1) over the experiments of a group, with min, max and k "
-    "(the number of experiments that have the value). Claims: per claim and task, the per-seed "
-    "differences are pooled as an n-weighted mean (n = test problems of each seed); the pooled "
-    "95 % interval is a normal approximation from each seed's CI half-width (se = half-width / "
-    "1.96), the seeds taken as independent (cotshape.core.stats.pooled_difference). The claim's rule "
-    "is applied to the pooled interval: greater — the interval lies above 0; less — below 0; "
+    "(the number of experiments that have the value). Claims: each seed is one run of the whole "
+    "pipeline (its own teacher samples, G/W draw and SFT), so the run is the unit: per claim and "
+    "task the per-seed differences are combined as a random effect (DerSimonian-Laird tau, each "
+    "seed's se = its CI half-width / 1.96; truncated Hartung-Knapp-Sidik-Jonkman interval on k - 1 "
+    "degrees of freedom, hulled with the t-interval over the k per-seed differences, so it is never "
+    "narrower than their spread; cotshape.core.stats.random_effects_difference). tau is the sd of "
+    "the true difference between runs, I² the share of the spread between seeds that their own "
+    "test-problem noise does not explain. One seed gives no run-level interval (inconclusive). The "
+    "claim's rule is applied to that interval: greater — the interval lies above 0; less — below 0; "
     "equivalent — inside ±margin. A claim made of parts holds when every part holds, is "
-    "contradicted when any part is, and is inconclusive otherwise."
+    "contradicted when any part is, and is inconclusive otherwise. The fixed-effect column (an "
+    "n-weighted mean, test-problem noise only: what the same students would score on other test "
+    "problems, not what another training run would) is secondary."
 )
 
 
@@ -478,14 +485,27 @@ def _verdict(kind: str, ci95: Sequence[float], margin: float | None) -> str:
 
 
 def _pool(evidences: Sequence[Any], kind: str, margin: float | None) -> dict[str, Any]:
-    """Pool one difference over the seeds that measured it; verdict by the claim's kind."""
+    """Pool one difference over the seeds that measured it, the training run being the unit
+    (:func:`cotshape.core.stats.random_effects_difference`: each seed is one run of the whole
+    pipeline); verdict by the claim's kind on that interval. The fixed-effect combination
+    (test-problem noise only, :func:`~cotshape.core.stats.pooled_difference`) is kept as the
+    secondary ``fixed`` entry."""
     from cotshape.core import stats
 
     ok = [ev for ev in evidences if _evidence_ok(ev)]
     if not ok:
         return {"diff": None, "ci95": None, "k": 0, "n": 0, "verdict": NA}
-    p = stats.pooled_difference([ev["diff"] for ev in ok], [ev["ci95"] for ev in ok], [int(ev["n"]) for ev in ok])
-    p["verdict"] = _verdict(kind, p["ci95"], margin)
+    diffs = [float(ev["diff"]) for ev in ok]
+    re = stats.random_effects_difference(diffs, [stats.ci_se(ev["ci95"]) for ev in ok])
+    fe = stats.pooled_difference(diffs, [ev["ci95"] for ev in ok], [int(ev["n"]) for ev in ok])
+    p: dict[str, Any] = {"diff": re["diff"], "ci95": re["ci95"], "k": re["k"], "n": fe["n"],
+                         "tau": re["tau"], "i2": re["i2"], "sd": re["sd"], "per_seed": diffs,
+                         "per_seed_ci95": [list(ev["ci95"]) for ev in ok]}
+    if re["ci95"] is None:
+        p["verdict"], p["reason"] = stats.INCONCLUSIVE, re["reason"]
+    else:
+        p["verdict"] = _verdict(kind, re["ci95"], margin)
+    p["fixed"] = {**fe, "verdict": _verdict(kind, fe["ci95"], margin)}
     return p
 
 
@@ -656,8 +676,21 @@ def _signed(x: float | None) -> str:
 def _pooled_cell(p: dict[str, Any]) -> str:
     if p.get("diff") is None:
         return "no evidence"
+    if p.get("ci95") is None:
+        return f"{_signed(p['diff'])}, no run-level interval (k {p['k']})"
     lo, hi = p["ci95"]
-    return f"{_signed(p['diff'])} [{_signed(lo)}, {_signed(hi)}] (k {p['k']}, n {p['n']})"
+    cell = f"{_signed(p['diff'])} [{_signed(lo)}, {_signed(hi)}] (k {p['k']}"
+    if p.get("tau") is not None:
+        cell += f", τ {p['tau']:.3f}, I² {100 * p['i2']:.0f} %"
+    return cell + ")"
+
+
+def _fixed_cell(p: dict[str, Any]) -> str:
+    f = p.get("fixed")
+    if not f:
+        return DASH
+    lo, hi = f["ci95"]
+    return f"{_signed(f['diff'])} [{_signed(lo)}, {_signed(hi)}] {f['verdict']}"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -738,13 +771,15 @@ def render_markdown(result: dict[str, Any]) -> str:
             counts = " / ".join(str(c["counts"].get(v, 0)) for v in VERDICTS)
             if "parts" in c:
                 pooled = "; ".join(f"{name}: {_pooled_cell(p)} {p['verdict']}" for name, p in c["parts"].items())
+                fixed = "; ".join(f"{name}: {_fixed_cell(p)}" for name, p in c["parts"].items())
             else:
-                pooled = _pooled_cell(c["pooled"])
+                pooled, fixed = _pooled_cell(c["pooled"]), _fixed_cell(c["pooled"])
             kind = c["kind"] + (f" (±{c['margin']:g})" if c["kind"] == "equivalent" and c["margin"] is not None else "")
             rows.append([c["id"], str(c["task"] or DASH), c["statement"] or DASH, kind, per, counts, pooled,
-                         f"**{c['pooled']['verdict']}**"])
+                         f"**{c['pooled']['verdict']}**", fixed])
         parts.append(_table(["claim", "task", "statement", "kind", "per seed (" + ", ".join(cols) + ")",
-                             "holds / contradicted / inconclusive", "pooled diff [95 % CI]", "pooled verdict"],
+                             "holds / contradicted / inconclusive", "runs pooled: diff [95 % CI]",
+                             "pooled verdict", "fixed effect (secondary)"],
                             rows))
     parts += render_students(result.get("students") or {})
     return "\n".join(parts) + "\n"
