@@ -10,17 +10,15 @@ import argparse
 import shutil
 from pathlib import Path
 
+from cotshape.core.records import atomic_folder
 from cotshape.pipeline.stage import params, stage_main
 
 
 def copy_dir(src: Path, dst: Path) -> None:
-    """Copy a folder to ``dst`` atomically (temp copy, then rename)."""
-    tmp = dst.parent / f".{dst.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp)
-    if dst.exists():
-        shutil.rmtree(dst)
-    tmp.rename(dst)
+    """Copy a folder to ``dst`` atomically (:func:`~cotshape.core.records.atomic_folder`); the
+    copy gets ``src``'s permission bits, as :func:`shutil.copytree` gives them."""
+    with atomic_folder(dst) as tmp:
+        shutil.copytree(src, tmp, dirs_exist_ok=True)
 
 
 @stage_main

@@ -261,10 +261,15 @@ def test_fingerprints_change_exactly_with_the_code_a_script_runs(project):
     assert not (project / "code" / "run.txt").exists()  # the script is gone, so is its fingerprint
 
 
+# the synthetic project's own ``cotshape`` package must not shadow the real one that runs the CLI
+# (depgraph imports cotshape.core.records / .hashing): no working directory first on sys.path
+_REAL_COTSHAPE = {"PYTHONSAFEPATH": "1"}
+
+
 def test_fingerprint_cli_writes_into_the_working_directory(project):
     proc = subprocess.run([sys.executable, "-m", "cotshape.pipeline.depgraph", "--fingerprint", "code"],
                           cwd=project, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT), **_REAL_COTSHAPE})
     assert proc.returncode == 0, proc.stderr
     assert (project / "code" / "two.txt").is_file()
     assert "stages/two.py" in (project / "code" / "two.txt").read_text()
@@ -282,7 +287,8 @@ def test_write_keeps_comments_and_other_deps_and_check_then_passes(project, caps
 
 def test_cli_runs_as_a_module(project):
     proc = subprocess.run([sys.executable, "-m", "cotshape.pipeline.depgraph", "--check", "dvc.yaml"],
-                          cwd=project, capture_output=True, text=True, timeout=60)
+                          cwd=project, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **_REAL_COTSHAPE})
     assert proc.returncode == 1, proc.stderr
     assert "many: missing code/two.txt" in proc.stdout
 
@@ -304,3 +310,15 @@ def test_write_refuses_to_drop_a_comment_that_hangs_on_a_removed_dep(project):
     with pytest.raises(RuntimeError, match="edit those deps by hand"):
         write_deps(dvc)
     assert dvc.read_text() == text
+
+
+def test_atomic_write_keeps_the_mode_and_the_bytes(tmp_path):
+    new = tmp_path / "new.yaml"
+    depgraph._atomic_write(new, "a: 1\r\n")
+    assert new.read_bytes() == b"a: 1\r\n" and new.stat().st_mode & 0o777 == 0o644  # no newline translation
+    old = tmp_path / "old.yaml"
+    old.write_text("x")
+    old.chmod(0o664)
+    depgraph._atomic_write(old, "y")
+    assert old.read_text() == "y" and old.stat().st_mode & 0o777 == 0o664
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.yaml", "old.yaml"]  # no temp left

@@ -555,6 +555,11 @@ def test_run_file_is_ignored_once_the_folder_holds_another_model(tmp_path):
     before = path_hash(folder)
     write_run_file(folder, Run())
     assert path_hash(folder) == before  # the run file is left out of the folder's hash
+    assert (folder / SFT_RUN_FILE).stat().st_mode & 0o777 == 0o644  # an ordinary file, not mkstemp's 0o600
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_model.safetensors", SFT_RUN_FILE]  # no temp left
+    (folder / f".{SFT_RUN_FILE}.abc123.tmp").write_text("{")  # a killed write's temp: not hashed either
+    assert path_hash(folder) == before
+    (folder / f".{SFT_RUN_FILE}.abc123.tmp").unlink()
     assert read_run_file(folder)["run_id"] == "abc123"
     (folder / "adapter_model.safetensors").write_bytes(b"weights-2")  # another model checked out
     assert (folder / SFT_RUN_FILE).exists() and read_run_file(folder) is None

@@ -13,13 +13,13 @@ import importlib.util
 import os
 import re
 import shutil
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from cotshape.core.errors import InputError, ModelSpecError
+from cotshape.core.records import atomic_folder
 
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -148,26 +148,14 @@ def materialize(spec: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     """
     ms = resolve_spec(spec)
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; the model folder is an ordinary output
-    try:
+    # mkdtemp makes the folder private; the model folder is an ordinary output
+    with atomic_folder(out, mode=0o755) as tmp:
         if ms.kind == "alias":
             _materialize_gguf_alias(tmp)
         elif ms.kind == "hub":
             _materialize_hub(ms, tmp)
         else:
             shutil.copytree(ms.id, tmp, dirs_exist_ok=True)
-        old = None
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-        os.replace(tmp, out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -167,23 +167,36 @@ def _atomic_target(path: str | os.PathLike) -> tuple[Path, int, str]:
     return path, fd, tmp
 
 
+@contextmanager
+def atomic_path(path: str | os.PathLike, *, mode: int | None = None) -> Iterator[Path]:
+    """Write a file atomically through any writer: ``with atomic_path(out) as tmp:`` write to
+    ``tmp`` (an empty file ``.OUT.*.tmp`` beside ``out``, created private by ``mkstemp``); on
+    success it is renamed onto ``out`` (after ``chmod`` to ``mode`` when given), on any error it
+    is removed and ``out`` is left as it was. The one atomic file write every writer uses."""
+    path, fd, tmp = _atomic_target(path)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> int:
     """Write records atomically (temp file + rename); returns the number written."""
     if str(path).endswith(".parquet"):
         return _write_parquet(path, list(records))
-    path, fd, tmp = _atomic_target(path)
     n = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as fh:
             for rec in records:
                 fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 n += 1
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return n
 
 
@@ -191,48 +204,49 @@ def _write_parquet(path: str | os.PathLike, records: list[dict[str, Any]]) -> in
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path, fd, tmp = _atomic_target(path)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         pq.write_table(pa.Table.from_pylist(records), tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return len(records)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically."""
-    path, fd, tmp = _atomic_target(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+def write_text(path: str | os.PathLike, text: str, *, newline: str | None = None,
+               mode: int | None = None) -> None:
+    """Write a text file atomically (``newline`` as for :func:`open`; ``mode``: the file's
+    permission bits, else ``mkstemp``'s private ``0o600``)."""
+    with atomic_path(path, mode=mode) as tmp:
+        with open(tmp, "w", encoding="utf-8", newline=newline) as fh:
             fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @contextmanager
-def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
+def atomic_folder(folder: str | os.PathLike, *, mode: int | None = None) -> Iterator[Path]:
     """Build a folder aside and swap it in whole: ``with atomic_folder(out) as tmp:`` write into
-    ``tmp`` (``.OUT.*`` beside ``out``); on success ``out`` is replaced by it, on any error ``tmp``
-    is removed and ``out`` is left as it was. Leftovers of a killed run (``.OUT.*``) are removed
-    first, so one writer per folder is assumed (DVC runs one stage per out)."""
+    ``tmp`` (``.OUT.*.tmp`` beside ``out``, private as ``mkdtemp`` makes it unless ``mode`` is given);
+    on success the old ``out`` is moved aside, ``tmp`` renamed into its place and the old one
+    removed, on any error ``tmp`` is removed and ``out`` is left as it was. Leftovers of a killed
+    run (``.OUT.*``) are removed first, so one writer per folder is assumed (DVC runs one stage
+    per out)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     for stale in folder.parent.glob(f".{folder.name}.*"):
         shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
+    old = None
     try:
+        if mode is not None:
+            os.chmod(tmp, mode)
         yield tmp
         if folder.exists():
-            shutil.rmtree(folder)
-        tmp.rename(folder)
+            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
+            os.replace(folder, old)
+        os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None and not folder.exists():
+            os.replace(old, folder)  # the swap failed half-way: put the old folder back
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

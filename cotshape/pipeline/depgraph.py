@@ -32,8 +32,9 @@ and kept honest by a test for the rest):
 - only files of the one package (``cotshape``) are followed, not third-party or stdlib code,
   and not data files a module reads (``cotshape/...`` non-Python files are not found).
 
-Standard library only, except :func:`write_deps` / ``--write`` / dvc.yaml reading, which use
-``ruamel.yaml`` (a DVC dependency) in round-trip mode so that comments and layout survive.
+Standard library only (plus the stdlib-only ``cotshape.core.records`` atomic writer and
+``cotshape.core.hashing`` md5), except :func:`write_deps` / ``--write`` / dvc.yaml reading, which
+use ``ruamel.yaml`` (a DVC dependency) in round-trip mode so that comments and layout survive.
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ import posixpath
 import re
 import shlex
 import sys
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+from cotshape.core.hashing import md5_file
+from cotshape.core.records import write_text
 
 PACKAGE = "cotshape"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -378,19 +381,13 @@ def extra_deps(dvc_yaml: Path, package: str = PACKAGE) -> dict[str, list[str]]:
 # fingerprints (the ``code`` stage)
 
 
-def _md5(path: Path) -> str:
-    import hashlib
-
-    return hashlib.md5(path.read_bytes()).hexdigest()
-
-
 def fingerprint(script: str | Path, root: Path = REPO_ROOT, package: str = PACKAGE) -> str:
     """The text of ``code/X.txt`` for ``stages/X.py``: ``md5  path`` of the script and of every
     package file it runs (sorted), so the text changes exactly when one of those files does."""
     root = Path(root)
     rel = Path(script).as_posix()  # relative to root
     files = [rel, *module_files(rel, root, package)]
-    lines = [f"{_md5(root / f)}  {f}" for f in files]
+    lines = [f"{md5_file(root / f)}  {f}" for f in files]
     return (f"# the code {rel} runs (python -m cotshape.pipeline.depgraph --fingerprint): "
             "a stage depending on this file reruns when any of them changes\n" + "\n".join(lines) + "\n")
 
@@ -477,16 +474,8 @@ def _without_dep_lines(text: str, paths: set[str]) -> list[str]:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """:func:`~cotshape.core.records.write_text`, keeping the file's permission bits (0o644 when new)."""
+    write_text(path, text, newline="", mode=path.stat().st_mode & 0o7777 if path.exists() else 0o644)
 
 
 # --------------------------------------------------------------------------------------------

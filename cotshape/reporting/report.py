@@ -30,13 +30,12 @@ import csv
 import io
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cotshape.core.config import set_name
-from cotshape.core.records import RecordError, read_json, write_text
+from cotshape.core.records import RecordError, atomic_path, read_json, write_text
 
 DASH = "—"
 #: shown for a set whose stage ran but had nothing to do (an empty training set is recorded
@@ -520,15 +519,8 @@ def _new_figure(width: float, height: float):
 
 
 def _save_png(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _no_data(ax, what: str) -> None:

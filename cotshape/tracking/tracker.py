@@ -44,8 +44,15 @@ COMPLETION_CHARS = 2000  # a completion is cut here in that table
 # (input.<path>.stat); by size, not by time, so the same folder gets the same kind of tag every run
 HASH_MAX_BYTES = 256 << 20
 from cotshape.core.artifacts import SFT_RUN_FILE  # noqa: E402
+from cotshape.core.hashing import md5_file  # noqa: E402
+from cotshape.core.records import write_text  # noqa: E402
 
-_RUN_FILES = frozenset({SFT_RUN_FILE, f".{SFT_RUN_FILE}.tmp"})
+
+def _is_run_file(name: str) -> bool:
+    """The run file or a temp file of its atomic write (``.mlflow_run.json.*.tmp``)."""
+    return name == SFT_RUN_FILE or (name.startswith(f".{SFT_RUN_FILE}.") and name.endswith(".tmp"))
+
+
 CONNECT_TIMEOUT = 5.0  # seconds an unreachable store may cost a stage
 _WARNED: set[str] = set()  # URIs already warned about in this process
 
@@ -421,17 +428,6 @@ def _loss_callback(run: TrackedRun):
 _STAGE_RUNS: list[Any] = []  # stage_run context managers begun by begin_stage, ended by end_stage_runs
 
 
-def md5_file(path: str | os.PathLike) -> str:
-    """The md5 of a file's bytes (as DVC 3 computes it)."""
-    import hashlib
-
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def path_hash(path: str | os.PathLike, max_bytes: int = HASH_MAX_BYTES) -> tuple[str, str] | None:
     """``("md5", hash)`` of a file or folder in DVC's style, or ``("stat", hash)`` when it holds
     more than ``max_bytes`` (model folders: a full md5 would take over a second); None when
@@ -447,7 +443,7 @@ def path_hash(path: str | os.PathLike, max_bytes: int = HASH_MAX_BYTES) -> tuple
     if not p.exists():
         return None
     # the run file is local MLflow state, not part of the result (.dvcignore leaves it out of DVC's hash too)
-    files = [p] if p.is_file() else sorted((f for f in p.rglob("*") if f.is_file() and f.name not in _RUN_FILES),
+    files = [p] if p.is_file() else sorted((f for f in p.rglob("*") if f.is_file() and not _is_run_file(f.name)),
                                            key=lambda f: f.relative_to(p).as_posix())
     if sum(f.stat().st_size for f in files) <= max_bytes:
         if p.is_file():
@@ -592,12 +588,10 @@ def write_run_file(folder: str | os.PathLike, run: TrackedRun, tracker_uri: str 
     if run.run_id is None or not Path(folder).is_dir():
         return None
     path = Path(folder) / SFT_RUN_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({"run_id": run.run_id, "run_name": run.name,
-                               "tracking_uri": tracker_uri or run._tracker.uri,
-                               "experiment": run._tracker.experiment,
-                               "folder_hash": list(path_hash(folder) or ())}, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, json.dumps({"run_id": run.run_id, "run_name": run.name,
+                                 "tracking_uri": tracker_uri or run._tracker.uri,
+                                 "experiment": run._tracker.experiment,
+                                 "folder_hash": list(path_hash(folder) or ())}, indent=2) + "\n", mode=0o644)
     return path
 
 
