@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
                                             max_length=p.sft.max_length, device=device, dtype=p.base.dtype,
                                             tokenizer=tokenizer, per_example=True, **prompt_kw)
         print(f"{args.task}-{path.stem}: mean loss {result[path.stem]['mean_loss']:.3f}")
-    write_json(args.out, {**loss_intervals(result, reference="H", seed=p.base.seed), **empty})
+    write_json(args.out, {**loss_intervals(result, reference="H", seed=p.base.seed_of("eval")), **empty})
     run.log_metrics(read_json(args.out))
 
 

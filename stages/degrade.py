@@ -40,7 +40,7 @@ def model_flawed(task, good, by_id, teacher_dir, p) -> tuple[dict[str, str], str
         v = task.verify(by_id[pid], text)
         return v.parsed and not v.correct
 
-    return flawed_from_model(good, generate, is_wrong, p.base.seed), backend.name
+    return flawed_from_model(good, generate, is_wrong, p.base.seed_of("data")), backend.name
 
 
 def write_folder(folder: Path, files: dict[str, list[dict]]) -> None:
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     from cotshape.tracking.tracker import begin_stage, head_jsonl
 
     run = begin_stage("degrade", p, task=args.task, tags={"sets": "mix,step", "base_set": d.base_set},
-                      sections=("base.seed", "base.device", "base.dtype", "base.backend", "degrade", "sample.top_p",
+                      sections=("base.seed", "base.data_seed", "base.device", "base.dtype", "base.backend", "degrade", "sample.top_p",
                                 "sample.batch_size", "sample.tensor_parallel_size", "sample.max_new_tokens"),
                       inputs=[args.problems, args.good, *([args.ids] if args.ids else []),
                               *([args.teacher] if d.flawed_source == "model" else [])],
@@ -88,9 +88,9 @@ def main(argv: list[str] | None = None) -> None:
     if d.flawed_source == "model":
         flawed, backend = model_flawed(task, good, by_id, args.teacher, p)
     else:
-        flawed = flawed_from_corruption(good, lambda pid, text: not task.verify(by_id[pid], text).correct, p.base.seed,
+        flawed = flawed_from_corruption(good, lambda pid, text: not task.verify(by_id[pid], text).correct, p.base.seed_of("data"),
                                         task=task, problems=by_id)
-    mixtures, metrics = make_mixtures(good, flawed, d.flawed_fractions, p.base.seed)
+    mixtures, metrics = make_mixtures(good, flawed, d.flawed_fractions, p.base.seed_of("data"))
     mixes = {}
     for frac, recs in mixtures.items():
         name = set_name(frac)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     for k in d.step_k:
         name = step_set_name(k)
         steps[name] = [dict(r, set=name, id=f"{task.name}-{name}-{r['problem_id']}")
-                       for r in make_step_degraded(good, k, p.base.seed, task=task, problems=by_id)]
+                       for r in make_step_degraded(good, k, p.base.seed_of("data"), task=task, problems=by_id)]
     write_folder(Path(args.step_dir), steps)
     metrics["step_k"] = list(d.step_k)
     metrics["step_sets"] = list(steps)

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     from cotshape.tracking.tracker import begin_stage
 
     run = begin_stage("paraphrase", p, task=args.task, set="P", tags={"model": model},
-                      sections=("base.seed", "base.device", "base.dtype", "base.backend", "base.prompt_format", "paraphrase",
+                      sections=("base.seed", "base.data_seed", "base.device", "base.dtype", "base.backend", "base.prompt_format", "paraphrase",
                                 "sample.top_p", "sample.batch_size", "sample.tensor_parallel_size"),
                       inputs=[args.problems, model], outputs=[args.out, args.metrics], datasets={args.problems: "problems"})
     backend = load_backend(p, model, p.sample.batch_size)
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
         return [o[0].text for o in outs]
 
     records, metrics = paraphrase_set(task, problems, generate, retries=pp.retries,
-                                      on_failure=pp.on_failure, seed=p.base.seed, prompt_format=fmt,
+                                      on_failure=pp.on_failure, seed=p.base.seed_of("data"), prompt_format=fmt,
                                       tokenizer=backend.tokenizer, max_new_tokens=pp.max_new_tokens)
     metrics["backend"] = backend.name
     write_jsonl(args.out, records)

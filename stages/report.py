@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
 
     claims, summary, comparisons = judge_run(
         p.base.tasks, sets, p.degrade.flawed_fractions, p.degrade.base_set, args.eval_dir, args.metrics_dir,
-        args.sets_dir, margin=p.report.margin, seed=p.base.seed, n_boot=p.report.n_boot)
+        args.sets_dir, margin=p.report.margin, seed=p.base.seed_of("eval"), n_boot=p.report.n_boot)
     write_json(args.claims_out, claims)
     write_json(args.summary_out, summary)
     path = build_report(args.metrics_dir, args.plots_dir, args.out_dir, tasks=p.base.tasks, sets=sets,

@@ -26,10 +26,10 @@ def main(argv: list[str] | None = None) -> None:
     from cotshape.tracking.tracker import begin_stage, head_jsonl
 
     run = begin_stage("sample", p, task=args.task, name=f"sample@{args.task}-shard{args.shard}", tags={"shard": args.shard},
-                      sections=("base.seed", "base.teacher", "base.device", "base.dtype", "base.backend", "sample"),
+                      sections=("base.seed", "base.data_seed", "base.teacher", "base.device", "base.dtype", "base.backend", "sample"),
                       inputs=[args.problems, args.model], outputs=[args.out], datasets={args.problems: "problems"})
     sp = SamplingParams(n=p.sample.k, temperature=p.sample.temperature, top_p=p.sample.top_p,
-                        max_new_tokens=p.sample.max_new_tokens, seed=p.base.seed)
+                        max_new_tokens=p.sample.max_new_tokens, seed=p.base.seed_of("data"))
     backend = load_backend(p, args.model, p.sample.batch_size)  # base.backend (vllm: sample.tensor_parallel_size)
     run_sampling(task, problems, backend, k=p.sample.k, params=sp, out_path=args.out, teacher=p.base.teacher,
                  shard=(args.shard, len(p.sample.shards)), shots=p.sample.shots)

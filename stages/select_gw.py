@@ -29,13 +29,13 @@ def main(argv: list[str] | None = None) -> None:
     from cotshape.tracking.tracker import begin_stage, head_jsonl
 
     sets_dir = Path(args.sets_dir)
-    run = begin_stage("select", p, task=args.task, tags={"sets": "G,W"}, sections=("base.seed", "select"),
+    run = begin_stage("select", p, task=args.task, tags={"sets": "G,W"}, sections=("base.seed", "base.data_seed", "select"),
                       inputs=[args.problems, args.verified], datasets={args.verified: "samples"},
                       outputs=[sets_dir / "G.jsonl", sets_dir / "W.jsonl", sets_dir / "ids.json", args.metrics])
     problems = read_problems(args.problems)
     by_id = {x["id"]: x for x in problems}
     verified = read_verified(args.verified, [x["id"] for x in problems])
-    sets, counts = select_gw(verified, [x["id"] for x in problems], seed=p.base.seed + p.select.seed_offset,
+    sets, counts = select_gw(verified, [x["id"] for x in problems], seed=p.base.seed_of("data") + p.select.seed_offset,
                              balance=p.select.balance, max_verifier_errors=p.select.max_verifier_errors,
                              allow_truncated=p.select.allow_truncated)
     for name, recs in sets.items():

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
         print("launching:", " ".join(cmd), file=sys.stderr)
         raise SystemExit(subprocess.call(cmd))
 
-    sft = dataclasses.replace(sft, seed=p.base.seed)  # SFT is seeded with base.seed
+    sft = dataclasses.replace(sft, seed=p.base.seed_of("sft"))  # base.sft_seed, else base.seed
     from cotshape.sft.train import prompt_format_kwargs
 
     prompt_kw = prompt_format_kwargs(p.base.prompt_format, args.task, args.problems)
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     from cotshape.tracking.tracker import stage_run, write_run_file
 
     with stage_run("sft", dataclasses.replace(p, sft=sft), task=args.task, set=args.set,
-                   sections=("base.seed", "base.prompt_format", "sft"), inputs=[x for x in (args.data, args.ids, args.student) if x],
+                   sections=("base.seed", "base.sft_seed", "base.prompt_format", "sft"), inputs=[x for x in (args.data, args.ids, args.student) if x],
                    outputs=[args.out, args.metrics, args.loss_plot], datasets={args.data: "training"}) as run:
         metrics = train_sft(args.student, records, out, sft, tracker=run, **prompt_kw)
         log = json.loads((out / "train_log.json").read_text())["log"]

@@ -176,7 +176,12 @@ def test_non_finite_and_unbounded_values_refused(path, value, match):
 def test_seed_plus_offset_stays_a_32_bit_seed():
     raw = with_change("base.seed", 2**32 - 1)
     raw["select"]["seed_offset"] = 1
-    with pytest.raises(ParamsError, match=r"select\.seed_offset: base\.seed \+ select\.seed_offset must be <= 4294967295"):
+    with pytest.raises(ParamsError, match=r"select\.seed_offset: the data seed \(base\.data_seed, else base\.seed\) \+ select\.seed_offset must be <= 4294967295"):
+        validate_params(raw)
+    raw["base"]["data_seed"] = 2**32 - 2  # the data seed's own key counts, not base.seed
+    raw["base"]["seed"] = 0
+    with pytest.raises(ParamsError, match=r"must be <= 4294967295, got 4294967296$"):
+        raw["select"]["seed_offset"] = 2
         validate_params(raw)
 
 

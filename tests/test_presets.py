@@ -108,7 +108,7 @@ def test_cli_apply_rewrites_params_keeping_comments_and_validates(tmp_path, caps
     rc = P.cli_main(["apply", "paper-llama-3.1-8b", "--set", "prepare.train_size=100", "--params", str(target)])
     assert rc == 0
     text = target.read_text()
-    assert "# one seed for every random choice of the pipeline" in text
+    assert "# every random choice of the pipeline, unless a source below has its own" in text
     p = load_params(target)
     assert p.base.student == "meta-llama/Llama-3.1-8B"
     assert p.sft.learning_rate == 1e-6

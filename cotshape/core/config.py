@@ -31,6 +31,8 @@ MAX_SAMPLES = 1024
 MAX_TOKENS = 131_072
 MAX_BATCH = 65_536
 MAX_SHARDS = 4096
+#: the sources of randomness with a seed of their own (base.data_seed, base.sft_seed, base.eval_seed)
+SEED_SOURCES = ("data", "sft", "eval")
 
 
 def _f(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
@@ -43,8 +45,22 @@ def _f(default: Any, help: str, *, choices: tuple | None = None, min: float | No
 
 @dataclass
 class BaseParams:
-    seed: int = _f(0, "One seed for every random choice of the pipeline (sampling, selection, degradation, SFT).",
+    seed: int = _f(0, "The seed of every random choice of the pipeline, unless a source has its own: the draw of the train/test problems (prepare) always, and the data, SFT and evaluation seeds below when they are null.",
                    min=0, max=MAX_SEED)
+    data_seed: int | None = _f(None, "Seed of the data: teacher sampling, the G/W draw (plus select.seed_offset), paraphrases and degraded sets; null: base.seed. Changing it changes the samples and no SFT seed.",
+                               min=0, max=MAX_SEED)
+    sft_seed: int | None = _f(None, "Seed of SFT (adapter init, data order, dropout); null: base.seed. Changing it retrains every set on the same data and changes no sample.",
+                              min=0, max=MAX_SEED)
+    eval_seed: int | None = _f(None, "Seed of what is random after training: the bootstrap intervals of closeness and of the report (decoding in evaluation is greedy); null: base.seed.",
+                               min=0, max=MAX_SEED)
+
+    def seed_of(self, source: str) -> int:
+        """The seed of one source of randomness: ``data``, ``sft`` or ``eval`` (its own key, or
+        ``base.seed`` when that is null)."""
+        if source not in SEED_SOURCES:
+            raise ValueError(f"seed_of: unknown source {source!r}; one of {', '.join(SEED_SOURCES)}")
+        own = getattr(self, f"{source}_seed")
+        return self.seed if own is None else own
     tasks: list[str] = _f(None, "Tasks to run, any of gsm8k, math, countdown, mbpp, or a task registered by task_modules or an installed plugin.",
                           default_factory=lambda: ["gsm8k"])
     task_modules: list[str] = _f(None, "Importable modules that register more tasks with @register (e.g. mytasks.parity for mytasks/parity.py in the repository); imported before base.tasks is checked.",
@@ -86,7 +102,7 @@ class SampleParams:
 @dataclass
 class SelectParams:
     balance: bool = _f(True, "Keep only problems that have both a correct (G) and a wrong (W) sample: G and W cover the same problems, and every other set (H, P, step-degraded, mixtures) is trained and scored on those same problems (select writes their ids), so all sets compared in a claim have the same size. false: each set is used whole and sizes differ.")
-    seed_offset: int = _f(0, "Added to base.seed for the draw of G and W among a problem's samples.", min=0, max=MAX_SEED)
+    seed_offset: int = _f(0, "Added to the data seed (base.data_seed, else base.seed) for the draw of G and W among a problem's samples.", min=0, max=MAX_SEED)
     max_verifier_errors: float = _f(0.05, "Largest share of samples whose grading failed (verifier error: sandbox down, gold answer unusable) that select accepts; above it select stops, since a broken verifier would look like a teacher that is always wrong.",
                                     min=0, max=1)
     allow_truncated: bool = _f(False, "Let G and W use CoTs cut at sample.max_new_tokens (finish_reason: length). false: only CoTs that ended on their own (a cut CoT's answer is often just the last number of the cut text); the select metrics count the samples excluded as truncated.")
@@ -183,7 +199,7 @@ class Params:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 
 
-#: dataclass fields that the pipeline sets itself and params.yaml may not (SFT is seeded with base.seed)
+#: dataclass fields that the pipeline sets itself and params.yaml may not (SFT is seeded with base.sft_seed)
 INTERNAL = {("sft", "seed")}
 
 
@@ -203,6 +219,10 @@ def _check_value(value: Any, typ: Any, key: str, meta: dict, where: str) -> Any:
     ``max``); the message is ``WHERE: KEY: must be ..., got VALUE`` (just ``KEY: ...`` without
     ``where``)."""
     at = f"{where}: {key}" if where else key
+    if isinstance(typ, types.UnionType) and type(None) in get_args(typ):  # ``int | None``: null allowed
+        if value is None:
+            return None
+        typ = next(t for t in get_args(typ) if t is not type(None))
     if isinstance(typ, types.UnionType) and str in get_args(typ):  # ``int | str``: an integer or auto
         if value == "auto":
             return value
@@ -296,9 +316,9 @@ def _cross_checks(p: Params, where: str) -> None:
         raise ParamsError(f"{where}: sample.shards: must list at least one shard, e.g. [0]")
     if p.sample.shards != list(range(len(p.sample.shards))):
         raise ParamsError(f"{where}: sample.shards: must be [0, 1, ..., N-1] for N shards, got {p.sample.shards}")
-    if p.base.seed + p.select.seed_offset > MAX_SEED:
-        raise ParamsError(f"{where}: select.seed_offset: base.seed + select.seed_offset must be <= {MAX_SEED}, "
-                          f"got {p.base.seed + p.select.seed_offset}")
+    if p.base.seed_of("data") + p.select.seed_offset > MAX_SEED:
+        raise ParamsError(f"{where}: select.seed_offset: the data seed (base.data_seed, else base.seed) + "
+                          f"select.seed_offset must be <= {MAX_SEED}, got {p.base.seed_of('data') + p.select.seed_offset}")
     if p.sample.temperature == 0 and p.sample.k > 1:
         raise ParamsError(f"{where}: sample.k: greedy sampling (sample.temperature: 0) gives k identical samples; set k: 1 or temperature > 0")
     if p.prepare.source not in ("offline", "hub") and not Path(p.prepare.source).exists() and "/" not in p.prepare.source:
