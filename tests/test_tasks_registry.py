@@ -82,7 +82,7 @@ def isolated_registry(monkeypatch):
     import cotshape.tasks as T
 
     T.list_tasks()
-    monkeypatch.setattr(T, "_REGISTRY", dict(T._REGISTRY))
+    monkeypatch.setattr(T._registry, "_REGISTRY", dict(T._registry._REGISTRY))
     monkeypatch.setattr(T, "_PLUGINS_LOADED", False)
     before = set(sys.modules)
     yield T

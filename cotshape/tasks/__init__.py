@@ -20,20 +20,9 @@ import importlib
 import sys
 
 from cotshape.core.errors import UnknownTaskError
+from cotshape.tasks import registry as _registry
 from cotshape.tasks.base import Problem, Task, Verdict
-
-_REGISTRY: dict[str, type[Task]] = {}
-
-
-def register(cls: type[Task]) -> type[Task]:
-    """Class decorator: add a Task subclass to the registry under ``cls.name``."""
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"task {cls.name!r} is already registered by {_REGISTRY[cls.name].__name__}")
-    _REGISTRY[cls.name] = cls
-    return cls
-
+from cotshape.tasks.registry import register
 
 ENTRY_POINT_GROUP = "cotshape.tasks"
 _PLUGINS_LOADED = False
@@ -71,16 +60,16 @@ def load_task_modules(modules, key: str = "base.task_modules") -> None:
 
 def list_tasks() -> list[str]:
     _load_builtin()
-    return sorted(_REGISTRY)
+    return sorted(_registry._REGISTRY)
 
 
 def get_task(name: str) -> Task:
     _load_builtin()
-    if name not in _REGISTRY:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.4)
+    if name not in _registry._REGISTRY:
+        close = difflib.get_close_matches(name, list(_registry._REGISTRY), n=3, cutoff=0.4)
         hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise UnknownTaskError(f"unknown task {name!r}{hint} (known: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[name]()
+        raise UnknownTaskError(f"unknown task {name!r}{hint} (known: {', '.join(sorted(_registry._REGISTRY))})")
+    return _registry._REGISTRY[name]()
 
 
 __all__ = ["Problem", "Task", "UnknownTaskError", "Verdict", "get_task", "list_tasks", "load_task_modules",

@@ -29,8 +29,8 @@ from itertools import combinations
 
 from cotshape.core.errors import InputError
 from cotshape.core.records import make_problem
-from cotshape.tasks import register
 from cotshape.tasks.base import Problem, Task, Verdict, is_test_key, read_hub_rows
+from cotshape.tasks.registry import register
 
 OFFLINE_SIZES = {"train": 2000, "test": 500}
 TEST_FRACTION = 0.2

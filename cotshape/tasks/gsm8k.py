@@ -21,7 +21,6 @@ from fractions import Fraction
 
 from cotshape.core.errors import InputError
 from cotshape.core.records import make_problem
-from cotshape.tasks import register
 from cotshape.tasks.base import (
     MATH_PLAIN_TEMPLATE,
     VERIFIER_ERROR,
@@ -31,6 +30,7 @@ from cotshape.tasks.base import (
     is_test_key,
     read_hub_rows,
 )
+from cotshape.tasks.registry import register
 
 #: offline problems drawn when no ``limit`` is given
 OFFLINE_SIZES = {"train": 2000, "test": 500}

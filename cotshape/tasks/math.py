@@ -31,7 +31,6 @@ from typing import Any
 
 from cotshape.core.errors import DataNotFoundError, InputError
 from cotshape.core.records import make_problem
-from cotshape.tasks import register
 from cotshape.tasks.base import (
     MATH_PLAIN_TEMPLATE,
     Problem,
@@ -42,6 +41,7 @@ from cotshape.tasks.base import (
     stable_bucket,
 )
 from cotshape.tasks.mathgen import generate
+from cotshape.tasks.registry import register
 
 SUBJECTS = (
     "algebra",

@@ -25,8 +25,8 @@ import ast
 import re
 
 from cotshape.core.records import make_problem
-from cotshape.tasks import register
 from cotshape.tasks.base import Problem, Task, Verdict, is_test_key, read_hub_rows
+from cotshape.tasks.registry import register
 
 TEST_FRACTION = 0.3
 TIMEOUT_S = 10.0
