@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from cotshape.core.records import read_ids, read_json, read_jsonl, restrict_to_ids, write_json
-from cotshape.pipeline.stage import params, stage_main
+from cotshape.pipeline.stage import dvc_params, params, stage_main
 
 
 @stage_main
@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> None:
     sets_dir = Path(args.sets_dir)
     from cotshape.tracking.tracker import begin_stage
 
-    run = begin_stage("closeness", p, task=args.task, sections=("base.dtype", "base.device", "base.prompt_format", "closeness", "sft.max_length"),
+    run = begin_stage("closeness", p, task=args.task, sections=dvc_params("closeness"),
                       inputs=[args.student, args.sets_dir], outputs=[args.out])
     # load the base student once for every set
     from cotshape.core.models import resolve_device

@@ -16,7 +16,13 @@ from cotshape.core.records import (
     write_json,
     write_jsonl,
 )
-from cotshape.pipeline.stage import generate_with_progress, load_backend, params, stage_main
+from cotshape.pipeline.stage import (
+    dvc_params,
+    generate_with_progress,
+    load_backend,
+    params,
+    stage_main,
+)
 from cotshape.tasks import get_task
 
 
@@ -75,8 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     from cotshape.tracking.tracker import begin_stage, head_jsonl
 
     run = begin_stage("degrade", p, task=args.task, tags={"sets": "mix,step", "base_set": d.base_set},
-                      sections=("base.seed", "base.data_seed", "base.device", "base.dtype", "base.backend", "degrade", "sample.top_p",
-                                "sample.batch_size", "sample.tensor_parallel_size", "sample.max_new_tokens"),
+                      sections=dvc_params("degrade"),
                       inputs=[args.problems, args.good, *([args.ids] if args.ids else []),
                               *([args.teacher] if d.flawed_source == "model" else [])],
                       outputs=[args.mix_dir, args.step_dir, args.metrics], datasets={args.good: "base_set"})

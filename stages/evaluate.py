@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cotshape.core.artifacts import SFT_MARKER, SKIPPED
 from cotshape.core.records import read_json, read_problems, write_json, write_jsonl
-from cotshape.pipeline.stage import StageError, load_backend, params, stage_main
+from cotshape.pipeline.stage import StageError, dvc_params, load_backend, params, stage_main
 from cotshape.tasks import get_task
 
 
@@ -53,8 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     marker = read_json(model_dir / SFT_MARKER) if (model_dir / SFT_MARKER).exists() else {}
     base_model = [marker["base_model"]] if not marker.get("merged", True) else []
     run = begin_stage("evaluate", p, task=args.task, set=args.set,
-                      sections=("base.device", "base.dtype", "base.backend", "base.prompt_format", "evaluate",
-                                "sample.tensor_parallel_size"),
+                      sections=dvc_params("evaluate"),
                       inputs=[args.problems, args.model, *base_model], outputs=[args.out, args.metrics],
                       datasets={args.problems: "evaluation"},
                       tags={"model": args.model, "cotshape.sft_run_id": sft_run.get("run_id"),

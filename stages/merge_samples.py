@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from cotshape.core.records import read_problems
-from cotshape.pipeline.stage import StageError, params, stage_main
+from cotshape.pipeline.stage import StageError, dvc_params, params, stage_main
 
 
 @stage_main
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     from cotshape.tracking.tracker import begin_stage
 
     task = Path(args.out).stem  # data/samples/TASK.jsonl
-    begin_stage("merge_samples", p, task=task, sections=("sample.k", "sample.shards"),
+    begin_stage("merge_samples", p, task=task, sections=dvc_params("merge_samples"),
                 inputs=[args.problems, args.shards_dir], outputs=[args.out])
     paths = [Path(args.shards_dir) / f"shard-{i}.jsonl" for i in p.sample.shards]
     missing = [str(x) for x in paths if not x.exists()]

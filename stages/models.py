@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from cotshape.core.records import atomic_folder
-from cotshape.pipeline.stage import params, stage_main
+from cotshape.pipeline.stage import dvc_params, params, stage_main
 
 
 def copy_dir(src: Path, dst: Path) -> None:
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     from cotshape.core.models import materialize
     from cotshape.tracking.tracker import begin_stage
 
-    begin_stage("models", p, sections=("base.teacher", "base.student"), outputs=[args.teacher_out, args.student_out])
+    begin_stage("models", p, sections=dvc_params("models"), outputs=[args.teacher_out, args.student_out])
     materialize(p.base.teacher, args.teacher_out)
     if p.base.student == p.base.teacher:
         copy_dir(Path(args.teacher_out), Path(args.student_out))

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 
 from cotshape.core.records import read_problems, write_json, write_jsonl
-from cotshape.pipeline.stage import generate_with_progress, load_backend, params, stage_main
+from cotshape.pipeline.stage import (
+    dvc_params,
+    generate_with_progress,
+    load_backend,
+    params,
+    stage_main,
+)
 from cotshape.tasks import get_task
 
 
@@ -29,8 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     from cotshape.tracking.tracker import begin_stage
 
     run = begin_stage("paraphrase", p, task=args.task, set="P", tags={"model": model},
-                      sections=("base.seed", "base.data_seed", "base.device", "base.dtype", "base.backend", "base.prompt_format", "paraphrase",
-                                "sample.top_p", "sample.batch_size", "sample.tensor_parallel_size"),
+                      sections=dvc_params("paraphrase"),
                       inputs=[args.problems, model], outputs=[args.out, args.metrics], datasets={args.problems: "problems"})
     backend = load_backend(p, model, p.sample.batch_size)
 

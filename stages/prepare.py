@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cotshape.core.records import training_record, write_jsonl
-from cotshape.pipeline.stage import StageError, params, stage_main
+from cotshape.pipeline.stage import StageError, dvc_params, params, stage_main
 from cotshape.tasks import get_task
 
 
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     task = get_task(args.task)
     from cotshape.tracking.tracker import begin_stage
 
-    run = begin_stage("prepare", p, task=args.task, set="H", sections=("base.seed", "prepare"),
+    run = begin_stage("prepare", p, task=args.task, set="H", sections=dvc_params("prepare"),
                       outputs=[args.train_out, args.test_out, args.human_out])
     level = p.prepare.level if p.prepare.source == "offline" else "full"
     train = task.load("train", source=p.prepare.source, limit=p.prepare.train_size, seed=p.base.seed, level=level)

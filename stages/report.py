@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 
 from cotshape.core.records import write_json
-from cotshape.pipeline.stage import params, stage_main
+from cotshape.pipeline.stage import dvc_params, params, stage_main
 
 #: the trained sets besides the mixtures; the step-degraded sets follow degrade.step_k
 BASE_SETS = ["H", "G", "W", "P"]
@@ -83,9 +83,7 @@ def main(argv: list[str] | None = None) -> None:
     from cotshape.tracking.tracker import begin_stage
 
     sets = trained_sets(p)
-    run = begin_stage("report", p, sections=("base", "prepare", "sample.k", "sample.shots", "sample.temperature",
-                                             "select.balance", "degrade.flawed_fractions", "degrade.step_k",
-                                             "degrade.base_set", "sft.save_steps", "report"),
+    run = begin_stage("report", p, sections=dvc_params("report"),
                       inputs=[args.metrics_dir, f"{args.plots_dir}/loss", args.eval_dir, args.sets_dir],
                       outputs=[args.out_dir, args.claims_out, args.summary_out])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cotshape.core.records import read_problems
-from cotshape.pipeline.stage import load_backend, params, stage_main
+from cotshape.pipeline.stage import dvc_params, load_backend, params, stage_main
 from cotshape.tasks import get_task
 
 
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     from cotshape.tracking.tracker import begin_stage, head_jsonl
 
     run = begin_stage("sample", p, task=args.task, name=f"sample@{args.task}-shard{args.shard}", tags={"shard": args.shard},
-                      sections=("base.seed", "base.data_seed", "base.teacher", "base.device", "base.dtype", "base.backend", "sample"),
+                      sections=dvc_params("sample"),
                       inputs=[args.problems, args.model], outputs=[args.out], datasets={args.problems: "problems"})
     sp = SamplingParams(n=p.sample.k, temperature=p.sample.temperature, top_p=p.sample.top_p,
                         max_new_tokens=p.sample.max_new_tokens, seed=p.base.seed_of("data"))

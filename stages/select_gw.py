@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cotshape.core.records import read_problems, training_record, write_json, write_jsonl
 from cotshape.data.select import read_verified, select_gw
-from cotshape.pipeline.stage import params, stage_main
+from cotshape.pipeline.stage import dvc_params, params, stage_main
 from cotshape.tasks import get_task
 
 
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     from cotshape.tracking.tracker import begin_stage, head_jsonl
 
     sets_dir = Path(args.sets_dir)
-    run = begin_stage("select", p, task=args.task, tags={"sets": "G,W"}, sections=("base.seed", "base.data_seed", "select"),
+    run = begin_stage("select", p, task=args.task, tags={"sets": "G,W"}, sections=dvc_params("select"),
                       inputs=[args.problems, args.verified], datasets={args.verified: "samples"},
                       outputs=[sets_dir / "G.jsonl", sets_dir / "W.jsonl", sets_dir / "ids.json", args.metrics])
     problems = read_problems(args.problems)

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from cotshape.core.records import read_ids, read_jsonl, restrict_to_ids, write_json, write_text
-from cotshape.pipeline.stage import SKIPPED, params, stage_main
+from cotshape.pipeline.stage import SKIPPED, dvc_params, params, stage_main
 
 
 def write_loss_csv(path: str, log: list[dict]) -> None:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     from cotshape.tracking.tracker import stage_run, write_run_file
 
     with stage_run("sft", dataclasses.replace(p, sft=sft), task=args.task, set=args.set,
-                   sections=("base.seed", "base.sft_seed", "base.prompt_format", "sft"), inputs=[x for x in (args.data, args.ids, args.student) if x],
+                   sections=dvc_params("sft"), inputs=[x for x in (args.data, args.ids, args.student) if x],
                    outputs=[args.out, args.metrics, args.loss_plot], datasets={args.data: "training"}) as run:
         metrics = train_sft(args.student, records, out, sft, tracker=run, **prompt_kw)
         log = json.loads((out / "train_log.json").read_text())["log"]

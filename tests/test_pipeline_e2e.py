@@ -172,7 +172,7 @@ def test_library_change_reruns_only_the_stages_that_run_it(repo):
     and nothing upstream); an edit of a module no stage runs (the CLI) reruns only the code stage;
     reverting restores the state."""
     repo, _ = repo
-    path, cli = repo / "cotshape" / "select.py", repo / "cotshape" / "cli.py"
+    path, cli = repo / "cotshape" / "data" / "select.py", repo / "cotshape" / "cli.py"
     original, cli_original = path.read_text(), cli.read_text()
     try:
         path.write_text(original + "\n# a change\n")

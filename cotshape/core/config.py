@@ -18,11 +18,12 @@ import difflib
 import math
 import os
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
 from cotshape.core.errors import ParamsError
+from cotshape.core.fields import param as _f
 
 #: upper bounds: generous for paper scale, small enough that a typo (1e12) fails here, not hours later
 MAX_SEED = 2**32 - 1  # numpy, torch and vLLM take 32-bit seeds
@@ -35,12 +36,6 @@ MAX_SHARDS = 4096
 SEED_SOURCES = ("data", "sft", "eval")
 
 
-def _f(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
-       max: float | None = None, default_factory: Any = None):
-    meta = {"help": help, "choices": choices, "min": min, "max": max}
-    if default_factory is not None:
-        return field(default_factory=default_factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass

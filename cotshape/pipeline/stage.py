@@ -70,6 +70,35 @@ def report_user_error(e: BaseException) -> None:
     print(f"error: {e}", file=sys.stderr)
 
 
+def dvc_params(stage: str, dvc_file: str | os.PathLike | None = None) -> tuple[str, ...]:
+    """The params keys ``stage`` declares in dvc.yaml (its ``params:``; a foreach/matrix stage's
+    body): what DVC reruns it on, and so what its MLflow run records. One list, kept in dvc.yaml.
+
+    ``dvc_file``: by default the dvc.yaml of the working directory (``dvc repro`` runs a stage
+    there), else the repository's. A stage missing from it or a key that is not a string is an
+    error naming the file; a key that is no params.yaml key is refused by :func:`stage_params`."""
+    import yaml
+
+    if dvc_file is None:
+        from cotshape.pipeline.depgraph import REPO_ROOT
+
+        dvc_file = Path("dvc.yaml") if Path("dvc.yaml").is_file() else REPO_ROOT / "dvc.yaml"
+    path = Path(dvc_file)
+    try:
+        stages = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise StageError(f"{path}: cannot read the stage graph: {e}") from None
+    if stage not in stages:
+        raise StageError(f"{path}: no stage {stage!r} (has: {', '.join(stages)})")
+    body = stages[stage].get("do", stages[stage])
+    keys = body.get("params") or []
+    for k in keys:
+        if not isinstance(k, str):
+            raise StageError(f"{path}: stage {stage!r}: params entry {k!r} is not a params.yaml key "
+                             "(cotshape reads only params.yaml keys)")
+    return tuple(keys)
+
+
 def params() -> Params:
     return load_params(PARAMS_FILE)
 

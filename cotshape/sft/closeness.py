@@ -21,14 +21,14 @@ def load_scorer(model_path_or_model, device: str, dtype: str, tokenizer):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cotshape.sft.train import MARKER, load_trained, resolve_dtype
+    from cotshape.sft.train import MARKER, load_trained, training_dtype
 
     if isinstance(model_path_or_model, (str, os.PathLike)):
         path = str(model_path_or_model)
         if os.path.exists(os.path.join(path, MARKER)):  # a train_sft output (maybe a LoRA adapter)
             model = load_trained(path, device=device, dtype=dtype)
         else:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, resolve_dtype(dtype)))
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, training_dtype(dtype)))
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
     else:
         model = model_path_or_model

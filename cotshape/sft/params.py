@@ -9,8 +9,10 @@ the stages that train. This module imports nothing from torch, transformers, trl
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
+
+from cotshape.core.fields import param as _f
 
 _METHODS = ("lora", "full")
 _DTYPES = ("auto", "float32", "bfloat16")
@@ -18,13 +20,6 @@ _LAUNCHERS = ("none", "ddp", "fsdp", "deepspeed")
 _PRECISIONS = ("amp", "bf16")
 
 
-def _f(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
-       max: float | None = None, default_factory: Any = None) -> Any:
-    # the same metadata as cotshape.core.config's fields: the params validator checks choices and bounds
-    meta = {"help": help, "choices": choices, "min": min, "max": max}
-    if default_factory is not None:
-        return field(default_factory=default_factory, metadata=meta)
-    return field(default=default, metadata=meta)
 
 
 @dataclass

@@ -66,10 +66,12 @@ LORA_TARGET_MODULES = "all-linear"
 # dtype / device
 
 
-def resolve_dtype(dtype: str) -> str:
-    """``auto`` -> ``bfloat16`` where bf16 compute is fast on this machine, else ``float32``.
+def training_dtype(dtype: str) -> str:
+    """The name of the dtype SFT computes in: ``auto`` -> ``bfloat16`` where bf16 compute is fast
+    on this machine, else ``float32``; a given name is returned as it is.
 
-    Unlike :func:`cotshape.core.models.resolve_dtype` (inference), never fp16: fp16 training would
+    Unlike :func:`cotshape.core.models.resolve_dtype` (inference; returns a ``torch.dtype`` and
+    may pick fp16 on a GPU), never fp16: fp16 training would
     need loss scaling, so a GPU without bf16 trains in fp32."""
     if dtype != "auto":
         return dtype
@@ -482,7 +484,7 @@ def build_sft_config(params: SFTParams, out_dir: str | os.PathLike):
     import torch
     from trl import SFTConfig
 
-    dtype = resolve_dtype(params.dtype)
+    dtype = training_dtype(params.dtype)
     extra: dict[str, Any] = {}
     # transformers >= 5.2x renamed gradient_checkpointing (kept as an alias that warns); TRL
     # defaults the old name to True, so both are set
@@ -742,7 +744,7 @@ def train_sft(model_path: str | os.PathLike, records: list[dict[str, Any]], out_
     log = {
         **metrics,
         "train_time_s": train_time,
-        "dtype": resolve_dtype(params.dtype),
+        "dtype": training_dtype(params.dtype),
         "precision": params.precision,
         "checkpoints": [f"{CHECKPOINTS}/{STEP_PREFIX}{n}" for n in saver.saved],
         "checkpoints_not_reached": saver.not_reached,
@@ -786,7 +788,7 @@ def load_trained(out_dir: str | os.PathLike, device: str = "cpu", dtype: str = "
     if not marker_path.exists():
         raise FileNotFoundError(f"{marker_path}: not a cotshape SFT checkpoint (no {MARKER})")
     marker = json.loads(marker_path.read_text(encoding="utf-8"))
-    torch_dtype = getattr(torch, resolve_dtype(dtype))
+    torch_dtype = getattr(torch, training_dtype(dtype))
     if marker["method"] == "full":
         model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch_dtype)
     else:

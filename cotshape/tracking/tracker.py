@@ -471,17 +471,21 @@ def hash_tags(kind: str, paths: list[str | os.PathLike], cache: dict[str, tuple[
 
 def stage_params(p: Any, sections: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """The params.yaml values a stage depends on, flattened: ``("sft", "base.seed")`` ->
-    ``{"sft.learning_rate": ..., ..., "base.seed": 0}`` (the keys of its dvc.yaml ``params``)."""
+    ``{"sft.learning_rate": ..., ..., "base.seed": 0}`` (the keys of its dvc.yaml ``params``,
+    :func:`cotshape.pipeline.stage.dvc_params`). A key that is no params.yaml key (renamed in
+    params.yaml but not in dvc.yaml) is an error, not skipped."""
     import dataclasses
+
+    from cotshape.core.errors import ParamsError
 
     out: dict[str, Any] = {}
     missing = object()
     for name in sections:
         value: Any = p
         for part in name.split("."):
-            value = getattr(value, part, missing)  # a key renamed since: skipped, never an error
-        if value is missing:
-            continue
+            value = getattr(value, part, missing)
+            if value is missing:
+                raise ParamsError(f"dvc.yaml: params key {name!r} is not a params.yaml key")
         if dataclasses.is_dataclass(value):
             value = dataclasses.asdict(value)
         if isinstance(value, dict):
