@@ -19,13 +19,12 @@ import json
 import sys
 from pathlib import Path
 
-from cotshape.core import stats
 from cotshape.core.artifacts import mix_set_name
 from cotshape.core.errors import InputError
 from cotshape.reporting.compare import (
     _combine_parts,
     _set_sort_key,
-    _verdict,
+    pool_runs,
     render_markdown,
     write,
 )
@@ -62,10 +61,8 @@ def per_seed_diffs(task: dict, cid: str, base_set: str, fractions: list[float]) 
 
 
 def _pooled(diffs: list[float], kind: str, margin: float | None, old: dict) -> dict:
-    r = stats.random_effects_difference(diffs)
-    p = {"diff": r["diff"], "ci95": r["ci95"], "k": r["k"], "n": old.get("n"), "tau": None, "i2": None,
-         "sd": r["sd"], "per_seed": diffs}
-    p["verdict"] = _verdict(kind, r["ci95"], margin) if r["ci95"] is not None else stats.INCONCLUSIVE
+    p = pool_runs(diffs, None, kind, margin)  # the per-seed intervals were not kept: no se
+    p["n"] = old.get("n")
     fixed = old.get("fixed") or old  # an old comparison's pooled interval was the fixed effect
     if fixed.get("ci95") is not None:
         p["fixed"] = {f: fixed[f] for f in ("diff", "ci95", "k", "n", "verdict")}

@@ -24,6 +24,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 from cotshape.core.errors import ParamsError
 from cotshape.core.fields import param as _f
+from cotshape.core.records import read_utf8
 
 #: upper bounds: generous for paper scale, small enough that a typo (1e12) fails here, not hours later
 MAX_SEED = 2**32 - 1  # numpy, torch and vLLM take 32-bit seeds
@@ -401,13 +402,7 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     import yaml
 
     path = Path(path)
-    if not path.exists():
-        raise ParamsError(f"{path}: file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise ParamsError(f"{path}:{line}: not UTF-8 text") from None
+    text = read_utf8(path, ParamsError)
     try:
         loader = _yaml12_loader()
         _refuse_duplicate_keys(yaml.compose(text, Loader=loader), "", path)  # noqa: S506 - a SafeLoader

@@ -254,16 +254,23 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+def read_utf8(path: str | os.PathLike, error: type[Exception] = RecordError) -> str:
+    """The text of a UTF-8 file; a missing file or a byte that is not UTF-8 is one ``error``
+    naming the file (and the line of the bad byte)."""
+    path = Path(path)
+    if not path.exists():
+        raise error(f"{path}: file not found")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise error(f"{path}:{line}: not UTF-8 text") from None
+
+
 def read_json(path: str | os.PathLike) -> Any:
     """Read a JSON document; a malformed one is a RecordError naming the file (and line)."""
     path = Path(path)
-    if not path.exists():
-        raise RecordError(f"{path}: file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        line = path.read_bytes()[: e.start].count(b"\n") + 1
-        raise RecordError(f"{path}:{line}: not UTF-8 text") from None
+    text = read_utf8(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:

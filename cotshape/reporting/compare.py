@@ -484,6 +484,21 @@ def _verdict(kind: str, ci95: Sequence[float], margin: float | None) -> str:
     return stats.verdict_equivalent(ci95, margin)
 
 
+def pool_runs(diffs: Sequence[float], ses: Sequence[float] | None, kind: str, margin: float | None) -> dict[str, Any]:
+    """The run-level pooled entry of one difference (:func:`cotshape.core.stats.random_effects_difference`;
+    ``ses`` None: the t-interval over the runs) with its verdict; one run: inconclusive, with the reason."""
+    from cotshape.core import stats
+
+    re = stats.random_effects_difference(diffs, ses)
+    p: dict[str, Any] = {"diff": re["diff"], "ci95": re["ci95"], "k": re["k"], "tau": re["tau"], "i2": re["i2"],
+                         "sd": re["sd"], "per_seed": list(diffs)}
+    if re["ci95"] is None:
+        p["verdict"], p["reason"] = stats.INCONCLUSIVE, re["reason"]
+    else:
+        p["verdict"] = _verdict(kind, re["ci95"], margin)
+    return p
+
+
 def _pool(evidences: Sequence[Any], kind: str, margin: float | None) -> dict[str, Any]:
     """Pool one difference over the seeds that measured it, the training run being the unit
     (:func:`cotshape.core.stats.random_effects_difference`: each seed is one run of the whole
@@ -496,16 +511,10 @@ def _pool(evidences: Sequence[Any], kind: str, margin: float | None) -> dict[str
     if not ok:
         return {"diff": None, "ci95": None, "k": 0, "n": 0, "verdict": NA}
     diffs = [float(ev["diff"]) for ev in ok]
-    re = stats.random_effects_difference(diffs, [stats.ci_se(ev["ci95"]) for ev in ok])
     fe = stats.pooled_difference(diffs, [ev["ci95"] for ev in ok], [int(ev["n"]) for ev in ok])
-    p: dict[str, Any] = {"diff": re["diff"], "ci95": re["ci95"], "k": re["k"], "n": fe["n"],
-                         "tau": re["tau"], "i2": re["i2"], "sd": re["sd"], "per_seed": diffs,
-                         "per_seed_ci95": [list(ev["ci95"]) for ev in ok]}
-    if re["ci95"] is None:
-        p["verdict"], p["reason"] = stats.INCONCLUSIVE, re["reason"]
-    else:
-        p["verdict"] = _verdict(kind, re["ci95"], margin)
-    p["fixed"] = {**fe, "verdict": _verdict(kind, fe["ci95"], margin)}
+    p = pool_runs(diffs, [stats.ci_se(ev["ci95"]) for ev in ok], kind, margin)
+    p.update(n=fe["n"], per_seed_ci95=[list(ev["ci95"]) for ev in ok],
+             fixed={**fe, "verdict": _verdict(kind, fe["ci95"], margin)})
     return p
 
 
