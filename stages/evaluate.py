@@ -1,12 +1,18 @@
 """evaluate@TASK-SET / evaluate_mix@TASK-p / evaluate_base@TASK: greedy decoding on the test
-problems, graded by the task verifier; both accuracy definitions."""
+problems, graded by the task verifier; both accuracy definitions.
+
+A set's SFT folder holds one model per training run (``run-R``, ``sft.runs``): every run is
+evaluated in this one process (imports, problems and prompts once; each run's adapter merged
+onto the base model in turn). The records carry their ``run``; the metrics file has each run's
+metrics (``per_run``), their mean and the interval with the run as the unit
+(:func:`cotshape.evaluation.evaluate.summarize_runs`)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from cotshape.core.artifacts import SFT_MARKER, SKIPPED
+from cotshape.core.artifacts import SFT_MARKER, SKIPPED, run_dirs
 from cotshape.core.records import read_json, read_problems, write_json, write_jsonl
 from cotshape.pipeline.stage import StageError, dvc_params, load_backend, params, stage_main
 from cotshape.tasks import get_task
@@ -25,63 +31,105 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--metrics", required=True)
     args = ap.parse_args(argv)
     p = params()
-    from cotshape.evaluation.evaluate import evaluate
+    from cotshape.evaluation.evaluate import evaluate, summarize_runs
     task = get_task(args.task)
     problems = read_problems(args.problems)
-    model_dir = Path(args.model)
-    if args.checkpoint and not (model_dir / SKIPPED).exists():  # a skipped SFT has no checkpoints either
-        from cotshape.sft.train import checkpoint_dir
-
-        step = args.checkpoint.removeprefix("step-")
-        if not step.isdigit():
-            raise StageError(f"--checkpoint {args.checkpoint!r}: expected step-N or N, e.g. step-100")
-        model_dir = checkpoint_dir(model_dir, int(step))
-        if not (model_dir / SFT_MARKER).exists() and not (model_dir / SKIPPED).exists():  # SKIPPED: step not reached
-            found = sorted(p.name for p in model_dir.parent.glob("step-*")) if model_dir.parent.is_dir() else []
-            raise StageError(f"{model_dir}: no such checkpoint (has: {', '.join(found) or 'none'}); "
-                             "list its step in sft.save_steps and rerun the sft stage")
-    if (model_dir / SKIPPED).exists():
-        reason = read_json(model_dir / SKIPPED)["reason"]
+    set_dir = Path(args.model)
+    if (set_dir / SKIPPED).exists():
+        reason = read_json(set_dir / SKIPPED)["reason"]
         write_jsonl(args.out, [])
         write_json(args.metrics, {"n": 0, "skipped": 1})
         print(f"{args.task}-{args.set}: not evaluated ({reason})")
         return
+    # a set's SFT folder holds one folder per training run (sft.runs); a plain model folder (the
+    # untrained student of evaluate_base) is one "run"
+    runs = run_dirs(set_dir) or [set_dir]
+    models = [_checkpoint(d, args.checkpoint) if args.checkpoint else d for d in runs]
+    reached = [m for m in models if not (m / SKIPPED).exists()]  # SKIPPED: a checkpoint step not reached
+    if not reached:
+        reason = read_json(models[0] / SKIPPED).get("reason", "checkpoint not reached")
+        write_jsonl(args.out, [])
+        write_json(args.metrics, {"n": 0, "skipped": 1})
+        print(f"{args.task}-{args.set}: not evaluated ({reason})")
+        return
+    if len(reached) != len(models):
+        raise StageError(f"{set_dir}: checkpoint {args.checkpoint} was reached by {len(reached)} of "
+                         f"{len(models)} training runs; the runs of a set must train the same steps")
+
     from cotshape.tracking.tracker import begin_stage, read_run_file
 
-    sft_run = read_run_file(Path(args.model)) or {}  # the SFT run that trained this folder (or checkpoint), if tracked
-    # a LoRA folder's base model (models/student) is an input too: the adapter is merged onto it
-    marker = read_json(model_dir / SFT_MARKER) if (model_dir / SFT_MARKER).exists() else {}
-    base_model = [marker["base_model"]] if not marker.get("merged", True) else []
-    run = begin_stage("evaluate", p, task=args.task, set=args.set,
-                      sections=dvc_params("evaluate"),
-                      inputs=[args.problems, args.model, *base_model], outputs=[args.out, args.metrics],
+    run = begin_stage("evaluate", p, task=args.task, set=args.set, sections=dvc_params("evaluate"),
+                      inputs=[args.problems, args.model, *_base_models(models)], outputs=[args.out, args.metrics],
                       datasets={args.problems: "evaluation"},
-                      tags={"model": args.model, "cotshape.sft_run_id": sft_run.get("run_id"),
-                            "checkpoint": model_dir.name if args.checkpoint else None})
+                      tags={"model": args.model, "runs": len(models),
+                            "cotshape.sft_run_id": ",".join(filter(None, ((read_run_file(d) or {}).get("run_id")
+                                                                          for d in runs))) or None,
+                            "checkpoint": args.checkpoint})
+    all_records, per_run = [], []
+    for r, model_dir in enumerate(models):
+        backend = _backend(p, model_dir)
+        # all prompts in one call: the backend batches (and refills) internally
+        records, metrics = evaluate(task, problems, backend, max_new_tokens=p.evaluate.max_new_tokens,
+                                    prompt_format=p.base.prompt_format, scoring=p.evaluate.scoring)
+        metrics["backend"] = backend.name
+        del backend
+        all_records += [{"run": r, **rec} for rec in records]
+        per_run.append(metrics)
+        if len(models) > 1:
+            print(f"{args.task}-{args.set} run {r}: accuracy {metrics['accuracy']:.3f} (n={metrics['n']})")
+    metrics = summarize_runs(per_run)
+    write_jsonl(args.out, all_records)
+    write_json(args.metrics, metrics)
+    run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    for r, m in enumerate(per_run):
+        run.log_metrics({"run_accuracy": m["accuracy"]}, step=r)
+    run.log_artifact(args.metrics)
+    run.log_generations([rec for rec in all_records if rec["run"] == 0], set=args.set)
+    lo, hi = metrics["ci95"]
+    print(f"{args.task}-{args.set}: accuracy {metrics['accuracy']:.3f} [{lo:.3f}, {hi:.3f}] over {len(models)} "
+          f"run(s), accuracy_parsed {metrics['accuracy_parsed']:.3f}, parse rate {metrics['parse_rate']:.3f} "
+          f"(n={metrics['n']})")
 
+
+def _checkpoint(run_folder: Path, checkpoint: str) -> Path:
+    """The folder of checkpoint ``step-N`` (or ``N``) of one training run (sft.save_steps)."""
+    from cotshape.sft.train import checkpoint_dir
+
+    step = checkpoint.removeprefix("step-")
+    if not step.isdigit():
+        raise StageError(f"--checkpoint {checkpoint!r}: expected step-N or N, e.g. step-100")
+    folder = checkpoint_dir(run_folder, int(step))
+    if not (folder / SFT_MARKER).exists() and not (folder / SKIPPED).exists():  # SKIPPED: step not reached
+        found = sorted(p.name for p in folder.parent.glob("step-*")) if folder.parent.is_dir() else []
+        raise StageError(f"{folder}: no such checkpoint (has: {', '.join(found) or 'none'}); "
+                         "list its step in sft.save_steps and rerun the sft stage")
+    return folder
+
+
+def _base_models(models: list[Path]) -> list[str]:
+    """The base models a LoRA folder is merged onto: inputs of the evaluation too."""
+    found = []
+    for m in models:
+        marker = read_json(m / SFT_MARKER) if (m / SFT_MARKER).exists() else {}
+        if not marker.get("merged", True) and marker["base_model"] not in found:
+            found.append(marker["base_model"])
+    return found
+
+
+def _backend(p, model_dir: Path):
+    """The generation backend of one model folder; an SFT folder (LoRA or full) is loaded with
+    :func:`cotshape.sft.train.load_trained` (an adapter merged onto its base, in memory; for vllm,
+    load_backend merges it into a temporary folder)."""
     kw = {}
-    if p.base.backend == "transformers" and marker:
-        # an SFT output folder: a LoRA adapter is merged onto its base model here (in memory;
-        # for vllm, load_backend merges it into a temporary folder)
+    if p.base.backend == "transformers" and (model_dir / SFT_MARKER).exists():
         from cotshape.core.models import load_tokenizer, resolve_device
         from cotshape.sft.train import load_trained
 
+        marker = read_json(model_dir / SFT_MARKER)
         kw["model"] = load_trained(model_dir, device=resolve_device(p.base.device), dtype=p.base.dtype)
         # SFT does not change the tokenizer; a LoRA folder has no config.json, so take the base's
         kw["tokenizer"] = load_tokenizer(marker["base_model"])
-    backend = load_backend(p, model_dir, p.evaluate.batch_size, **kw)
-    # all prompts in one call: the backend batches (and refills) internally
-    records, metrics = evaluate(task, problems, backend, max_new_tokens=p.evaluate.max_new_tokens,
-                                prompt_format=p.base.prompt_format, scoring=p.evaluate.scoring)
-    metrics["backend"] = backend.name
-    write_jsonl(args.out, records)
-    write_json(args.metrics, metrics)
-    run.log_metrics(metrics)
-    run.log_artifact(args.metrics)
-    run.log_generations(records, set=args.set)
-    print(f"{args.task}-{args.set}: accuracy {metrics['accuracy']:.3f}, "
-          f"accuracy_parsed {metrics['accuracy_parsed']:.3f}, parse rate {metrics['parse_rate']:.3f} (n={metrics['n']})")
-
+    return load_backend(p, model_dir, p.evaluate.batch_size, **kw)
 
 if __name__ == "__main__":
     raise SystemExit(main())

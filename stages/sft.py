@@ -1,4 +1,10 @@
-"""sft@TASK-SET / sft_mix@TASK-p: fine-tune the student on one training set with TRL.
+"""sft@TASK-SET / sft_mix@TASK-p: fine-tune the student on one training set with TRL, ``sft.runs``
+times.
+
+Run R trains with SFT seed ``base.sft_seed + R`` (adapter init, data order) into ``OUT/run-R``; all
+runs share one process (imports, tokenizer and the tokenized set once), so R runs cost R trainings,
+not R stage starts. The metrics file holds every run (``per_run``) and their mean; the loss CSV
+one curve per run (column ``run``); each run is one MLflow run tagged ``run``.
 
 Runs under ``accelerate launch`` when ``sft.launcher`` is not ``none`` (the stage re-executes
 itself through :func:`cotshape.sft.train.launch_command`). An empty training set (e.g. no correct
@@ -21,9 +27,21 @@ from cotshape.core.records import read_ids, read_jsonl, restrict_to_ids, write_j
 from cotshape.pipeline.stage import SKIPPED, dvc_params, params, stage_main
 
 
-def write_loss_csv(path: str, log: list[dict]) -> None:
-    rows = ["step,loss"] + [f"{e['step']},{e['loss']}" for e in log if "loss" in e]
+def write_loss_csv(path: str, logs: list[list[dict]]) -> None:
+    """One row per logged step of every run: ``run,step,loss``."""
+    rows = ["run,step,loss"] + [f"{r},{e['step']},{e['loss']}" for r, log in enumerate(logs) for e in log if "loss" in e]
     write_text(path, "\n".join(rows) + "\n")
+
+
+def runs_summary(per_run: list[dict], seeds: list[int]) -> dict:
+    """The set's metrics file: every run's metrics, and the mean over runs of each number."""
+    out: dict = {"runs": len(per_run), "seeds": seeds}
+    for key in per_run[0]:
+        values = [m[key] for m in per_run if isinstance(m.get(key), (int, float))]
+        if len(values) == len(per_run):
+            out[key] = sum(values) / len(values) if key not in ("examples", "steps") else per_run[0][key]
+    out["per_run"] = per_run
+    return out
 
 
 @stage_main
@@ -54,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(out)
         out.mkdir(parents=True)
         (out / SKIPPED).write_text(json.dumps({"reason": reason}) + "\n")
-        write_json(args.metrics, {"examples": 0, "skipped": 1})
+        write_json(args.metrics, {"examples": 0, "skipped": 1, "runs": 0})
         write_loss_csv(args.loss_plot, [])
         print(f"{args.task}-{args.set}: skipped ({reason})")
         return
@@ -64,32 +82,43 @@ def main(argv: list[str] | None = None) -> None:
         print("launching:", " ".join(cmd), file=sys.stderr)
         raise SystemExit(subprocess.call(cmd))
 
-    sft = dataclasses.replace(sft, seed=p.base.seed_of("sft"))  # base.sft_seed, else base.seed
+    first_seed = p.base.seed_of("sft")  # base.sft_seed, else base.seed
+    seeds = [first_seed + r for r in range(sft.runs)]
+    from cotshape.core.artifacts import run_dir
     from cotshape.sft.train import prompt_format_kwargs
 
     prompt_kw = prompt_format_kwargs(p.base.prompt_format, args.task, args.problems)
+    rank = int(os.environ.get("RANK", "0"))
+    if rank == 0 and out.exists():  # DVC removes its outs before a stage runs; a manual run starts clean too
+        shutil.rmtree(out)
     # under accelerate every rank trains; only the main one writes metrics and talks to MLflow
-    if int(os.environ.get("RANK", "0")) != 0:
-        train_sft(args.student, records, out, sft, **prompt_kw)
+    if rank != 0:
+        for seed, r in zip(seeds, range(sft.runs), strict=True):
+            train_sft(args.student, records, run_dir(out, r), dataclasses.replace(sft, seed=seed), **prompt_kw)
         return
 
     from cotshape.tracking.tracker import stage_run, write_run_file
 
-    with stage_run("sft", dataclasses.replace(p, sft=sft), task=args.task, set=args.set,
-                   sections=dvc_params("sft"), inputs=[x for x in (args.data, args.ids, args.student) if x],
-                   outputs=[args.out, args.metrics, args.loss_plot], datasets={args.data: "training"}) as run:
-        metrics = train_sft(args.student, records, out, sft, tracker=run, **prompt_kw)
-        log = json.loads((out / "train_log.json").read_text())["log"]
-        write_loss_csv(args.loss_plot, log)
-        write_json(args.metrics, metrics)
-        run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        run.log_artifact(args.metrics)
-        run.log_artifact(args.loss_plot)
-        if (out / "README.md").exists():  # TRL's model card
-            run.log_artifact(out / "README.md")
-        write_run_file(out, run)  # evaluate links its run to this one
-    print(f"{args.task}-{args.set}: {metrics['examples']} examples, loss {metrics['first_loss']:.3f} -> "
-          f"{metrics['final_loss']:.3f}, {metrics['tokens_per_second']:.0f} tokens/s")
+    per_run, logs = [], []
+    for r, seed in enumerate(seeds):
+        run_sft = dataclasses.replace(sft, seed=seed)
+        folder = run_dir(out, r)
+        with stage_run("sft", dataclasses.replace(p, sft=run_sft), task=args.task, set=args.set,
+                       name=f"sft@{args.task}-{args.set}-run-{r}", tags={"run": r},
+                       sections=dvc_params("sft"), inputs=[x for x in (args.data, args.ids, args.student) if x],
+                       outputs=[folder], datasets={args.data: "training"}) as run:
+            metrics = {"run": r, "seed": seed, **train_sft(args.student, records, folder, run_sft, tracker=run, **prompt_kw)}
+            logs.append(json.loads((folder / "train_log.json").read_text())["log"])
+            run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            run.log_artifact(folder / "train_log.json")  # the loss per step, and the params it ran with
+            if (folder / "README.md").exists():  # TRL's model card
+                run.log_artifact(folder / "README.md")
+            write_run_file(folder, run)  # evaluate links its run to this one
+        per_run.append(metrics)
+        print(f"{args.task}-{args.set} run {r} (seed {seed}): {metrics['examples']} examples, loss "
+              f"{metrics['first_loss']:.3f} -> {metrics['final_loss']:.3f}, {metrics['tokens_per_second']:.0f} tokens/s")
+    write_loss_csv(args.loss_plot, logs)
+    write_json(args.metrics, runs_summary(per_run, seeds))
 
 
 if __name__ == "__main__":

@@ -564,3 +564,40 @@ def test_repool_script_rebuilds_per_seed_differences_from_a_committed_comparison
     assert "Re-pooled by scripts/repool_compare.py" in (tmp_path / "compare.md").read_text()
     path.write_text("{}")
     assert repool.main([str(path)]) == 2
+
+
+def test_seeds_with_several_runs_pool_their_run_level_intervals_and_split_the_variance():
+    """Each seed (data draw) trained three runs per arm: the pooled interval combines the seeds'
+    run-level intervals, and the variance splits into data draw, SFT seed and test problems."""
+    per_seed = [[0.10, 0.12, 0.08], [0.20, 0.22, 0.18], [0.0, 0.02, -0.02]]  # the draws disagree
+    exps = []
+    for i, runs in enumerate(per_seed):
+        re = stats.random_effects_difference(runs, [0.03] * 3)
+        ev = {"diff": re["diff"], "ci95": re["ci95"], "n": 200, "runs": 3, "per_run": runs,
+              "per_run_ci95": [[d - 0.0588, d + 0.0588] for d in runs]}
+        exps.append(_exp(f"e{i}", i, 0.4, claims={"claims": [{"id": "C2", "task": "gsm8k", "statement": "s",
+                                                               "kind": "greater", "verdict": "holds",
+                                                               "evidence": ev}]}))
+    result = cmp.compare(cmp.group(exps))
+    (c,) = result["groups"][0]["claims"]
+    assert c["pooled"]["k"] == 3 and c["pooled"]["verdict"] == "inconclusive"
+    vc = c["variance"]
+    assert vc["draws"] == 3 and vc["runs"] == [3, 3, 3]
+    assert vc["parts"]["data"]["share"] > 0.8  # the draws differ by 10 points, the runs by 2
+    assert vc["parts"]["sft"]["var"] == 0.0  # runs agree within their test-problem noise
+    text = cmp.render_markdown(result)
+    assert "### Where the variance of each claim's difference comes from" in text
+    assert "| C2 | gsm8k | 3 | 3/3/3 |" in text
+
+
+def test_a_seed_with_one_run_pools_on_its_own_paired_interval():
+    """One run per arm gives no run-level interval inside the experiment (ci95 None); across
+    seeds its own test-problem interval is what it contributes, as before runs existed."""
+    ev = [{"diff": d, "ci95": None, "n": 200, "runs": 1, "per_run": [d], "per_run_ci95": [[d - 0.06, d + 0.06]],
+           "reason": "one training run"} for d in (0.17, 0.125, 0.015)]
+    exps = [_exp(f"e{i}", i, 0.4, claims={"claims": [{"id": "C2", "task": "gsm8k", "statement": "s",
+                                                       "kind": "greater", "verdict": "inconclusive",
+                                                       "evidence": e}]}) for i, e in enumerate(ev)]
+    (c,) = cmp.compare(cmp.group(exps))["groups"][0]["claims"]
+    assert c["pooled"]["k"] == 3 and c["pooled"]["per_seed"] == pytest.approx([0.17, 0.125, 0.015])
+    assert c["variance"] is None  # no seed has two runs: no SFT part to split off

@@ -189,3 +189,24 @@ def test_code_task_is_scored_with_pass_at_1_by_running_its_tests():
     records, metrics = evaluate(task, [problem], ReplayBackend(reply), max_new_tokens=64, progress=False)
     assert records[0]["correct"] is True, records[0]["reason"]
     assert metrics["pass@1"] == metrics["accuracy"] == 1.0
+
+
+def test_summarize_runs_takes_the_run_as_the_unit():
+    from cotshape.evaluation.evaluate import score, summarize_runs
+
+    def run(k, n=100):
+        return score([{"correct": i < k, "parsed": True} for i in range(n)])
+
+    one = summarize_runs([run(30)])
+    assert one["runs"] == 1 and one["ci95"] == run(30)["ci95"] and one["ci95_is"].startswith("test problems")
+    agree = summarize_runs([run(30), run(31), run(29)])
+    spread = summarize_runs([run(10), run(30), run(50)])
+    assert agree["accuracy"] == pytest.approx(0.30) and spread["accuracy"] == pytest.approx(0.30)
+    assert agree["runs"] == 3 and len(agree["per_run"]) == 3
+    width = lambda m: m["ci95"][1] - m["ci95"][0]  # noqa: E731
+    assert width(spread) > width(agree) > 0
+    # runs that agree: still about as wide as the runs' own test-problem noise, not narrower
+    assert width(agree) >= 0.5 * width(run(30))
+    assert 0.0 <= spread["ci95"][0] and spread["ci95"][1] <= 1.0
+    with pytest.raises(ValueError, match="no runs"):
+        summarize_runs([])

@@ -150,7 +150,7 @@ def _section(text: str, title: str) -> str:
 
 
 ACCURACY_HEADER = (
-    "| set | accuracy | 95 % CI | accuracy (parsed) | parse rate | correct | n "
+    "| set | accuracy | 95 % CI | accuracy (parsed) | parse rate | runs | n "
     "| Δ vs base [95 % CI] | Δ vs H [95 % CI] |"
 )
 
@@ -160,18 +160,18 @@ def test_accuracy_table_has_both_definitions_interval_and_paired_differences(tex
     assert ACCURACY_HEADER in gsm
     # Wilson interval of 6/24 = [0.120, 0.449]; the Δ columns come from COMPARISONS
     assert (
-        "| G — teacher CoTs with a correct final answer | 25.0 % | [12.0, 44.9] | 33.3 % | 75.0 % | 6 | 24 "
+        "| G — teacher CoTs with a correct final answer | 25.0 % | [12.0, 44.9] | 33.3 % | 75.0 % | 1 | 24 "
         "| +20.8 pts [+5.0, +37.0] | +12.5 pts [-2.0, +27.0] |"
     ) in gsm
     # H has no difference against itself
-    assert "| H — human-written solutions | 12.5 % | [4.3, 31.0] | 25.0 % | 50.0 % | 3 | 24 | +8.3 pts [-4.0, +21.0] | — |" in gsm
+    assert "| H — human-written solutions | 12.5 % | [4.3, 31.0] | 25.0 % | 50.0 % | 1 | 24 | +8.3 pts [-4.0, +21.0] | — |" in gsm
     assert "| parsed |" not in gsm  # the parsed-count column is gone (parse rate says it)
 
 
 def test_paired_differences_are_dashes_without_comparisons(text):
     cd = _section(text, "### countdown")
     assert ACCURACY_HEADER in cd
-    assert "| G — teacher CoTs with a correct final answer | 16.7 % | [6.7, 35.9] | 50.0 % | 33.3 % | 4 | 24 | — | — |" in cd
+    assert "| G — teacher CoTs with a correct final answer | 16.7 % | [6.7, 35.9] | 50.0 % | 33.3 % | 1 | 24 | — | — |" in cd
 
 
 def test_base_student_row_comes_first(text):
@@ -182,7 +182,7 @@ def test_base_student_row_comes_first(text):
 
 def test_nothing_parsed_is_flagged_in_the_table(text):
     cd = _section(text, "### countdown")
-    assert "| base — the untrained student | 0.0 % | [0.0, 13.8] | 0.0 % (none parsed) | 0.0 % | 0 | 24 | — | — |" in cd
+    assert "| base — the untrained student | 0.0 % | [0.0, 13.8] | 0.0 % (none parsed) | 0.0 % | 1 | 24 | — | — |" in cd
 
 
 def test_missing_eval_file_is_a_dash_row(text):
@@ -196,18 +196,18 @@ def test_interval_is_a_dash_when_the_eval_metrics_lack_it(tree):
     del m["ci95"]
     _write(tree / "metrics" / "eval" / "gsm8k-H.json", m)
     text = _build(tree).read_text(encoding="utf-8")
-    assert "| H — human-written solutions | 12.5 % | — | 25.0 % | 50.0 % | 3 | 24 | — | — |" in _section(text, "### gsm8k")
+    assert "| H — human-written solutions | 12.5 % | — | 25.0 % | 50.0 % | 1 | 24 | — | — |" in _section(text, "### gsm8k")
 
 
 def test_code_task_gets_a_pass_at_1_column(tree):
     _write(tree / "metrics" / "eval" / "gsm8k-H.json", dict(_eval(3, 12, 24), **{"pass@1": 0.125}))
     gsm = _section(_build(tree).read_text(encoding="utf-8"), "### gsm8k")
     assert (
-        "| set | accuracy | 95 % CI | accuracy (parsed) | pass@1 | parse rate | correct | n "
+        "| set | accuracy | 95 % CI | accuracy (parsed) | pass@1 | parse rate | runs | n "
         "| Δ vs base [95 % CI] | Δ vs H [95 % CI] |"
     ) in gsm
-    assert "| H — human-written solutions | 12.5 % | [4.3, 31.0] | 25.0 % | 12.5 % | 50.0 % | 3 | 24 | — | — |" in gsm
-    assert "| G — teacher CoTs with a correct final answer | 25.0 % | [12.0, 44.9] | 33.3 % | — | 75.0 % | 6 | 24 | — | — |" in gsm
+    assert "| H — human-written solutions | 12.5 % | [4.3, 31.0] | 25.0 % | 12.5 % | 50.0 % | 1 | 24 | — | — |" in gsm
+    assert "| G — teacher CoTs with a correct final answer | 25.0 % | [12.0, 44.9] | 33.3 % | — | 75.0 % | 1 | 24 | — | — |" in gsm
 
 
 def test_skipped_set_shows_na_not_a_dash(tree):
@@ -306,12 +306,12 @@ def test_empty_metrics_tree_still_builds(tmp_path):
 def test_headlines_list_sets_beyond_noise(text):
     assert (
         "- **gsm8k**: base student 4.2 % [0.7, 20.2]; above the base student beyond noise: G, W; "
-        "above H: none; below H: step (paired 95 % intervals; the others are ties)."
+        "above H: none; below H: step (paired 95 % intervals over the training runs; the others are ties)."
     ) in text
     # no comparisons for countdown: nothing is beyond noise
     assert (
         "- **countdown**: base student 0.0 % [0.0, 13.8]; above the base student beyond noise: none; "
-        "above H: none; below H: none (paired 95 % intervals; the others are ties)."
+        "above H: none; below H: none (paired 95 % intervals over the training runs; the others are ties)."
     ) in text
 
 
@@ -330,7 +330,7 @@ def test_headline_picks_no_best_set_out_of_a_tie(tree):
     assert "best" not in headlines
     assert (
         "- **gsm8k**: base student 4.2 % [0.7, 20.2]; above the base student beyond noise: G; "
-        "above H: none; below H: none (paired 95 % intervals; the others are ties)."
+        "above H: none; below H: none (paired 95 % intervals over the training runs; the others are ties)."
     ) in headlines
 
 
@@ -345,7 +345,7 @@ def test_malformed_loss_csv_names_file_and_line(tree):
 def test_loss_csv_with_wrong_header_is_an_error(tmp_path):
     path = tmp_path / "x.csv"
     path.write_text("epoch,value\n1,2\n", encoding="utf-8")
-    with pytest.raises(RecordError, match=r"x\.csv:1: expected the header 'step,loss'"):
+    with pytest.raises(RecordError, match=r"x\.csv:1: expected the header 'run,step,loss'"):
         read_loss_csv(path)
 
 
@@ -385,14 +385,14 @@ def test_claims_table_renders_every_verdict(tree):
     s = STATEMENTS
     assert (f"| C1 | gsm8k | {s['C1']} | **holds** | loss(H) − loss(G) = +0.900 [+0.800, +1.000]; "
             "loss(H) − loss(W) = +0.850 [+0.700, +1.000] |") in section
-    assert f"| C2 | gsm8k | {s['C2']} | **holds** | G − H = +12.5 pts [+5.0, +20.0], McNemar p = 0.0123, n = 24 |" in section
+    assert f"| C2 | gsm8k | {s['C2']} | **holds** | G − H = +12.5 pts [+5.0, +20.0], 1 run(s) per arm, n = 24 |" in section
     assert (f"| C3 | gsm8k | {s['C3']} | **contradicted** | W − H = -20.0 pts [-30.0, -10.0], "
-            "McNemar p = 0.001, n = 24 |") in section
+            "1 run(s) per arm, n = 24 |") in section
     assert f"| C4 | gsm8k | {s['C4']} | inconclusive | not measured: no evaluation of H or P |" in section
     assert (f"| C5 | gsm8k | {s['C5']} | inconclusive | mix-0.25 − G = -5.0 pts [-20.0, +10.0], "
-            "McNemar p = 0.5, n = 24, margin ±10 pts |") in section
+            "1 run(s) per arm, n = 24, margin ±10 pts |") in section
     assert (f"| C6 | gsm8k | {s['C6']} | **holds** | slope -25.0 pts per unit fraction [-40.0, -10.0] "
-            "over 0 %, 50 %, 100 % (n = 24) |") in section
+            "over 0 %, 50 %, 100 %, 1 run(s) per set, n = 24 |") in section
 
 
 def test_claims_of_judge_task_render_and_no_claims_no_section(tree):
@@ -414,7 +414,7 @@ def test_claims_of_judge_task_render_and_no_claims_no_section(tree):
         assert c["verdict"] in row
     assert "| C4 | gsm8k |" in section and "not measured: no evaluation of H or P" in section
     # G is 5 problems above the base on the same problems: its Δ column is filled in
-    assert "| G — teacher CoTs with a correct final answer | 25.0 % | [12.0, 44.9] | 33.3 % | 75.0 % | 6 | 24 | +20.8 pts [" in text
+    assert "| G — teacher CoTs with a correct final answer | 25.0 % | [12.0, 44.9] | 33.3 % | 75.0 % | 1 | 24 | +20.8 pts (1 run: no interval) |" in text
     assert "## The paper's claims" not in _build(tree).read_text(encoding="utf-8")
 
 
@@ -483,3 +483,45 @@ def test_data_section_says_when_a_step_set_repeats_a_smaller_k(tree):
     section = _section(_build(tree).read_text(encoding="utf-8"), "## Training data")
     assert "gsm8k step-2: 59 of 71 CoTs have fewer than 2 reasoning steps" in section
     assert "step-1:" not in section
+
+
+def test_runs_are_reported_one_row_each_with_the_variance_and_power(tree):
+    """A set trained three times: the accuracy row is the mean with the run-level interval, the
+    per-run table lists every run, the variance section splits the spread, the power line gives
+    G - H's half-width, and the loss CSV with a run column draws one curve per run."""
+    from cotshape.evaluation.claims import power, variance_breakdown
+    from cotshape.evaluation.evaluate import score, summarize_runs
+
+    ids = [f"p{i:02d}" for i in range(24)]
+
+    def right(k):
+        return {pid: i < k for i, pid in enumerate(ids)}
+
+    def metrics_of(ks):
+        return summarize_runs([score([{"correct": ok, "parsed": True} for ok in right(k).values()]) for k in ks])
+
+    ev_metrics = {"base": metrics_of([1]), "H": metrics_of([3, 5, 4]), "G": metrics_of([9, 12, 15])}
+    for s in ("H", "G"):
+        _write(tree / "metrics" / "eval" / f"gsm8k-{s}.json", ev_metrics[s])
+    (tree / "plots" / "loss" / "gsm8k-G.csv").write_text("run,step,loss\n0,1,1.0\n0,2,0.5\n1,1,1.1\n1,2,0.6\n",
+                                                         encoding="utf-8")
+    evals = {"base": [right(1)], "H": [right(3), right(5), right(4)], "G": [right(9), right(12), right(15)]}
+    claims, cmp = judge_task("gsm8k", evals, None, FRACTIONS, BASE_SET, 0.1, n_boot=200)
+    doc = {"margin": 0.1, "claims": claims,
+           "variance": {"gsm8k": {**variance_breakdown("gsm8k", ev_metrics, claims), "power": power(claims, "gsm8k")}}}
+    text = _build(tree, claims=doc, comparisons={"gsm8k": cmp}).read_text(encoding="utf-8")
+    gsm = _section(text, "## Accuracy")
+    acc = ev_metrics["G"]
+    lo, hi = acc["ci95"]
+    assert f"| G — teacher CoTs with a correct final answer | 50.0 % | [{100 * lo:.1f}, {100 * hi:.1f}] |" in gsm
+    assert acc["ci95_is"].startswith("training runs (3")
+    # the run-level interval is at least as wide as the t-interval over the three runs' accuracies
+    assert hi - lo >= 2 * 4.303 * (3 / 24) / 3 ** 0.5 - 1e-9
+    assert "| G | 0 | 37.5 % |" in text and "| G | 2 | 62.5 % |" in text  # one row per run
+    assert "| G | 1 | 50.0 % | [" in text and "| 12 | +29.2 pts [" in text  # run 1: 12 right, Δ vs H run 1 (5 right)
+    section = _section(text, "## Where the variance comes from")
+    assert "| C2 (G - H) | 3 |" in section and "| accuracy of G | 3 |" in section
+    half = 100 * doc["variance"]["gsm8k"]["power"]["half_width"]
+    assert f"C2 (G − H) is ±{half:.1f} points wide with 3 training runs per arm" in section
+    loss = (tree / "plots" / "summary" / "loss.csv").read_text(encoding="utf-8").splitlines()
+    assert loss[0] == "task,set,run,step,loss" and "gsm8k,G,1,2,0.6" in loss

@@ -353,3 +353,25 @@ def test_random_effects_without_ses_is_the_t_interval():
         stats_mod.random_effects_difference([0.1, 0.2], [SE6])
     with pytest.raises(ValueError):
         stats_mod.random_effects_difference([])
+
+
+def test_variance_components_split_runs_into_test_problems_and_sft():
+    from cotshape.core.stats import variance_components
+
+    # four runs on one draw, spread sd 4.4 points, each run's own se 3 points
+    vc = variance_components([[0.10, 0.20, 0.15, 0.12]], [[0.03 ** 2] * 4])
+    assert vc["within"] == pytest.approx(0.0018916667)
+    assert vc["parts"]["binomial"]["var"] == pytest.approx(0.0009)
+    assert vc["parts"]["sft"]["var"] == pytest.approx(0.0018916667 - 0.0009)
+    assert vc["parts"]["data"] is None and vc["draws"] == 1 and vc["runs"] == [4]
+    # runs that agree more than their own noise allows: no SFT part (truncated at 0)
+    assert variance_components([[0.5, 0.5]], [[0.01, 0.01]])["parts"]["sft"]["var"] == 0.0
+    # three draws far apart: most of the variance is the data draw's
+    vc = variance_components([[0.1, 0.2], [0.3, 0.35], [0.0, 0.05]], [[0.0009] * 2] * 3)
+    assert vc["parts"]["data"]["var"] == pytest.approx(0.0214583333)
+    assert vc["parts"]["data"]["share"] > 0.85
+    assert sum(p["share"] for p in vc["parts"].values()) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="two training runs"):
+        variance_components([[0.1], [0.2]], [[0.01], [0.01]])
+    with pytest.raises(ValueError, match="same shape"):
+        variance_components([[0.1, 0.2]], [[0.01]])

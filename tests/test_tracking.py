@@ -374,7 +374,7 @@ def stage_runs(mlflow_server, tiny_model_dir, tmp_path_factory):
     params["paraphrase"].update(max_new_tokens=8, retries=0)
     params["sample"].update(batch_size=8, k=2, max_new_tokens=8, shots=0, shards=[0])
     params["degrade"].update(flawed_source="corrupt", flawed_fractions=[0.5])
-    params["sft"].update(epochs=1, batch_size=2, max_steps=2, method="lora", dtype="float32")
+    params["sft"].update(runs=2, epochs=1, batch_size=2, max_steps=2, method="lora", dtype="float32")
     params["evaluate"].update(max_new_tokens=8, batch_size=8)
     params["select"].update(max_verifier_errors=1.0)
     params["tracking"].update(experiment=experiment)
@@ -459,7 +459,7 @@ def test_each_stage_execution_is_one_tagged_run(mlflow_server, stage_runs):
     counts = {k: len(v) for k, v in runs.items()}
     print("MLflow runs per stage:", counts)
     assert counts == {"models": 1, "prepare": 1, "sample": 1, "merge_samples": 2, "verify": 1, "select": 1,
-                      "paraphrase": 1, "degrade": 1, "closeness": 1, "sft": 1, "evaluate": 1, "report": 1}
+                      "paraphrase": 1, "degrade": 1, "closeness": 1, "sft": 2, "evaluate": 1, "report": 1}
     (report,) = runs.pop("report")
     assert report.info.status == "FINISHED" and report.data.params["report.n_boot"] == "100"
     assert report.data.tags["claim.gsm8k.C1"] and f"output.{work}/claims.json.md5" in report.data.tags
@@ -467,6 +467,7 @@ def test_each_stage_execution_is_one_tagged_run(mlflow_server, stage_runs):
     (models,) = runs.pop("models")
     assert models.info.status == "FINISHED" and models.data.params["base.student"]
     assert f"output.{work}/models/student.md5" in models.data.tags
+    assert sorted(r.data.tags["run"] for r in runs.pop("sft")) == ["0", "1"]  # one MLflow run per training run
     for stage, (r,) in runs.items():
         assert r.data.tags["task"] == "gsm8k", stage
         assert r.info.status == "FINISHED", stage
@@ -499,21 +500,25 @@ def test_sft_run_params_dataset_and_model_card(mlflow_server, stage_runs):
     from mlflow.tracking import MlflowClient
 
     experiment, work = stage_runs
-    (sft,) = _runs_by_stage(mlflow_server, experiment)["sft"]
-    assert sft.data.tags["set"] == "H" and sft.data.params["sft.max_steps"] == "2"
-    assert sft.data.params["sft.seed"] == sft.data.params["base.seed"]  # the seed SFT really used
-    (ds,) = sft.inputs.dataset_inputs
-    assert ds.dataset.digest == _md5(work / "sets" / "H.jsonl")
-    assert {t.key: t.value for t in ds.tags}["mlflow.data.context"] == "training"
-    assert json.loads((work / "sft-H" / "mlflow_run.json").read_text())["run_id"] == sft.info.run_id
-    # the run file is not part of the result: the output hash leaves it out, like .dvcignore does for DVC
+    runs = sorted(_runs_by_stage(mlflow_server, experiment)["sft"], key=lambda r: r.data.tags["run"])
+    assert [r.info.run_name for r in runs] == ["sft@gsm8k-H-run-0", "sft@gsm8k-H-run-1"]
     from cotshape.tracking.tracker import path_hash
 
-    assert sft.data.tags[f"output.{(work / 'sft-H').as_posix()}.md5"] == path_hash(work / "sft-H")[1]
-    card = (work / "sft-H" / "README.md").read_text()
-    assert "TRL" in card and "sft-H" in card  # TRL's model card, kept
-    artifacts = {a.path for a in MlflowClient(mlflow_server).list_artifacts(sft.info.run_id)}
-    assert {"README.md", "sft.json", "loss.csv"} <= artifacts
+    for r, sft in enumerate(runs):
+        assert sft.data.tags["set"] == "H" and sft.data.params["sft.max_steps"] == "2"
+        # the seed SFT really used: base.sft_seed (null: base.seed) + the run's index
+        assert int(sft.data.params["sft.seed"]) == int(sft.data.params["base.seed"]) + r
+        (ds,) = sft.inputs.dataset_inputs
+        assert ds.dataset.digest == _md5(work / "sets" / "H.jsonl")
+        assert {t.key: t.value for t in ds.tags}["mlflow.data.context"] == "training"
+        folder = work / "sft-H" / f"run-{r}"
+        assert json.loads((folder / "mlflow_run.json").read_text())["run_id"] == sft.info.run_id
+        # the run file is not part of the result: the output hash leaves it out, like .dvcignore does for DVC
+        assert sft.data.tags[f"output.{folder.as_posix()}.md5"] == path_hash(folder)[1]
+        card = (folder / "README.md").read_text()
+        assert "TRL" in card and f"run-{r}" in card  # TRL's model card, kept
+        artifacts = {a.path for a in MlflowClient(mlflow_server).list_artifacts(sft.info.run_id)}
+        assert {"README.md", "train_log.json"} <= artifacts
 
 
 def test_evaluate_run_links_the_sft_run_and_logs_generations(mlflow_server, stage_runs):
@@ -521,8 +526,10 @@ def test_evaluate_run_links_the_sft_run_and_logs_generations(mlflow_server, stag
 
     experiment, work = stage_runs
     runs = _runs_by_stage(mlflow_server, experiment)
-    (ev,), (sft,) = runs["evaluate"], runs["sft"]
-    assert ev.data.tags["cotshape.sft_run_id"] == sft.info.run_id
+    (ev,), sft = runs["evaluate"], sorted(runs["sft"], key=lambda r: r.data.tags["run"])
+    # every training run it evaluated, in run order
+    assert ev.data.tags["cotshape.sft_run_id"] == ",".join(r.info.run_id for r in sft)
+    assert ev.data.tags["runs"] == "2"
     # the README's view: the evaluate runs of one task
     client = MlflowClient(mlflow_server)
     exp = client.get_experiment_by_name(experiment)

@@ -3,7 +3,9 @@
 An SFT output folder (``models/sft/TASK/SET``) holds either a trained model with
 :data:`SFT_MARKER` (how to load it), or only :data:`SKIPPED` (why nothing was trained); the
 MLflow run that trained it is in :data:`SFT_RUN_FILE`; intermediate checkpoints sit in
-``checkpoints/step-N``. Training sets are ``H``, ``G``, ``W``, ``P``, the step-degraded sets
+``checkpoints/step-N``. A set trained ``sft.runs`` times keeps one such folder per training run,
+``models/sft/TASK-SET/run-R`` (R = 0, 1, ...; SFT seed ``base.sft_seed + R``); a skipped set has
+only :data:`SKIPPED` at its top. Training sets are ``H``, ``G``, ``W``, ``P``, the step-degraded sets
 ``step-K`` (K corrupted steps per CoT) and the flawed mixtures ``mix-P`` (a fraction P of the CoTs
 completely flawed). Every module that builds or reads these names uses the functions here.
 """
@@ -26,6 +28,30 @@ CHECKPOINTS = "checkpoints"
 STEP_PREFIX = "step-"
 #: prefix of a flawed-mixture set (``mix-0.25``)
 MIX_PREFIX = "mix-"
+#: prefix of one training run's folder inside a set's SFT folder (``run-0``)
+RUN_PREFIX = "run-"
+
+
+def run_dir(set_dir, run: int):
+    """The folder of training run ``run`` of a set: ``<set_dir>/run-<run>``."""
+    from pathlib import Path
+
+    return Path(set_dir) / f"{RUN_PREFIX}{int(run)}"
+
+
+def run_dirs(set_dir) -> list:
+    """The training-run folders of a set's SFT folder, by run index (``run-0``, ``run-1``, ...);
+    [] when it has none (a skipped set, or no folder)."""
+    from pathlib import Path
+
+    found = []
+    root = Path(set_dir)
+    if root.is_dir():
+        for p in root.iterdir():
+            rest = p.name[len(RUN_PREFIX):]
+            if p.is_dir() and p.name.startswith(RUN_PREFIX) and rest.isdigit():
+                found.append((int(rest), p))
+    return [p for _, p in sorted(found)]
 
 
 def mix_set_name(fraction: float) -> str:

@@ -531,3 +531,47 @@ def random_effects_difference(diffs: Sequence[float], ses: Sequence[float] | Non
                hksj_ci95=[est - h, est + h],
                ci95=[min(est - h, t_ci[0]), max(est + h, t_ci[1])])
     return out
+
+
+def variance_components(groups: Sequence[Sequence[float]],
+                        binomial_vars: Sequence[Sequence[float]]) -> dict:
+    """Where the variance of a run-level number (an accuracy, a paired difference) comes from.
+
+    ``groups[d][r]`` is the number from training run ``r`` on data draw ``d`` (draws: the teacher
+    samples and the G/W draw of one data seed; runs: SFT seeds on that draw); ``binomial_vars``
+    has the same shape and holds each run's squared standard error from its test problems (the
+    Wilson / Newcombe interval: :func:`ci_se` squared). The nested (one-way, then two-level)
+    method-of-moments split, each part truncated at 0:
+
+    * ``binomial``: the mean squared test-problem se (what another draw of test problems moves);
+    * ``sft``: the pooled within-draw variance of the runs minus ``binomial`` (another SFT seed on
+      the same data);
+    * ``data``: the variance of the draw means minus what the within-draw spread puts into a mean
+      of R runs (another data seed); None with one draw.
+
+    Returns each part's variance (``var``), sd and share of their sum, plus ``within`` (the pooled
+    within-draw variance), ``draws`` and ``runs`` (per draw). Needs two runs in some draw."""
+    if len(groups) != len(binomial_vars) or any(
+            len(g) != len(b) for g, b in zip(groups, binomial_vars, strict=True)):
+        raise ValueError("groups and binomial_vars must have the same shape")
+    ss = math.fsum((x - math.fsum(g) / len(g)) ** 2 for g in groups if g for x in g)
+    df = sum(len(g) - 1 for g in groups if g)
+    if df < 1:
+        raise ValueError("variance_components needs two training runs on one data draw")
+    within = ss / df
+    all_b = [float(v) for b in binomial_vars for v in b]
+    binom = math.fsum(all_b) / len(all_b)
+    parts: dict[str, float | None] = {"binomial": binom, "sft": max(0.0, within - binom), "data": None}
+    draws = [g for g in groups if g]
+    if len(draws) >= 2:
+        means = [math.fsum(g) / len(g) for g in draws]
+        grand = math.fsum(means) / len(means)
+        between = math.fsum((m - grand) ** 2 for m in means) / (len(means) - 1)
+        r_harm = len(draws) / math.fsum(1 / len(g) for g in draws)  # runs per draw (harmonic mean)
+        parts["data"] = max(0.0, between - within / r_harm)
+    total = math.fsum(v for v in parts.values() if v is not None)
+    return {
+        "draws": len(draws), "runs": [len(g) for g in draws], "within": within,
+        "parts": {k: None if v is None else {"var": v, "sd": math.sqrt(v), "share": v / total if total > 0 else 0.0}
+                  for k, v in parts.items()},
+    }

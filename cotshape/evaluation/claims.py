@@ -12,7 +12,13 @@ Inputs (all written by earlier stages; nothing here knows about DVC paths):
 Every comparison of two sets is *paired*: both students answered the same test problems, and the
 difference of their accuracies gets Newcombe's paired score 95 % interval and an exact McNemar
 p-value (:mod:`cotshape.core.stats`); closeness differences and the mixture slope get seeded bootstrap
-intervals. A claim is
+intervals. Each set is trained ``sft.runs`` times; a comparison pairs run R of one set with run R
+of the other (the same SFT seed; the untrained student is one run, paired with every run), and
+its ``ci95`` takes the training run as the unit: a random-effects interval over the run-level
+paired differences (:func:`cotshape.core.stats.random_effects_difference`, each run's se from
+its paired interval, never narrower than the t-interval over the runs). With one run per arm there
+is no run-level interval (``ci95`` None): the accuracy claims are then inconclusive and say why. A
+claim is
 
 * ``holds`` when its interval excludes the alternative (for "A > B": the whole interval of
   A - B lies above 0; for "within ±margin": the interval lies inside the margin),
@@ -65,6 +71,51 @@ def correctness(records: Sequence[Mapping[str, Any]], where: str = "evaluation r
     return out
 
 
+def correctness_by_run(records: Sequence[Mapping[str, Any]], where: str = "evaluation records") -> list[dict[str, bool]]:
+    """``[problem_id -> correct]`` per training run (the record's ``run``; none: run 0), by run."""
+    groups: dict[int, list[Mapping[str, Any]]] = {}
+    for i, r in enumerate(records, 1):
+        run = r.get("run", 0)
+        if isinstance(run, bool) or not isinstance(run, int) or run < 0:
+            raise RecordError(f"{where}: record {i}: run must be an integer >= 0, got {run!r}")
+        groups.setdefault(run, []).append(r)
+    if sorted(groups) != list(range(len(groups))):
+        raise RecordError(f"{where}: runs {sorted(groups)} are not 0..{len(groups) - 1}")
+    return [correctness(groups[k], f"{where} (run {k})") for k in sorted(groups)]
+
+
+def paired_runs(a: Sequence[Mapping[str, bool]], b: Sequence[Mapping[str, bool]], seed: int = 0,
+                n_boot: int = 10000) -> dict[str, Any]:
+    """B - A over training runs: run R of A paired with run R of B (a single run, e.g. the
+    untrained student, is paired with every run of the other). Each run's :func:`paired` result is
+    in ``per_run_detail``; ``per_run`` / ``per_run_ci95`` are its differences and intervals;
+    ``diff``, ``ci95`` (None for one run, with ``reason``), ``tau``, ``i2``, ``sd`` and ``t_ci95``
+    are :func:`cotshape.core.stats.random_effects_difference` over the runs; ``runs`` is their
+    number, ``n`` the test problems; ``acc_a`` / ``acc_b`` the mean accuracies."""
+    if not a or not b:
+        raise ValueError("paired_runs needs at least one run on each side")
+    if len(a) != len(b) and 1 not in (len(a), len(b)):
+        raise RecordError(f"paired comparison of {len(a)} against {len(b)} training runs: "
+                          "the arms must have the same number of runs (sft.runs)")
+    k = max(len(a), len(b))
+    detail = [paired(a[r if len(a) > 1 else 0], b[r if len(b) > 1 else 0], seed=seed + r, n_boot=n_boot)
+              for r in range(k)]
+    re = stats.random_effects_difference([d["diff"] for d in detail], [stats.ci_se(d["ci95"]) for d in detail])
+    out = {
+        "runs": k, "n": detail[0]["n"], "diff": re["diff"], "ci95": re["ci95"],
+        "ci95_is": "training runs (random effects over the run-level paired differences)" if k > 1 else
+                   "none: one training run per arm",
+        "acc_a": sum(d["acc_a"] for d in detail) / k, "acc_b": sum(d["acc_b"] for d in detail) / k,
+        "per_run": [d["diff"] for d in detail], "per_run_ci95": [d["ci95"] for d in detail],
+        "per_run_p": [d["p_mcnemar"] for d in detail],
+        "sd": re["sd"], "tau": re["tau"], "i2": re["i2"], "t_ci95": re["t_ci95"],
+        "per_run_detail": detail,
+    }
+    if "reason" in re:
+        out["reason"] = re["reason"]
+    return out
+
+
 def paired(a: Mapping[str, bool], b: Mapping[str, bool], seed: int = 0, n_boot: int = 10000) -> dict[str, Any]:
     """:func:`cotshape.core.stats.paired_accuracy_diff` of B - A on the problems both answered; the
     two must have answered the same problems (a comparison on different problems is not paired)."""
@@ -74,7 +125,9 @@ def paired(a: Mapping[str, bool], b: Mapping[str, bool], seed: int = 0, n_boot: 
     return stats.paired_accuracy_diff([a[i] for i in ids], [b[i] for i in ids], n_boot=n_boot, seed=seed)
 
 
-def _verdict(kind: str, ci95: Sequence[float], margin: float | None = None) -> str:
+def _verdict(kind: str, ci95: Sequence[float] | None, margin: float | None = None) -> str:
+    if ci95 is None:  # one training run: no run-level interval
+        return "inconclusive"
     if kind == "greater":
         return stats.verdict_greater(ci95)
     if kind == "less":
@@ -120,14 +173,18 @@ def judge_task(
 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
     """The claims of one task and every set's paired comparison against H and the base student.
 
-    ``evals`` maps a set name to its ``problem_id -> correct`` (None: not evaluated, e.g. an empty
-    training set). Returns ``(claims, comparisons)`` where ``comparisons[set]`` holds
-    ``vs_base`` and ``vs_H`` (each a :func:`paired` result, B = the set) where both exist.
+    ``evals`` maps a set name to its ``[problem_id -> correct]`` per training run (None: not
+    evaluated, e.g. an empty training set; a plain mapping: one run). Returns ``(claims, comparisons)`` where
+    ``comparisons[set]`` holds ``vs_base`` and ``vs_H`` (each a :func:`paired_runs` result, B = the
+    set) where both exist.
     """
+    # one run given as a plain mapping (problem_id -> correct) is a list of one run
+    evals = {k: [v] if isinstance(v, Mapping) else v for k, v in evals.items()}
+
     def pair(a: str, b: str) -> dict[str, Any] | None:
-        if evals.get(a) is None or evals.get(b) is None:
+        if not evals.get(a) or not evals.get(b):
             return None
-        r = paired(evals[a], evals[b], seed=seed, n_boot=n_boot)  # type: ignore[arg-type]
+        r = paired_runs(evals[a], evals[b], seed=seed, n_boot=n_boot)  # type: ignore[arg-type]
         return {"a": a, "b": b, **r}
 
     comparisons: dict[str, dict[str, Any]] = {}
@@ -151,26 +208,82 @@ def judge_task(
         # the set-vs-H comparison computed above for the tables; not paired a second time
         claims.append(_claim(cid, task, "greater", comparisons.get(s, {}).get("vs_H"), f"no evaluation of H or {s}"))
 
-    curve = [(p, name) for p, name in mixture_sets(fractions, base_set) if evals.get(name) is not None]
+    curve = [(p, name) for p, name in mixture_sets(fractions, base_set) if evals.get(name)]
     at = dict(curve)
     c5 = pair(at[0.0], at[0.25]) if 0.0 in at and 0.25 in at else None
     if c5 is not None:
         c5["margin"] = margin
     claims.append(_claim("C5", task, "equivalent", c5, "no evaluation at 0 % or 25 % flawed"))
-    if len({p for p, _ in curve}) >= 2:
-        ids = sorted(evals[curve[0][1]])  # type: ignore[arg-type]
-        rows = []
-        for _, name in curve:
-            if set(evals[name]) != set(ids):  # type: ignore[arg-type]
-                raise RecordError(f"{task}: {name} was evaluated on other test problems than {curve[0][1]}")
-            rows.append([evals[name][i] for i in ids])  # type: ignore[index]
-        sl = stats.paired_slope(rows, [p for p, _ in curve], n_boot=n_boot, seed=seed)
-        c6 = {"diff": sl["slope"], "ci95": sl["ci95"], "n": sl["n"], "diff_is": "OLS slope of accuracy over p",
-              "fractions": sl["xs"], "accuracies": sl["accuracies"], "sets": [name for _, name in curve]}
-    else:
-        c6 = None
+    c6 = mixture_slope(task, evals, curve, seed=seed, n_boot=n_boot) if len({p for p, _ in curve}) >= 2 else None
     claims.append(_claim("C6", task, "less", c6, "fewer than two points on the mixture curve"))
     return claims, comparisons
+
+
+def mixture_slope(task: str, evals: Mapping[str, Sequence[Mapping[str, bool]] | None],
+                  curve: Sequence[tuple[float, str]], seed: int = 0, n_boot: int = 10000) -> dict[str, Any]:
+    """C6's evidence: per training run R the OLS slope of accuracy over the flawed fraction (run R
+    of every set of the curve, on the same problems; paired bootstrap interval), then the slopes
+    combined over the runs like a paired difference (:func:`paired_runs`)."""
+    names = [name for _, name in curve]
+    k = max(len(evals[n]) for n in names)  # type: ignore[arg-type]
+    if any(len(evals[n]) not in (1, k) for n in names):  # type: ignore[arg-type]
+        raise RecordError(f"{task}: the sets of the mixture curve have different numbers of training runs")
+    ids = sorted(evals[names[0]][0])  # type: ignore[index]
+    per = []
+    for r in range(k):
+        rows = []
+        for name in names:
+            run = evals[name][r if len(evals[name]) > 1 else 0]  # type: ignore[index,arg-type]
+            if set(run) != set(ids):
+                raise RecordError(f"{task}: {name} was evaluated on other test problems than {names[0]}")
+            rows.append([run[i] for i in ids])
+        per.append(stats.paired_slope(rows, [p for p, _ in curve], n_boot=n_boot, seed=seed + r))
+    re = stats.random_effects_difference([sl["slope"] for sl in per], [stats.ci_se(sl["ci95"]) for sl in per])
+    out = {"diff": re["diff"], "ci95": re["ci95"], "n": per[0]["n"], "runs": k,
+           "diff_is": "OLS slope of accuracy over p",
+           "ci95_is": "training runs (random effects over the run-level slopes)" if k > 1 else
+                      "none: one training run per set",
+           "per_run": [sl["slope"] for sl in per], "per_run_ci95": [sl["ci95"] for sl in per],
+           "sd": re["sd"], "tau": re["tau"], "i2": re["i2"], "t_ci95": re["t_ci95"],
+           "fractions": per[0]["xs"], "sets": names,
+           "accuracies": [sum(sl["accuracies"][j] for sl in per) / k for j in range(len(names))]}
+    if "reason" in re:
+        out["reason"] = re["reason"]
+    return out
+
+
+def variance_breakdown(task: str, evals_metrics: Mapping[str, Mapping[str, Any] | None],
+                       claims: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Where the run-to-run variance of this run's numbers comes from, on its one data draw:
+    per set (the accuracy of each training run, its Wilson se) and per accuracy claim (the run-level
+    paired differences, their Newcombe se), :func:`cotshape.core.stats.variance_components` split
+    into test problems (binomial) and SFT seed. The data draw's part needs several data seeds
+    (``cotshape compare`` over ``-S base.data_seed=N`` experiments). Sets and claims with fewer
+    than two runs are left out."""
+    out: dict[str, Any] = {"sets": {}, "claims": {}}
+    for s, m in evals_metrics.items():
+        runs = (m or {}).get("per_run") or []
+        if len(runs) >= 2:
+            out["sets"][s] = stats.variance_components(
+                [[r["accuracy"] for r in runs]], [[stats.ci_se(r["ci95"]) ** 2 for r in runs]])
+    for c in claims:
+        ev = c.get("evidence") or {}
+        if c.get("task") == task and c["id"] in ("C2", "C3", "C4", "C5") and len(ev.get("per_run") or []) >= 2:
+            out["claims"][c["id"]] = stats.variance_components(
+                [list(ev["per_run"])], [[stats.ci_se(ci) ** 2 for ci in ev["per_run_ci95"]]])
+            out["claims"][c["id"]]["contrast"] = f"{ev['b']} - {ev['a']}"
+    return out
+
+
+def power(claims: Sequence[Mapping[str, Any]], task: str, cid: str = "C2") -> dict[str, Any] | None:
+    """The half-width of a claim's run-level 95 % interval (points are fractions here): the
+    smallest difference the run can tell from 0. None without a run-level interval."""
+    for c in claims:
+        ev = c.get("evidence") or {}
+        if c["id"] == cid and c.get("task") == task and ev.get("ci95"):
+            lo, hi = ev["ci95"]
+            return {"claim": cid, "half_width": (hi - lo) / 2, "runs": ev.get("runs")}
+    return None
 
 
 def summary_entry(
@@ -201,6 +314,7 @@ def summary_entry(
         if not m or m.get("skipped"):
             continue
         out.setdefault("n_test", m.get("n"))
+        out.setdefault("runs", m.get("runs", 1))
         lo, hi = m["ci95"]
         e: dict[str, Any] = {"acc": m["accuracy"], "ci": f"[{lo:.3f}, {hi:.3f}]"}
         c = close.get(s)
@@ -226,11 +340,11 @@ def judge_run(
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
     """Judge every task of a run from the files the stages wrote.
 
-    Reads ``eval_dir/{task}-{set}.jsonl`` (evaluation records), ``metrics_dir/eval|closeness|
+    Reads ``eval_dir/{task}-{set}.jsonl`` (evaluation records, ``run`` in each), ``metrics_dir/eval|closeness|
     verify|select/...json`` and the training sets ``sets_dir/{task}/{set}.jsonl`` (restricted to
     ``ids.json`` when present) for the step-level correctness of H, G, W and P. Returns
     ``(claims_doc, summary_doc, comparisons)``: ``claims_doc`` is what ``metrics/claims.json``
-    holds, ``summary_doc`` what ``metrics/summary.json`` holds, ``comparisons[task][set]`` the
+    holds (the claims, and per task the :func:`variance_breakdown` with the :func:`power`), ``summary_doc`` what ``metrics/summary.json`` holds, ``comparisons[task][set]`` the
     paired comparisons against the base student and H.
     """
     from cotshape.core.records import read_ids, read_json, read_jsonl, restrict_to_ids
@@ -245,17 +359,19 @@ def judge_run(
     claims: list[dict[str, Any]] = []
     summary: dict[str, Any] = {}
     comparisons: dict[str, Any] = {}
+    variance: dict[str, Any] = {}
     for t in tasks:
         ev_metrics = {s: optional_json(metrics_dir / "eval" / f"{t}-{s}.json") for s in all_sets}
-        evals: dict[str, dict[str, bool] | None] = {}
+        evals: dict[str, list[dict[str, bool]] | None] = {}
         for s in all_sets:
             m, path = ev_metrics[s], eval_dir / f"{t}-{s}.jsonl"
-            evals[s] = (correctness(read_jsonl(path), str(path))
+            evals[s] = (correctness_by_run(read_jsonl(path), str(path))
                         if m is not None and not m.get("skipped") and path.exists() else None)
         closeness = optional_json(metrics_dir / "closeness" / f"{t}.json")
         task_claims, cmp = judge_task(t, evals, closeness, fractions, base_set, margin, seed=seed, n_boot=n_boot)
         claims += task_claims
         comparisons[t] = cmp
+        variance[t] = {**variance_breakdown(t, ev_metrics, task_claims), "power": power(task_claims, t)}
         ids_path = sets_dir / t / "ids.json"
         ids = read_ids(ids_path) if ids_path.exists() else None
         steps = {}
@@ -269,4 +385,4 @@ def judge_run(
                                    optional_json(metrics_dir / "verify" / f"{t}.json"),
                                    optional_json(metrics_dir / "select" / f"{t}.json"))
         comparisons[t]["_steps"] = steps
-    return {"margin": margin, "claims": claims}, summary, comparisons
+    return {"margin": margin, "claims": claims, "variance": variance}, summary, comparisons

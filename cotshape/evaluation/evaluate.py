@@ -225,3 +225,36 @@ def evaluate(
     metrics = score(out, code=is_code_task(task))
     metrics.update(scoring=scoring, prompt_format=prompt_format, max_new_tokens=max_new_tokens)
     return out, metrics
+
+
+def summarize_runs(per_run: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The metrics of a set evaluated once per training run (``per_run``: :func:`score` of each).
+
+    ``accuracy``, ``accuracy_parsed``, ``parse_rate`` (and ``pass@1``) are means over the runs;
+    ``ci95`` is the interval of the set's accuracy with the training run as the unit
+    (:func:`cotshape.core.stats.random_effects_difference` over the runs' accuracies with their
+    Wilson standard errors: never narrower than the t-interval over the runs), ``ci95_is`` says
+    so; with one run it is that run's Wilson interval, and ``ci95_is`` says it covers the test
+    problems only. ``runs`` is the number of runs, ``per_run`` their metrics."""
+    from cotshape.core.stats import ci_se, random_effects_difference
+
+    if not per_run:
+        raise ValueError("summarize_runs: no runs")
+    runs = len(per_run)
+    out: dict[str, Any] = {"runs": runs, "n": per_run[0]["n"]}
+    for key in ("accuracy", "accuracy_parsed", "parse_rate", "pass@1"):
+        if all(key in m for m in per_run):
+            out[key] = sum(m[key] for m in per_run) / runs
+    for key in ("scoring", "prompt_format", "max_new_tokens", "backend"):
+        if key in per_run[0]:
+            out[key] = per_run[0][key]
+    out["no_parsed_answers"] = all(m.get("no_parsed_answers") for m in per_run)
+    if runs == 1:
+        out["ci95"], out["ci95_is"] = per_run[0]["ci95"], "test problems (one training run)"
+    else:
+        re = random_effects_difference([m["accuracy"] for m in per_run], [ci_se(m["ci95"]) for m in per_run])
+        out["ci95"] = [max(0.0, re["ci95"][0]), min(1.0, re["ci95"][1])]
+        out["ci95_is"] = f"training runs ({runs}; random effects, test-problem noise included)"
+        out["run_sd"] = re["sd"]
+    out["per_run"] = [dict(m) for m in per_run]
+    return out

@@ -464,6 +464,14 @@ def _task_table(members: Sequence[Experiment], task: str) -> dict[str, Any]:
     return out
 
 
+def _seed_evidence(ev: Any) -> Any:
+    """One seed's evidence as a difference with an interval: its run-level ``ci95`` when it
+    trained several runs per arm; with one run (``ci95`` None) that run's own paired interval."""
+    if isinstance(ev, dict) and ev.get("ci95") is None and len(ev.get("per_run_ci95") or []) == 1:
+        return {**ev, "diff": ev["per_run"][0], "ci95": ev["per_run_ci95"][0]}
+    return ev
+
+
 def _evidence_ok(ev: Any) -> bool:
     if not isinstance(ev, dict):
         return False
@@ -507,7 +515,7 @@ def _pool(evidences: Sequence[Any], kind: str, margin: float | None) -> dict[str
     secondary ``fixed`` entry."""
     from cotshape.core import stats
 
-    ok = [ev for ev in evidences if _evidence_ok(ev)]
+    ok = [ev for ev in map(_seed_evidence, evidences) if _evidence_ok(ev)]
     if not ok:
         return {"diff": None, "ci95": None, "k": 0, "n": 0, "verdict": NA}
     diffs = [float(ev["diff"]) for ev in ok]
@@ -516,6 +524,23 @@ def _pool(evidences: Sequence[Any], kind: str, margin: float | None) -> dict[str
     p.update(n=fe["n"], per_seed_ci95=[list(ev["ci95"]) for ev in ok],
              fixed={**fe, "verdict": _verdict(kind, fe["ci95"], margin)})
     return p
+
+
+def _variance(evidences: Sequence[Any]) -> dict[str, Any] | None:
+    """The variance of a claim's run-level difference split into data draw (between seeds), SFT
+    seed (between the runs of a seed) and test problems (each run's own se):
+    :func:`cotshape.core.stats.variance_components` over the seeds' ``per_run`` differences. None
+    when no seed kept two runs."""
+    from cotshape.core import stats
+
+    groups, ses = [], []
+    for ev in evidences:
+        if isinstance(ev, dict) and ev.get("per_run") and len(ev.get("per_run_ci95") or []) == len(ev["per_run"]):
+            groups.append([float(x) for x in ev["per_run"]])
+            ses.append([stats.ci_se(ci) ** 2 for ci in ev["per_run_ci95"]])
+    if not any(len(g) >= 2 for g in groups):
+        return None
+    return stats.variance_components(groups, ses)
 
 
 def _combine_parts(verdicts: Sequence[str]) -> str:
@@ -562,6 +587,7 @@ def _claims_table(members: Sequence[Experiment]) -> list[dict[str, Any]]:
                              "k": max(p["k"] for p in parts.values())}
         else:
             row["pooled"] = _pool(evs, kind, margin)
+            row["variance"] = _variance(evs)
         out.append(row)
     out.sort(key=lambda r: (str(r["task"]), _claim_sort_key(r["id"])))
     return out
@@ -790,6 +816,23 @@ def render_markdown(result: dict[str, Any]) -> str:
                              "holds / contradicted / inconclusive", "runs pooled: diff [95 % CI]",
                              "pooled verdict", "fixed effect (secondary)"],
                             rows))
+        vrows = []
+        for c in g["claims"]:
+            vc = c.get("variance")
+            if not vc:
+                continue
+            cell = {k: DASH if v is None else f"{100 * v['sd']:.1f} ({100 * v['share']:.0f} %)"
+                    for k, v in vc["parts"].items()}
+            vrows.append([c["id"], str(c["task"] or DASH), str(vc["draws"]), "/".join(map(str, vc["runs"])),
+                          cell["data"], cell["sft"], cell["binomial"]])
+        if vrows:
+            parts += ["", "### Where the variance of each claim's difference comes from", "",
+                      "sd in points (share of the variance): *data draw* between the seeds' mean differences "
+                      "beyond what their runs' spread explains, *SFT seed* between the runs of one seed beyond "
+                      "their test-problem noise, *test problems* each run's own Newcombe se "
+                      "(cotshape.core.stats.variance_components; each part truncated at 0).", "",
+                      _table(["claim", "task", "data draws", "runs per draw", "data draw", "SFT seed",
+                              "test problems"], vrows)]
     parts += render_students(result.get("students") or {})
     return "\n".join(parts) + "\n"
 

@@ -87,25 +87,30 @@ def _read_optional(path: Path) -> dict[str, Any] | None:
     return obj
 
 
-def read_loss_csv(path: str | os.PathLike) -> list[tuple[float, float]] | None:
-    """``(step, loss)`` pairs of a loss log (header ``step,loss``), or None when it is missing."""
+def read_loss_csv(path: str | os.PathLike) -> list[list[tuple[float, float]]] | None:
+    """The loss curve of every training run of a set, ``[[(step, loss), ...] per run]``, from a loss
+    log with the header ``run,step,loss`` (or ``step,loss``: one run); None when it is missing."""
     path = Path(path)
     if not path.exists():
         return None
-    rows: list[tuple[float, float]] = []
+    runs: dict[int, list[tuple[float, float]]] = {}
     with open(path, encoding="utf-8", newline="") as fh:
         reader = csv.reader(fh)
-        header = next(reader, None)
-        if header is None or [h.strip() for h in header[:2]] != ["step", "loss"]:
-            raise RecordError(f"{path}:1: expected the header 'step,loss', got {','.join(header or [])!r}")
+        header = [h.strip() for h in next(reader, None) or []]
+        if header not in (["run", "step", "loss"], ["step", "loss"]):
+            raise RecordError(f"{path}:1: expected the header 'run,step,loss', got {','.join(header)!r}")
+        with_run = header[0] == "run"
         for lineno, row in enumerate(reader, 2):
             if not row or not "".join(row).strip():
                 continue
             try:
-                rows.append((float(row[0]), float(row[1])))
+                run = int(row[0]) if with_run else 0
+                runs.setdefault(run, []).append((float(row[-2]), float(row[-1])))
+                if len(row) != len(header):
+                    raise ValueError
             except (ValueError, IndexError):
-                raise RecordError(f"{path}:{lineno}: expected 'step,loss' numbers, got {','.join(row)!r}") from None
-    return rows
+                raise RecordError(f"{path}:{lineno}: expected {','.join(header)!r} numbers, got {','.join(row)!r}") from None
+    return [runs[r] for r in sorted(runs)]
 
 
 class _Metrics:
@@ -195,9 +200,12 @@ def _set_label(s: str) -> str:
 
 # ---- tables -----------------------------------------------------------------------------
 def _pts(d: dict[str, Any] | None) -> str:
-    """A paired difference as ``+3.0 pts [-2.5, +8.5]``."""
+    """A paired difference as ``+3.0 pts [-2.5, +8.5]`` (the interval over the training runs;
+    one run: no interval)."""
     if not d:
         return DASH
+    if not d.get("ci95"):
+        return f"{100 * d['diff']:+.1f} pts (1 run: no interval)"
     lo, hi = d["ci95"]
     return f"{100 * d['diff']:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
@@ -236,15 +244,20 @@ def _accuracy_section(m: _Metrics, tasks: Sequence[str], sets: Sequence[str],
     parts = [
         "## Accuracy (greedy decoding on the test problems)",
         "",
-        "95 % intervals: Wilson for an accuracy; for a difference, Newcombe's paired score interval "
-        "(both students answered the same test problems).",
+        "Each set was trained several times (`sft.runs`, SFT seeds base.sft_seed + R) and every run was "
+        "evaluated on the same test problems. *accuracy* is the mean over the runs; its 95 % interval "
+        "covers another training run on another draw of test problems (random effects over the runs, "
+        "Wilson se per run; the untrained base student is one run: Wilson). A Δ is paired: run R of one "
+        "set against run R of the other on the same problems; its interval covers another pair of "
+        "training runs (random effects over the run-level Newcombe differences). The per-run table "
+        "below lists every run.",
         "",
     ]
     for t in tasks:
         rows_sets = [BASE_SET, *sets]
         cmp = (comparisons or {}).get(t, {})
         has_pass = any(m.eval_value(t, s, "pass@1") is not None for s in rows_sets)
-        header = ["set", "accuracy", "95 % CI", "accuracy (parsed)", "parse rate", "correct", "n",
+        header = ["set", "accuracy", "95 % CI", "accuracy (parsed)", "parse rate", "runs", "n",
                   "Δ vs base [95 % CI]", "Δ vs H [95 % CI]"]
         if has_pass:
             header.insert(4, "pass@1")
@@ -263,7 +276,7 @@ def _accuracy_section(m: _Metrics, tasks: Sequence[str], sets: Sequence[str],
                 _ci(ev),
                 _pct(g("accuracy_parsed")) + (" (none parsed)" if g("no_parsed_answers") is True else ""),
                 _pct(g("parse_rate")),
-                _int(g("n_correct")),
+                _int(g("runs") or (1 if ev else None)),
                 _int(g("n")),
                 _pts(c.get("vs_base")),
                 _pts(c.get("vs_H")),
@@ -272,7 +285,27 @@ def _accuracy_section(m: _Metrics, tasks: Sequence[str], sets: Sequence[str],
                 row.insert(4, _pct(g("pass@1")))
             rows.append(row)
         parts += [f"### {t}", "", _table(header, rows), ""]
+        parts += _per_run_table(m, t, rows_sets, cmp)
     return "\n".join(parts)
+
+
+def _per_run_table(m: _Metrics, task: str, sets: Sequence[str], cmp: dict[str, Any]) -> list[str]:
+    """One row per training run of each set: its accuracy [Wilson] and its paired Δ vs H
+    [Newcombe], the test-problem intervals of that one run."""
+    rows = []
+    for s in sets:
+        runs = m.eval_value(task, s, "per_run") or []
+        vs_h = (cmp.get(s) or {}).get("vs_H") or {}
+        for r, ev in enumerate(runs):
+            d = (vs_h.get("per_run") or [])[r:r + 1]
+            ci = (vs_h.get("per_run_ci95") or [])[r:r + 1]
+            delta = (f"{100 * d[0]:+.1f} pts [{100 * ci[0][0]:+.1f}, {100 * ci[0][1]:+.1f}]" if d and ci else DASH)
+            rows.append([s, str(r), _pct(ev.get("accuracy")), _ci(ev), _int(ev.get("n_correct")), delta])
+    if not rows:
+        return []
+    return ["Per training run (each run's own 95 % intervals: Wilson; Δ vs H paired with H's run of the same "
+            "index, Newcombe):", "",
+            _table(["set", "run", "accuracy", "95 % CI", "correct", "Δ vs H [95 % CI]"], rows), ""]
 
 
 _VERDICT_MARK = {"holds": "**holds**", "contradicted": "**contradicted**", "inconclusive": "inconclusive"}
@@ -288,12 +321,16 @@ def _evidence_text(c: dict[str, Any]) -> str:
             lo, hi = part["ci95"]
             bits.append(f"loss(H) − loss({name}) = {part['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}]")
         return "; ".join(bits)
-    lo, hi = ev["ci95"]
+    interval = (f"[{100 * ev['ci95'][0]:+.1f}, {100 * ev['ci95'][1]:+.1f}]" if ev.get("ci95")
+                else f"(no interval: {ev.get('reason', 'one training run')})")
+    runs = ev.get("runs", 1)
+    per_run = ", ".join(f"{100 * d:+.1f}" for d in ev.get("per_run") or [])
+    spread = (f"; per run: {per_run}" + (f"; τ = {100 * ev['tau']:.1f} pts" if ev.get("tau") is not None else "")
+              if runs > 1 else "")
     if c["id"] == "C6":
-        return (f"slope {100 * ev['diff']:+.1f} pts per unit fraction [{100 * lo:+.1f}, {100 * hi:+.1f}] "
-                f"over {', '.join(f'{100 * p:g} %' for p in ev['fractions'])} (n = {ev['n']})")
-    text = (f"{ev['b']} − {ev['a']} = {100 * ev['diff']:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}], "
-            f"McNemar p = {ev['p_mcnemar']:.3g}, n = {ev['n']}")
+        return (f"slope {100 * ev['diff']:+.1f} pts per unit fraction {interval} over "
+                f"{', '.join(f'{100 * p:g} %' for p in ev['fractions'])}, {runs} run(s) per set, n = {ev['n']}{spread}")
+    text = f"{ev['b']} − {ev['a']} = {100 * ev['diff']:+.1f} pts {interval}, {runs} run(s) per arm, n = {ev['n']}{spread}"
     if c["kind"] == "equivalent":
         text += f", margin ±{100 * ev['margin']:g} pts"
     return text
@@ -307,10 +344,53 @@ def _claims_section(claims: dict[str, Any]) -> str:
         "",
         "A claim *holds* when the 95 % interval of its difference excludes the alternative, is "
         "*contradicted* when the interval excludes the claim, and is *inconclusive* otherwise (a tie, "
-        "or too few test problems to tell). The numbers are also in `metrics/claims.json`.",
+        "or too few runs or test problems to tell). The accuracy claims (C2-C6) are about training on a "
+        "set, so their interval takes the training run as the unit: it covers another set of SFT runs "
+        "on this run's data and another draw of test problems, not another draw of teacher data (that "
+        "needs `cotshape compare` over data seeds). C1's interval covers another draw of training "
+        "examples for the same student (bootstrap). The numbers are also in `metrics/claims.json`.",
         "",
         _table(["claim", "task", "statement", "verdict", "evidence (95 % CI)"], rows, "lllll"),
         "",
+    ])
+
+
+def _variance_section(claims: dict[str, Any] | None) -> str:
+    """Where the run-to-run variance comes from (:func:`cotshape.evaluation.claims.variance_breakdown`)
+    and the power of the run: the half-width of G - H's run-level interval."""
+    variance = (claims or {}).get("variance") or {}
+    parts = []
+    for t, v in variance.items():
+        rows = []
+        for kind, items in (("claim", v.get("claims") or {}), ("set", v.get("sets") or {})):
+            for name, vc in items.items():
+                b, sft = vc["parts"]["binomial"], vc["parts"]["sft"]
+                label = f"{name} ({vc['contrast']})" if kind == "claim" else f"accuracy of {name}"
+                rows.append([label, _int(vc["runs"][0]), f"{100 * math.sqrt(vc['within']):.1f}",
+                             f"{100 * b['sd']:.1f}", f"{100 * sft['sd']:.1f}", f"{100 * sft['share']:.0f} %"])
+        pw = v.get("power")
+        if not rows and not pw:
+            continue
+        parts += [f"### {t}", ""]
+        if rows:
+            parts += [_table(["number", "runs", "sd over runs (pts)", "test problems: sd (pts)", "SFT seed: sd (pts)",
+                              "SFT share of the variance"], rows), ""]
+        if pw:
+            parts += [f"Power: the run-level 95 % interval of {pw['claim']} (G − H) is ±{100 * pw['half_width']:.1f} "
+                      f"points wide with {pw['runs']} training runs per arm: a smaller true difference cannot be "
+                      "told from 0 by this run.", ""]
+    if not parts:
+        return ""
+    return "\n".join([
+        "## Where the variance comes from",
+        "",
+        "The spread of each number over this run's training runs, split (method of moments, "
+        "`cotshape.core.stats.variance_components`) into the test problems (the mean squared Wilson or "
+        "Newcombe se of a run) and the SFT seed (the rest of the spread between runs, truncated at 0). "
+        "All runs share one data draw, so the data seed's part is not in these numbers: "
+        "`cotshape compare` over `-S base.data_seed=N` experiments measures it.",
+        "",
+        *parts,
     ])
 
 
@@ -471,7 +551,7 @@ def _headlines(m: _Metrics, tasks: Sequence[str], sets: Sequence[str],
             """Sets whose paired interval against ``key`` lies wholly above (side 1) or below (-1) 0."""
             out = []
             for s in scored:
-                lo, hi = (cmp.get(s, {}).get(key) or {}).get("ci95", [0.0, 0.0])
+                lo, hi = (cmp.get(s, {}).get(key) or {}).get("ci95") or [0.0, 0.0]
                 if (side > 0 and lo > 0) or (side < 0 and hi < 0):
                     out.append(s)
             return out
@@ -481,7 +561,7 @@ def _headlines(m: _Metrics, tasks: Sequence[str], sets: Sequence[str],
         lines.append(
             f"- **{t}**: {base_txt}; above the base student beyond noise: {', '.join(up) or 'none'}; "
             f"above H: {', '.join(up_h) or 'none'}; below H: {', '.join(down_h) or 'none'} "
-            f"(paired 95 % intervals; the others are ties)."
+            f"(paired 95 % intervals over the training runs; the others are ties)."
         )
     return lines
 
@@ -606,7 +686,14 @@ def _plot_accuracy(m: _Metrics, tasks: Sequence[str], sets: Sequence[str], path:
                             if isinstance(ci, list) and len(ci) == 2 else (0.0, 0.0))
             any_data |= bool(ys)
             bars = ax.bar(xs, ys, width=width, color=colors[s], edgecolor="white", linewidth=0.5)
-            if key == "accuracy" and ys:  # the Wilson 95 % interval of each bar
+            for i, t in enumerate(tasks):  # one dot per training run
+                runs = [_num(r.get(key)) for r in m.eval_value(t, s, "per_run") or []]
+                runs = [100 * v for v in runs if v is not None]
+                if len(runs) > 1:
+                    x = i - 0.4 + width * (j + 0.5)
+                    ax.scatter([x] * len(runs), runs, s=9, color="0.1", zorder=3, linewidths=0)
+                    all_ys.extend(runs)
+            if key == "accuracy" and ys:  # the 95 % interval of each bar (training runs as the unit)
                 ax.errorbar(xs, ys, yerr=[[e[0] for e in errs], [e[1] for e in errs]], fmt="none",
                             ecolor="0.2", elinewidth=0.8, capsize=2)
                 all_ys.extend(y + e[1] for y, e in zip(ys, errs, strict=True))
@@ -627,7 +714,7 @@ def _plot_accuracy(m: _Metrics, tasks: Sequence[str], sets: Sequence[str], path:
     # explicit handles: a set with no bars at all would otherwise get a default-coloured entry
     handles = [Patch(facecolor=colors[s], label=s) for s in rows_sets]
     axes[1].legend(handles=handles, title="training set", loc="upper left", bbox_to_anchor=(1.01, 1), fontsize="small")
-    fig.suptitle("Student accuracy per training set (greedy, test problems)")
+    fig.suptitle("Student accuracy per training set: mean over runs, a dot per run, 95 % CI over runs")
     _save_png(fig, path)
 
 
@@ -681,11 +768,12 @@ def _plot_losses(m: _Metrics, tasks: Sequence[str], trained: Sequence[str], path
     for ax, t in zip(axes, tasks, strict=True):
         drawn = False
         for s in trained:
-            pts = m.loss.get((t, s))
-            if pts:
-                drawn = True
-                steps, losses = zip(*pts, strict=True)
-                ax.plot(steps, losses, color=colors[s], label=s, linewidth=1.5, marker="." if len(pts) < 30 else None)
+            for r, pts in enumerate(m.loss.get((t, s)) or []):  # one line per training run
+                if pts:
+                    drawn = True
+                    steps, losses = zip(*pts, strict=True)
+                    ax.plot(steps, losses, color=colors[s], label=s if r == 0 else None, linewidth=1.2,
+                            alpha=0.8, marker="." if len(pts) < 30 else None)
         if not drawn:
             _no_data(ax, "loss logs")
         from matplotlib.ticker import MaxNLocator
@@ -703,7 +791,7 @@ def _plot_losses(m: _Metrics, tasks: Sequence[str], trained: Sequence[str], path
                 labels.append(lab)
     if handles:
         fig.legend(handles, labels, title="training set", loc="outside right upper", fontsize="small")
-    fig.suptitle("SFT loss curves per training set")
+    fig.suptitle("SFT loss curves per training set (one line per training run)")
     _save_png(fig, path)
 
 
@@ -755,8 +843,8 @@ def summary_csvs(m: _Metrics, tasks: Sequence[str], trained: Sequence[str],
     """The long-format tables behind dvc.yaml's top-level plots (``plots/summary/``), one row per
     task and set, so a plot overlays every set of a task whatever the tasks and fractions:
 
-    * ``loss.csv``: task, set, step, loss (every SFT loss curve);
-    * ``accuracy.csv``: task, set, accuracy (%), lo, hi (Wilson 95 %), label; a set without a
+    * ``loss.csv``: task, set, run, step, loss (every SFT loss curve of every training run);
+    * ``accuracy.csv``: task, set, accuracy (%, mean over the runs), lo, hi (95 %, runs as the unit), label; a set without a
       result gets an empty accuracy and the label ``n/a`` (drawn as text, not as a 0 bar);
     * ``closeness.csv``: task, set, loss (the untrained student's loss per token), lo, hi, label;
     * ``mixture.csv``: task, fraction, accuracy, lo, hi (the 0 point is the base set).
@@ -764,8 +852,9 @@ def summary_csvs(m: _Metrics, tasks: Sequence[str], trained: Sequence[str],
     loss_rows, acc_rows, close_rows, mix_rows = [], [], [], []
     for t in tasks:
         for s in trained:
-            for step, loss in m.loss.get((t, s)) or []:
-                loss_rows.append([t, s, int(step) if float(step).is_integer() else step, _r(loss)])
+            for r, curve_ in enumerate(m.loss.get((t, s)) or []):
+                for step, loss in curve_:
+                    loss_rows.append([t, s, r, int(step) if float(step).is_integer() else step, _r(loss)])
         for s in [BASE_SET, *trained]:
             res = m.eval_interval(t, s)
             if res is None:
@@ -789,7 +878,7 @@ def summary_csvs(m: _Metrics, tasks: Sequence[str], trained: Sequence[str],
                 acc, lo, hi = res
                 mix_rows.append([t, float(p), _r(acc), _r(lo), _r(hi)])
     return {
-        "loss.csv": _csv(["task", "set", "step", "loss"], loss_rows),
+        "loss.csv": _csv(["task", "set", "run", "step", "loss"], loss_rows),
         "accuracy.csv": _csv(["task", "set", "accuracy", "lo", "hi", "label"], acc_rows),
         "closeness.csv": _csv(["task", "set", "loss", "lo", "hi", "label"], close_rows),
         "mixture.csv": _csv(["task", "fraction", "accuracy", "lo", "hi"], mix_rows),
@@ -848,7 +937,7 @@ def build_report(
         intro += [f"- **{k}**: {v}" for k, v in context.items()] + [""]
     intro += [*notes, ""] if notes else []
     if claims:
-        intro += [_claims_section(claims)]
+        intro += [_claims_section(claims), _variance_section(claims)]
     intro += ["**Headlines**", "", *_headlines(m, tasks, trained, comparisons), "", "![accuracy](accuracy.png)", ""]
 
     sections = [

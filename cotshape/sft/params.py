@@ -26,6 +26,10 @@ _PRECISIONS = ("amp", "bf16")
 class SFTParams:
     """The ``sft:`` section of params.yaml (plus ``seed``, taken from ``base.seed``)."""
 
+    runs: int = _f(4, "training runs per set (the unit of replication of every accuracy claim): run R trains "
+                   "with SFT seed base.sft_seed + R into <out>/run-R, all in one process; every run is evaluated "
+                   "and a claim's interval is taken over the runs (1: no run-level interval, so no accuracy "
+                   "claim can hold or be contradicted)", min=1, max=1000)
     method: str = _f("lora", "lora (peft adapters on attention + MLP projections) | full (all weights)")
     epochs: float = _f(2.0, "passes over the training set (fractions allowed)", max=10_000)
     learning_rate: float = _f(2e-4, "peak AdamW learning rate (linear decay after warmup)")
@@ -72,7 +76,7 @@ class SFTParams:
         for key in ("gradient_checkpointing", "padding_free"):
             if not isinstance(getattr(self, key), bool):
                 raise bad(key, "true or false")
-        ints = ("batch_size", "max_length", "lora_r", "lora_alpha", "num_processes",
+        ints = ("runs", "batch_size", "max_length", "lora_r", "lora_alpha", "num_processes",
                 "num_machines", "logging_steps") + (() if self.grad_accum == "auto" else ("grad_accum",))
         for key in ints:
             value = getattr(self, key)
