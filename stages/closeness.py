@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cotshape.core.artifacts import set_sort_key
 from cotshape.core.records import read_ids, read_json, read_jsonl, restrict_to_ids, write_json
 from cotshape.pipeline.stage import dvc_params, params, stage_main
 
@@ -37,8 +38,11 @@ def main(argv: list[str] | None = None) -> None:
 
     prompt_kw = prompt_format_kwargs(p.base.prompt_format, args.task, args.problems)
     # H, G, W, P; the step-degraded sets (step/step-K.jsonl, K in order) and the mixtures
-    steps = sorted((sets_dir / "step").glob("step-*.jsonl"), key=lambda f: int(f.stem[5:]) if f.stem[5:].isdigit() else 0)
-    files = sorted(sets_dir.glob("*.jsonl")) + steps + sorted((sets_dir / "mix").glob("*.jsonl"))
+    def by_set(f: Path):  # step-K by K, mix-p by the fraction (cotshape.core.artifacts)
+        return set_sort_key(f.stem, ())
+
+    steps = sorted((sets_dir / "step").glob("step-*.jsonl"), key=by_set)
+    files = sorted(sets_dir.glob("*.jsonl")) + steps + sorted((sets_dir / "mix").glob("*.jsonl"), key=by_set)
     # score every set on the problems it is compared on (select's ids.json), as SFT trains on them
     ids = read_ids(sets_dir / "ids.json") if (sets_dir / "ids.json").exists() else None
     result, empty = {}, {}

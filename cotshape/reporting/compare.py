@@ -61,8 +61,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cotshape.core.artifacts import set_sort_key
 from cotshape.core.errors import InputError
 from cotshape.core.records import write_json, write_text
+from cotshape.reporting.formatting import DASH, NA, markdown_table
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +80,6 @@ SET_FIELDS = ("acc", "d_base", "loss")
 SET_BOUNDS = ("lo", "hi")
 SET_ORDER = ("base", "H", "G", "W", "P", "step")
 VERDICTS = ("holds", "contradicted", "inconclusive")
-NA = "n/a"
-DASH = "—"
 
 POOLING_NOTE = (
     "Accuracies: mean ± sample sd (ddof 1) over the experiments of a group, with min, max and k "
@@ -419,16 +419,9 @@ def aggregate(values: Sequence[float | None]) -> dict[str, Any]:
 
 
 def _set_sort_key(s: str) -> tuple[int, float, str]:
-    if s in SET_ORDER:
-        return (0, float(SET_ORDER.index(s)), "")
-    if s.startswith("step-") and s[5:].isdigit():  # degrade.step_k: after "step", by k
-        return (0, len(SET_ORDER) - 1 + int(s[5:]) / 1000, "")
-    if s.startswith("mix-"):
-        try:
-            return (1, float(s[4:]), "")
-        except ValueError:
-            pass
-    return (2, 0.0, s)
+    """The order of the sets in the tables: SET_ORDER, step-K right after "step" by K, then the
+    mixtures by fraction, then the rest by name (:func:`cotshape.core.artifacts.set_sort_key`)."""
+    return set_sort_key(s, SET_ORDER)
 
 
 def _num_or_none(x: Any) -> float | None:
@@ -729,9 +722,7 @@ def _fixed_cell(p: dict[str, Any]) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    return markdown_table(header, rows, "l" * len(header))
 
 
 def _seed_label(e: dict[str, Any]) -> str:

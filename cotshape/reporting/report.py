@@ -34,13 +34,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cotshape.core.artifacts import parse_set_name
 from cotshape.core.config import set_name
 from cotshape.core.records import RecordError, atomic_path, read_json, write_text
-
-DASH = "—"
-#: shown for a set whose stage ran but had nothing to do (an empty training set is recorded
-#: as ``{"skipped": 1}`` by the sft and evaluate stages)
-NA = "n/a"
+from cotshape.reporting.formatting import DASH, NA
+from cotshape.reporting.formatting import markdown_table as _table
 BASE_SET = "base"
 
 #: what each training set is, for the table captions and the how-to-read note
@@ -69,6 +67,13 @@ HOW_TO_READ = """\
 - **Closeness.** The untrained student's mean per-token loss on each training set (lower =
   closer to what the student would write itself) and the first SFT losses. The paper's
   evidence: model-written sets (G, W, P) sit lower than H.
+- **What each interval covers.** An accuracy's interval: another training run of that set,
+  scored on another draw of test problems (runs as the unit; the untrained student: test
+  problems only). A Δ between two sets and each claim's interval (C2-C6): another pair of
+  training runs on the same teacher data, scored on another draw of test problems. A closeness
+  interval (C1): another draw of the set's training examples, for the same untrained student.
+  None of them covers another draw of teacher samples (`base.data_seed`): `cotshape compare`
+  over data seeds does.
 - **Two accuracies.** *accuracy* = correct / all test problems; *accuracy (parsed)* =
   correct / answers that parsed, the definition of the paper's released scripts (they drop
   unparsed answers). A big gap means the student often fails to give a final answer at all.
@@ -176,24 +181,12 @@ def _int(x: Any) -> str:
     return DASH if v is None else f"{int(v):d}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: str | None = None) -> str:
-    """A GitHub-flavoured markdown table; ``align`` is one of l/r per column (default: first
-    column left, the rest right, because they hold numbers)."""
-    align = align or "l" + "r" * (len(header) - 1)
-    sep = ["---:" if a == "r" else "---" for a in align]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
-
-
 def _set_label(s: str) -> str:
-    if s.startswith("mix-"):
-        try:
-            return f"{s} ({100 * float(s[4:]):g} % flawed)"
-        except ValueError:
-            return s
-    if s.startswith("step-") and s[5:].isdigit():  # degrade.step_k: one set per k
-        k = int(s[5:])
+    parsed = parse_set_name(s)
+    if parsed.kind == "mix":
+        return f"{s} ({100 * parsed.value:g} % flawed)"
+    if parsed.kind == "step":  # degrade.step_k: one set per k
+        k = parsed.value
         return f"{s} — {SET_DESCRIPTIONS['step']} ({k} step{'s' if k != 1 else ''} per CoT)"
     return s
 
@@ -513,7 +506,8 @@ def _data_section(m: _Metrics, tasks: Sequence[str]) -> str:
         deg = m.degrade[t] or {}
         size, short = deg.get("size"), deg.get("fewer_steps_than_k") or {}
         for name, n in short.items():
-            k = name[5:] if name.startswith("step-") else name
+            parsed = parse_set_name(name)
+            k = parsed.value if parsed.kind == "step" else name
             if n and size:
                 notes.append(f"- {t} {name}: {n} of {size} CoTs have fewer than {k} reasoning steps, so all of "
                              "their steps are corrupted: for them this set holds the same text as at the next "
@@ -630,11 +624,11 @@ def _set_colors(sets: Sequence[str]) -> dict[str, Any]:
     flawed), tab10 for any other set."""
     from matplotlib import colormaps
 
-    mixes = [s for s in sets if s.startswith("mix-")]
+    mixes = [s for s in sets if parse_set_name(s).kind == "mix"]
     seq, other = colormaps["viridis"], colormaps["tab10"]
     colors: dict[str, Any] = {}
     k = 0
-    steps = [s for s in sets if s.startswith("step-")]
+    steps = [s for s in sets if parse_set_name(s).kind == "step"]
     for s in sets:
         if s in _SET_PALETTE:
             colors[s] = _SET_PALETTE[s]
