@@ -283,7 +283,7 @@ def compare(
     json_file: Annotated[Path | None, typer.Option("--json", help="a saved `dvc exp show --json` "
                                                    "to read instead of running dvc")] = None,
     ignore: Annotated[list[str] | None, typer.Option(help="param that may differ within a group "
-                                                     "(repeatable; default: base.seed)")] = None,
+                                                     "(repeatable; default: base.seed and the per-source seeds)")] = None,
     group_by: Annotated[list[str] | None, typer.Option(help="group only by this param (repeatable); "
                                                        "every other param may differ within a group")] = None,
     workspace: Annotated[bool, typer.Option(help="also compare the uncommitted workspace")] = False,
@@ -292,7 +292,8 @@ def compare(
 ) -> None:
     """Compare DVC experiments (seeds, sweeps): mean ± sd of every accuracy, pooled claim verdicts.
 
-    Experiments whose params are equal except --ignore (default: base.seed) form a group; with --group-by only the named
+    Experiments whose params are equal except --ignore (default: base.seed and the per-source seeds base.data_seed,
+    base.sft_seed, base.eval_seed) form a group; with --group-by only the named
     params define the groups. Writes OUT/compare.md and OUT/compare.json.
     """
     from cotshape.reporting import compare as cmp
@@ -300,7 +301,7 @@ def compare(
     dvc_json = cmp.load_exp_show(json_file) if json_file is not None else None
     skipped: list[str] = []
     exps = cmp.collect(repo, dvc_json, workspace=workspace, all_commits=all_commits, skipped=skipped)
-    groups = cmp.group(exps, by_exclude=tuple(ignore) if ignore else (cmp.SEED_PARAM,), by=group_by or None)
+    groups = cmp.group(exps, by_exclude=tuple(ignore) if ignore else cmp.SEED_PARAMS, by=group_by or None)
     result = cmp.compare(groups, skipped)
     md, _ = cmp.write(result, out if out is not None else repo / "compare")
     typer.echo(f"compared {len(exps)} experiments in {len(groups)} group(s): {md}", err=True)

@@ -601,3 +601,15 @@ def test_a_seed_with_one_run_pools_on_its_own_paired_interval():
     (c,) = cmp.compare(cmp.group(exps))["groups"][0]["claims"]
     assert c["pooled"]["k"] == 3 and c["pooled"]["per_seed"] == pytest.approx([0.17, 0.125, 0.015])
     assert c["variance"] is None  # no seed has two runs: no SFT part to split off
+
+
+def test_per_source_seeds_group_with_base_seed():
+    """A `-S base.data_seed=1` experiment is another draw of the same configuration: it joins the
+    group of base.seed 0 (labelled by its data seed), unlike a change of any other param."""
+    a = _exp("main", 0, 0.4)
+    b = _exp("draw", 0, 0.45)
+    b.params["base.data_seed"] = 1
+    c = _exp("sweep", 0, 0.5, epochs=3)
+    groups = cmp.group([a, b, c])
+    assert [[m.name for m in g.members] for g in groups] == [["main", "draw"], ["sweep"]]
+    assert b.seed == "0 (data 1)" and a.seed == 0

@@ -72,6 +72,9 @@ SUMMARY_PATH = "metrics/summary.json"
 CLAIMS_PATH = "metrics/claims.json"
 PARAMS_FILE = "params.yaml"
 SEED_PARAM = "base.seed"
+#: the seeds a group of replicates may differ in: base.seed and the per-source seeds (a data
+#: seed is another draw of teacher data, an SFT seed another set of training runs)
+SEED_PARAMS = (SEED_PARAM, "base.data_seed", "base.sft_seed", "base.eval_seed")
 
 #: fields of a set's summary entry that are aggregated across seeds (lo/hi are one seed's
 #: interval bounds: their mean is no interval, so the per-seed spread stands in for them)
@@ -118,7 +121,11 @@ class Experiment:
 
     @property
     def seed(self) -> Any:
-        return self.params.get(SEED_PARAM)
+        """``base.seed``; with a per-source seed set, e.g. ``"0 (data 1)"``."""
+        base = self.params.get(SEED_PARAM)
+        extra = [f"{k.split('.', 1)[1].removesuffix('_seed')} {self.params[k]}" for k in SEED_PARAMS[1:]
+                 if self.params.get(k) is not None]
+        return base if not extra else f"{base} ({', '.join(extra)})"
 
     @property
     def short_rev(self) -> str:
@@ -369,11 +376,11 @@ def _fmt_param(v: Any) -> str:
 
 def group(
     exps: Sequence[Experiment],
-    by_exclude: Sequence[str] = (SEED_PARAM,),
+    by_exclude: Sequence[str] = SEED_PARAMS,
     by: Sequence[str] | None = None,
 ) -> list[Group]:
     """Experiments whose params are equal except ``by_exclude`` form a group (by default:
-    the seeds of one configuration). With ``by``, only those params define the groups (and
+    the seeds of one configuration, :data:`SEED_PARAMS`). With ``by``, only those params define the groups (and
     ``by_exclude`` is not used): every other param may differ within one. Groups keep the order
     in which they first appear; the members of a group are ordered by seed."""
     if by is not None:
