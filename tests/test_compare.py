@@ -613,3 +613,34 @@ def test_per_source_seeds_group_with_base_seed():
     groups = cmp.group([a, b, c])
     assert [[m.name for m in g.members] for g in groups] == [["main", "draw"], ["sweep"]]
     assert b.seed == "0 (data 1)" and a.seed == 0
+
+
+def test_variance_breakdown_script_splits_data_sft_and_test_problems(tmp_path):
+    """scripts/variance_breakdown.py: runs on one draw give SFT + test problems, seeds of the whole
+    pipeline give data + SFT + test problems; the data draw's part is the difference."""
+    from cotshape.core.stats import variance_components
+
+    within = variance_components([[0.10, 0.12, 0.08, 0.10]], [[0.03 ** 2] * 4])  # sd 1.6 pts, below the se
+    claims = {"variance": {"gsm8k": {"claims": {"C2": {**within, "contrast": "G - H"}}, "sets": {}}}}
+    compare = {"groups": [{"experiments": [{"seed": 0}, {"seed": 1}, {"seed": 2}],
+                           "claims": [{"id": "C2", "task": "gsm8k", "pooled": {"per_seed": [0.17, 0.125, 0.015]}}],
+                           "tasks": {"gsm8k": {"sets": {}}}}]}
+    (tmp_path / "claims.json").write_text(json.dumps(claims))
+    (tmp_path / "compare.json").write_text(json.dumps(compare))
+    out = tmp_path / "variance.md"
+    proc = subprocess.run([sys.executable, "scripts/variance_breakdown.py", "--claims", str(tmp_path / "claims.json"),
+                           "--compare", str(tmp_path / "compare.json"), "--out", str(out)],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    total = statistics_variance([0.17, 0.125, 0.015])
+    data_sd = 100 * math.sqrt(total - within["within"])
+    row = next(ln for ln in out.read_text().splitlines() if ln.startswith("| C2 (G - H) |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2] == f"{100 * math.sqrt(total):.1f}"
+    assert cells[3].startswith(f"{data_sd:.1f} (")  # the seeds disagree far beyond the runs: the data draw
+    assert cells[4].startswith("0.0 (0 %)")  # runs agree within their test-problem noise: no SFT part
+
+
+def statistics_variance(xs):
+    m = sum(xs) / len(xs)
+    return sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
