@@ -9,6 +9,7 @@
     cotshape preset list | show NAME | apply NAME [--set K=V] | exp NAME [--run]
     cotshape compare [--repo .] [--json SAVED] [--out compare]   (seeds, sweeps)
     cotshape export [--repo .] --out DIR [--push-to-hub REPO]    (the training sets as a DatasetDict)
+    cotshape decontaminate --train A.jsonl --test B.jsonl [--field question] [--json]
     cotshape -h | --version
 
 The pipeline itself (prepare ... report) runs with ``dvc repro``; these commands are its parts that
@@ -37,7 +38,8 @@ _TYPER = {"no_args_is_help": True, "rich_markup_mode": None,
           "context_settings": {"help_option_names": ["-h", "--help"]}}
 app = typer.Typer(add_completion=False, help="Shape of Thought experiments. The pipeline runs with `dvc repro` "
                   "(README); these commands sample and verify chains of thought on their own, materialise "
-                  "models, show tasks, apply paper presets, compare experiments and export the training sets.",
+                  "models, show tasks, apply paper presets, compare experiments, export the training sets and "
+                  "check them for test-set contamination.",
                   **_TYPER)
 models_app = typer.Typer(help="Model folders: materialise a spec into a plain HF folder.", **_TYPER)
 tasks_app = typer.Typer(help="The reasoning tasks.", **_TYPER)
@@ -328,6 +330,45 @@ def export(
     written = run_export(repo, out, ExportFormat(fmt).value, push_to_hub)
     for task, path in written.items():
         typer.echo(f"{task}: {path}", err=True)
+
+
+@app.command()
+def decontaminate(
+    train: Annotated[Path, typer.Option(help="training records (JSONL), the side that is flagged")],
+    test: Annotated[Path, typer.Option(help="test records (JSONL)")],
+    field: Annotated[str, typer.Option(help="the text field compared")] = "question",
+    id_field: Annotated[str, typer.Option(help="the id field of both files")] = "id",
+    ngram: Annotated[int, typer.Option(help="word n-gram size (open-r1: 8)")] = 8,
+    fuzzy_threshold: Annotated[float, typer.Option(help="fuzz.ratio at or above which a pair is a "
+                                                   "near-duplicate, 0-100 (open-thoughts: 95)")] = 95.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as one JSON document")] = False,
+) -> None:
+    """Flag training records that copy a test record: exact (equal normalised text), a shared word
+    n-gram, or fuzz.ratio >= threshold. Prints the flagged count per method and the pairs; exits 0
+    whether or not any is flagged."""
+    from cotshape.core.errors import InputError
+    from cotshape.data.decontaminate import decontaminate_files
+
+    if ngram < 1:
+        raise InputError(f"--ngram: must be >= 1, got {ngram}")
+    if not 0 <= fuzzy_threshold <= 100:
+        raise InputError(f"--fuzzy-threshold: must be in [0, 100], got {fuzzy_threshold}")
+    result = decontaminate_files(train, test, field, ngram, fuzzy_threshold, id_field)
+    if as_json:
+        typer.echo(json.dumps(result, ensure_ascii=False))
+        return
+    labels = {"exact": "exact (equal normalised text)", "ngram": f"ngram (a shared word {ngram}-gram)",
+              "fuzzy": f"fuzzy (fuzz.ratio >= {fuzzy_threshold:g})"}
+    width = max(map(len, labels.values()))
+    for method in ("exact", "ngram", "fuzzy"):
+        typer.echo(f"{labels[method]:<{width}}  {result['by_method'][method]} train record(s) flagged")
+    typer.echo(f"{'any method':<{width}}  {result['flagged']} train record(s) flagged")
+    if result["pairs"]:
+        rows = [("train id", "test id", "method")] + [(str(a), str(b), m) for a, b, m in result["pairs"]]
+        w0, w1 = (max(len(r[k]) for r in rows) for k in (0, 1))
+        typer.echo("")
+        for a, b, m in rows:
+            typer.echo(f"{a:<{w0}}  {b:<{w1}}  {m}")
 
 
 def main(argv: list[str] | None = None) -> int:
