@@ -77,7 +77,9 @@ def main(argv: list[str] | None = None) -> None:
         per_run.append(metrics)
         if len(models) > 1:
             print(f"{args.task}-{args.set} run {r}: accuracy {metrics['accuracy']:.3f} (n={metrics['n']})")
-    metrics = summarize_runs(per_run)
+    # every run answered the same problems in the same order: the runs x problems table
+    table = [[rec["correct"] for rec in all_records if rec["run"] == r] for r in range(len(models))]
+    metrics = summarize_runs(per_run, table)
     write_jsonl(args.out, all_records)
     write_json(args.metrics, metrics)
     run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})

@@ -584,7 +584,7 @@ def test_seeds_with_several_runs_pool_their_run_level_intervals_and_split_the_va
     vc = c["variance"]
     assert vc["draws"] == 3 and vc["runs"] == [3, 3, 3]
     assert vc["parts"]["data"]["share"] > 0.8  # the draws differ by 10 points, the runs by 2
-    assert vc["parts"]["sft"]["var"] == 0.0  # runs agree within their test-problem noise
+    assert vc["parts"]["sft"]["var"] == pytest.approx(0.0004)  # the runs' own spread (2 points)
     text = cmp.render_markdown(result)
     assert "### Where the variance of each claim's difference comes from" in text
     assert "| C2 | gsm8k | 3 | 3/3/3 |" in text
@@ -633,12 +633,12 @@ def test_variance_breakdown_script_splits_data_sft_and_test_problems(tmp_path):
                           capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr
     total = statistics_variance([0.17, 0.125, 0.015])
-    data_sd = 100 * math.sqrt(total - within["within"])
+    data_sd = 100 * math.sqrt(total - within["within"] - 0.03 ** 2)
     row = next(ln for ln in out.read_text().splitlines() if ln.startswith("| C2 (G - H) |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[2] == f"{100 * math.sqrt(total):.1f}"
     assert cells[3].startswith(f"{data_sd:.1f} (")  # the seeds disagree far beyond the runs: the data draw
-    assert cells[4].startswith("0.0 (0 %)")  # runs agree within their test-problem noise: no SFT part
+    assert cells[4].startswith(f"{100 * math.sqrt(within['within']):.1f} (")  # the runs' spread: SFT seed
 
 
 def statistics_variance(xs):

@@ -194,13 +194,19 @@ def test_code_task_is_scored_with_pass_at_1_by_running_its_tests():
 def test_summarize_runs_takes_the_run_as_the_unit():
     from cotshape.evaluation.evaluate import score, summarize_runs
 
+    def right(k, n=100):
+        return [i < k for i in range(n)]
+
     def run(k, n=100):
-        return score([{"correct": i < k, "parsed": True} for i in range(n)])
+        return score([{"correct": c, "parsed": True} for c in right(k, n)])
+
+    def runs(*ks):
+        return summarize_runs([run(k) for k in ks], [right(k) for k in ks])
 
     one = summarize_runs([run(30)])
     assert one["runs"] == 1 and one["ci95"] == run(30)["ci95"] and one["ci95_is"].startswith("test problems")
-    agree = summarize_runs([run(30), run(31), run(29)])
-    spread = summarize_runs([run(10), run(30), run(50)])
+    agree = runs(30, 31, 29)
+    spread = runs(10, 30, 50)
     assert agree["accuracy"] == pytest.approx(0.30) and spread["accuracy"] == pytest.approx(0.30)
     assert agree["runs"] == 3 and len(agree["per_run"]) == 3
     width = lambda m: m["ci95"][1] - m["ci95"][0]  # noqa: E731
@@ -210,3 +216,5 @@ def test_summarize_runs_takes_the_run_as_the_unit():
     assert 0.0 <= spread["ci95"][0] and spread["ci95"][1] <= 1.0
     with pytest.raises(ValueError, match="no runs"):
         summarize_runs([])
+    with pytest.raises(ValueError, match="2 runs need their correctness"):
+        summarize_runs([run(1), run(2)])

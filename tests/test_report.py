@@ -498,7 +498,8 @@ def test_runs_are_reported_one_row_each_with_the_variance_and_power(tree):
         return {pid: i < k for i, pid in enumerate(ids)}
 
     def metrics_of(ks):
-        return summarize_runs([score([{"correct": ok, "parsed": True} for ok in right(k).values()]) for k in ks])
+        return summarize_runs([score([{"correct": ok, "parsed": True} for ok in right(k).values()]) for k in ks],
+                              [list(right(k).values()) for k in ks])
 
     ev_metrics = {"base": metrics_of([1]), "H": metrics_of([3, 5, 4]), "G": metrics_of([9, 12, 15])}
     for s in ("H", "G"):
@@ -516,7 +517,7 @@ def test_runs_are_reported_one_row_each_with_the_variance_and_power(tree):
     assert f"| G — teacher CoTs with a correct final answer | 50.0 % | [{100 * lo:.1f}, {100 * hi:.1f}] |" in gsm
     assert acc["ci95_is"].startswith("training runs (3")
     # the run-level interval is at least as wide as the t-interval over the three runs' accuracies
-    assert hi - lo >= 2 * 4.303 * (3 / 24) / 3 ** 0.5 - 1e-9
+    assert hi - lo >= 2 * 4.302652 * (3 / 24) / 3 ** 0.5 - 1e-6
     assert "| G | 0 | 37.5 % |" in text and "| G | 2 | 62.5 % |" in text  # one row per run
     assert "| G | 1 | 50.0 % | [" in text and "| 12 | +29.2 pts [" in text  # run 1: 12 right, Δ vs H run 1 (5 right)
     section = _section(text, "## Where the variance comes from")

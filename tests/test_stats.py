@@ -362,9 +362,9 @@ def test_variance_components_split_runs_into_test_problems_and_sft():
     vc = variance_components([[0.10, 0.20, 0.15, 0.12]], [[0.03 ** 2] * 4])
     assert vc["within"] == pytest.approx(0.0018916667)
     assert vc["parts"]["binomial"]["var"] == pytest.approx(0.0009)
-    assert vc["parts"]["sft"]["var"] == pytest.approx(0.0018916667 - 0.0009)
+    # the runs share their test problems: their whole spread is the SFT seed's
+    assert vc["parts"]["sft"]["var"] == pytest.approx(0.0018916667)
     assert vc["parts"]["data"] is None and vc["draws"] == 1 and vc["runs"] == [4]
-    # runs that agree more than their own noise allows: no SFT part (truncated at 0)
     assert variance_components([[0.5, 0.5]], [[0.01, 0.01]])["parts"]["sft"]["var"] == 0.0
     # three draws far apart: most of the variance is the data draw's
     vc = variance_components([[0.1, 0.2], [0.3, 0.35], [0.0, 0.05]], [[0.0009] * 2] * 3)
@@ -375,3 +375,27 @@ def test_variance_components_split_runs_into_test_problems_and_sft():
         variance_components([[0.1], [0.2]], [[0.01], [0.01]])
     with pytest.raises(ValueError, match="same shape"):
         variance_components([[0.1, 0.2]], [[0.01]])
+
+
+def test_runs_by_problems_interval_counts_shared_test_problems_once_and_the_runs_spread():
+    from cotshape.core.stats import runs_by_problems_interval, t975
+
+    n = 200
+    same = [[1.0 if i < 60 else 0.0 for i in range(n)]] * 4  # four runs with identical answers
+    iv = runs_by_problems_interval(same)
+    # identical runs: no SFT spread; the test problems' noise is that of one run (it does not
+    # shrink with the number of runs, since they share the problems): se = sd / sqrt(n)
+    p = 0.3
+    assert iv["se_runs"] == 0.0 and iv["se_test"] == pytest.approx(math.sqrt(p * (1 - p) * n / (n - 1) / n))
+    assert iv["ci95"] == pytest.approx([p - t975(n - 1) * iv["se_test"], p + t975(n - 1) * iv["se_test"]])
+    # runs that disagree: wider than the test problems alone, never narrower than the t-interval
+    spread = [[1.0 if i < k else 0.0 for i in range(n)] for k in (40, 60, 80, 100)]
+    iv2 = runs_by_problems_interval(spread)
+    assert iv2["ci95"][1] - iv2["ci95"][0] > iv["ci95"][1] - iv["ci95"][0]
+    assert iv2["ci95"][0] <= iv2["t_ci95"][0] and iv2["ci95"][1] >= iv2["t_ci95"][1]
+    assert iv2["mean"] == pytest.approx(0.35) and iv2["k"] == 4 and iv2["n"] == n
+    # one run: no run-level interval
+    one = runs_by_problems_interval(same[:1])
+    assert one["ci95"] is None and "one training run" in one["reason"]
+    with pytest.raises(ValueError, match="runs x problems"):
+        runs_by_problems_interval([1.0, 0.0])

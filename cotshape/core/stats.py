@@ -538,14 +538,16 @@ def variance_components(groups: Sequence[Sequence[float]],
     """Where the variance of a run-level number (an accuracy, a paired difference) comes from.
 
     ``groups[d][r]`` is the number from training run ``r`` on data draw ``d`` (draws: the teacher
-    samples and the G/W draw of one data seed; runs: SFT seeds on that draw); ``binomial_vars``
-    has the same shape and holds each run's squared standard error from its test problems (the
-    Wilson / Newcombe interval: :func:`ci_se` squared). The nested (one-way, then two-level)
-    method-of-moments split, each part truncated at 0:
+    samples and the G/W draw of one data seed; runs: SFT seeds on that draw), every run scored on
+    the same test problems; ``binomial_vars`` has the same shape and holds each run's squared
+    standard error from its test problems (the Wilson / Newcombe interval: :func:`ci_se`
+    squared). Method of moments, each part truncated at 0:
 
-    * ``binomial``: the mean squared test-problem se (what another draw of test problems moves);
-    * ``sft``: the pooled within-draw variance of the runs minus ``binomial`` (another SFT seed on
-      the same data);
+    * ``binomial``: the mean squared test-problem se: what another draw of test problems would move
+      one run's number. The runs share their test problems, so this noise is *not* in the spread
+      between them;
+    * ``sft``: the pooled within-draw variance of the runs (another SFT seed on the same data,
+      scored on the same problems);
     * ``data``: the variance of the draw means minus what the within-draw spread puts into a mean
       of R runs (another data seed); None with one draw.
 
@@ -561,7 +563,7 @@ def variance_components(groups: Sequence[Sequence[float]],
     within = ss / df
     all_b = [float(v) for b in binomial_vars for v in b]
     binom = math.fsum(all_b) / len(all_b)
-    parts: dict[str, float | None] = {"binomial": binom, "sft": max(0.0, within - binom), "data": None}
+    parts: dict[str, float | None] = {"binomial": binom, "sft": within, "data": None}
     draws = [g for g in groups if g]
     if len(draws) >= 2:
         means = [math.fsum(g) / len(g) for g in draws]
@@ -575,3 +577,44 @@ def variance_components(groups: Sequence[Sequence[float]],
         "parts": {k: None if v is None else {"var": v, "sd": math.sqrt(v), "share": v / total if total > 0 else 0.0}
                   for k, v in parts.items()},
     }
+
+
+def runs_by_problems_interval(table: Sequence[Sequence[float]]) -> dict:
+    """The mean of a runs x problems table and its 95 % interval with both as random draws.
+
+    ``table[r][i]`` is what training run ``r`` scored on test problem ``i``: 0/1 correctness (an
+    accuracy), ``b - a`` in {-1, 0, 1} (a paired difference: run r of B against run r of A, or
+    against the one run of an untrained A), or a per-problem contrast (the mixture slope). All runs
+    answered the same problems, so the test problems' noise is shared by the runs and does not
+    shrink with more runs; the SFT seed's does. Two-way random effects (problems, runs):
+    ``var(mean) = var(problem means) / n + var(run means) / R``, which counts the run x problem
+    interaction twice (conservative). Satterthwaite's degrees of freedom (rounded down) set the
+    t quantile, and ``ci95`` is hulled with the t-interval over the run means, so it is never
+    narrower than the spread of the runs. One run: ``ci95`` None and ``reason`` (the SFT seed's
+    spread is unknown).
+
+    Returns ``mean``, ``ci95``, ``se``, ``se_test`` (the problems' part), ``se_runs`` (the runs'
+    part), ``df``, ``k`` (runs), ``n`` (problems), ``run_means``, ``sd`` (of the run means) and
+    ``t_ci95`` (the t-interval over the run means)."""
+    x = np.asarray(table, dtype=np.float64)
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"runs_by_problems_interval needs a runs x problems table, got shape {x.shape}")
+    k, n = x.shape
+    run_means = x.mean(axis=1)
+    mean = float(x.mean())
+    var_test = float(x.mean(axis=0).var(ddof=1)) / n if n > 1 else 0.0
+    out: dict = {"mean": mean, "k": k, "n": n, "run_means": [float(v) for v in run_means],
+                 "se_test": math.sqrt(var_test)}
+    if k == 1:
+        out.update(ci95=None, se=None, se_runs=None, df=None, sd=None, t_ci95=None,
+                   reason="one training run: no run-level interval (the spread of runs is unknown)")
+        return out
+    var_runs = float(run_means.var(ddof=1)) / k
+    var = var_test + var_runs
+    parts = (var_test ** 2 / (n - 1) if n > 1 else 0.0) + var_runs ** 2 / (k - 1)
+    df = var ** 2 / parts if parts > 0 else float(k - 1)
+    h = t975(max(1, math.floor(df))) * math.sqrt(var)
+    t_ci = t_interval(run_means)
+    out.update(se=math.sqrt(var), se_runs=math.sqrt(var_runs), df=df, sd=float(run_means.std(ddof=1)),
+               t_ci95=t_ci, ci95=[min(mean - h, t_ci[0]), max(mean + h, t_ci[1])])
+    return out

@@ -14,9 +14,9 @@ difference of their accuracies gets Newcombe's paired score 95 % interval and an
 p-value (:mod:`cotshape.core.stats`); closeness differences and the mixture slope get seeded bootstrap
 intervals. Each set is trained ``sft.runs`` times; a comparison pairs run R of one set with run R
 of the other (the same SFT seed; the untrained student is one run, paired with every run), and
-its ``ci95`` takes the training run as the unit: a random-effects interval over the run-level
-paired differences (:func:`cotshape.core.stats.random_effects_difference`, each run's se from
-its paired interval, never narrower than the t-interval over the runs). With one run per arm there
+its ``ci95`` takes the training run as the unit, with the runs and the test problems both random
+draws (:func:`cotshape.core.stats.runs_by_problems_interval`: the runs share the test problems,
+so that noise does not shrink with more runs; never narrower than the t-interval over the runs). With one run per arm there
 is no run-level interval (``ci95`` None): the accuracy claims are then inconclusive and say why. A
 claim is
 
@@ -89,30 +89,42 @@ def paired_runs(a: Sequence[Mapping[str, bool]], b: Sequence[Mapping[str, bool]]
     """B - A over training runs: run R of A paired with run R of B (a single run, e.g. the
     untrained student, is paired with every run of the other). Each run's :func:`paired` result is
     in ``per_run_detail``; ``per_run`` / ``per_run_ci95`` are its differences and intervals;
-    ``diff``, ``ci95`` (None for one run, with ``reason``), ``tau``, ``i2``, ``sd`` and ``t_ci95``
-    are :func:`cotshape.core.stats.random_effects_difference` over the runs; ``runs`` is their
-    number, ``n`` the test problems; ``acc_a`` / ``acc_b`` the mean accuracies."""
+    ``diff``, ``ci95`` (None for one run, with ``reason``), ``se_test``, ``se_runs``, ``df``, ``sd``
+    and ``t_ci95`` are :func:`cotshape.core.stats.runs_by_problems_interval` of the runs x problems
+    table of differences; ``runs`` is their number, ``n`` the test problems; ``acc_a`` / ``acc_b``
+    the mean accuracies."""
     if not a or not b:
         raise ValueError("paired_runs needs at least one run on each side")
     if len(a) != len(b) and 1 not in (len(a), len(b)):
         raise RecordError(f"paired comparison of {len(a)} against {len(b)} training runs: "
                           "the arms must have the same number of runs (sft.runs)")
     k = max(len(a), len(b))
-    detail = [paired(a[r if len(a) > 1 else 0], b[r if len(b) > 1 else 0], seed=seed + r, n_boot=n_boot)
-              for r in range(k)]
-    re = stats.random_effects_difference([d["diff"] for d in detail], [stats.ci_se(d["ci95"]) for d in detail])
-    out = {
-        "runs": k, "n": detail[0]["n"], "diff": re["diff"], "ci95": re["ci95"],
-        "ci95_is": "training runs (random effects over the run-level paired differences)" if k > 1 else
-                   "none: one training run per arm",
+    runs_a = [a[r if len(a) > 1 else 0] for r in range(k)]
+    runs_b = [b[r if len(b) > 1 else 0] for r in range(k)]
+    detail = [paired(x, y, seed=seed + r, n_boot=n_boot) for r, (x, y) in enumerate(zip(runs_a, runs_b, strict=True))]
+    ids = sorted(runs_a[0])
+    for run in (*runs_a, *runs_b):
+        if set(run) != set(ids):
+            raise RecordError("paired comparison on different test problems: the runs of a set answered other problems")
+    iv = stats.runs_by_problems_interval([[int(y[i]) - int(x[i]) for i in ids]
+                                          for x, y in zip(runs_a, runs_b, strict=True)])
+    return _with_interval({
+        "runs": k, "n": detail[0]["n"], "diff": iv["mean"],
         "acc_a": sum(d["acc_a"] for d in detail) / k, "acc_b": sum(d["acc_b"] for d in detail) / k,
         "per_run": [d["diff"] for d in detail], "per_run_ci95": [d["ci95"] for d in detail],
         "per_run_p": [d["p_mcnemar"] for d in detail],
-        "sd": re["sd"], "tau": re["tau"], "i2": re["i2"], "t_ci95": re["t_ci95"],
         "per_run_detail": detail,
-    }
-    if "reason" in re:
-        out["reason"] = re["reason"]
+    }, iv, "paired differences")
+
+
+def _with_interval(out: dict[str, Any], iv: dict[str, Any], what: str) -> dict[str, Any]:
+    """``out`` with the run-level interval of :func:`cotshape.core.stats.runs_by_problems_interval`."""
+    out.update(ci95=iv["ci95"], se_test=iv["se_test"], se_runs=iv["se_runs"], df=iv["df"], sd=iv["sd"],
+               t_ci95=iv["t_ci95"],
+               ci95_is=(f"training runs and test problems (two-way random effects over the run-level {what})"
+                        if iv["ci95"] is not None else "none: one training run per arm"))
+    if "reason" in iv:
+        out["reason"] = iv["reason"]
     return out
 
 
@@ -222,14 +234,18 @@ def judge_task(
 def mixture_slope(task: str, evals: Mapping[str, Sequence[Mapping[str, bool]] | None],
                   curve: Sequence[tuple[float, str]], seed: int = 0, n_boot: int = 10000) -> dict[str, Any]:
     """C6's evidence: per training run R the OLS slope of accuracy over the flawed fraction (run R
-    of every set of the curve, on the same problems; paired bootstrap interval), then the slopes
-    combined over the runs like a paired difference (:func:`paired_runs`)."""
+    of every set of the curve, on the same problems; paired bootstrap interval), and the interval
+    of the mean slope with runs and problems as random draws (each problem's contrast
+    ``sum_j w_j correct_j``, :func:`cotshape.core.stats.runs_by_problems_interval`)."""
     names = [name for _, name in curve]
     k = max(len(evals[n]) for n in names)  # type: ignore[arg-type]
     if any(len(evals[n]) not in (1, k) for n in names):  # type: ignore[arg-type]
         raise RecordError(f"{task}: the sets of the mixture curve have different numbers of training runs")
     ids = sorted(evals[names[0]][0])  # type: ignore[index]
-    per = []
+    xs = [float(p) for p, _ in curve]
+    centred = [x - sum(xs) / len(xs) for x in xs]
+    weights = [c / sum(c * c for c in centred) for c in centred]  # slope = sum_j w_j acc_j
+    per, contrasts = [], []
     for r in range(k):
         rows = []
         for name in names:
@@ -237,19 +253,14 @@ def mixture_slope(task: str, evals: Mapping[str, Sequence[Mapping[str, bool]] | 
             if set(run) != set(ids):
                 raise RecordError(f"{task}: {name} was evaluated on other test problems than {names[0]}")
             rows.append([run[i] for i in ids])
-        per.append(stats.paired_slope(rows, [p for p, _ in curve], n_boot=n_boot, seed=seed + r))
-    re = stats.random_effects_difference([sl["slope"] for sl in per], [stats.ci_se(sl["ci95"]) for sl in per])
-    out = {"diff": re["diff"], "ci95": re["ci95"], "n": per[0]["n"], "runs": k,
-           "diff_is": "OLS slope of accuracy over p",
-           "ci95_is": "training runs (random effects over the run-level slopes)" if k > 1 else
-                      "none: one training run per set",
-           "per_run": [sl["slope"] for sl in per], "per_run_ci95": [sl["ci95"] for sl in per],
-           "sd": re["sd"], "tau": re["tau"], "i2": re["i2"], "t_ci95": re["t_ci95"],
-           "fractions": per[0]["xs"], "sets": names,
-           "accuracies": [sum(sl["accuracies"][j] for sl in per) / k for j in range(len(names))]}
-    if "reason" in re:
-        out["reason"] = re["reason"]
-    return out
+        per.append(stats.paired_slope(rows, xs, n_boot=n_boot, seed=seed + r))
+        contrasts.append([sum(w * row[i] for w, row in zip(weights, rows, strict=True)) for i in range(len(ids))])
+    iv = stats.runs_by_problems_interval(contrasts)  # the mean of each problem's contrast is the slope
+    return _with_interval({
+        "diff": iv["mean"], "n": per[0]["n"], "runs": k, "diff_is": "OLS slope of accuracy over p",
+        "per_run": [sl["slope"] for sl in per], "per_run_ci95": [sl["ci95"] for sl in per],
+        "fractions": per[0]["xs"], "sets": names,
+        "accuracies": [sum(sl["accuracies"][j] for sl in per) / k for j in range(len(names))]}, iv, "slopes")
 
 
 def variance_breakdown(task: str, evals_metrics: Mapping[str, Mapping[str, Any] | None],

@@ -227,16 +227,19 @@ def evaluate(
     return out, metrics
 
 
-def summarize_runs(per_run: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The metrics of a set evaluated once per training run (``per_run``: :func:`score` of each).
+def summarize_runs(per_run: Sequence[dict[str, Any]],
+                   correct: Sequence[Sequence[bool]] | None = None) -> dict[str, Any]:
+    """The metrics of a set evaluated once per training run (``per_run``: :func:`score` of each;
+    ``correct[r][i]``: run r right on test problem i, the same problems in the same order for
+    every run; needed with more than one run).
 
     ``accuracy``, ``accuracy_parsed``, ``parse_rate`` (and ``pass@1``) are means over the runs;
-    ``ci95`` is the interval of the set's accuracy with the training run as the unit
-    (:func:`cotshape.core.stats.random_effects_difference` over the runs' accuracies with their
-    Wilson standard errors: never narrower than the t-interval over the runs), ``ci95_is`` says
-    so; with one run it is that run's Wilson interval, and ``ci95_is`` says it covers the test
-    problems only. ``runs`` is the number of runs, ``per_run`` their metrics."""
-    from cotshape.core.stats import ci_se, random_effects_difference
+    ``ci95`` is the interval of the set's accuracy with the training runs and the test problems
+    both random draws (:func:`cotshape.core.stats.runs_by_problems_interval`: never narrower than
+    the t-interval over the runs), ``ci95_is`` says so; with one run it is that run's Wilson
+    interval, and ``ci95_is`` says it covers the test problems only. ``runs`` is the number of
+    runs, ``per_run`` their metrics."""
+    from cotshape.core.stats import runs_by_problems_interval
 
     if not per_run:
         raise ValueError("summarize_runs: no runs")
@@ -252,9 +255,11 @@ def summarize_runs(per_run: Sequence[dict[str, Any]]) -> dict[str, Any]:
     if runs == 1:
         out["ci95"], out["ci95_is"] = per_run[0]["ci95"], "test problems (one training run)"
     else:
-        re = random_effects_difference([m["accuracy"] for m in per_run], [ci_se(m["ci95"]) for m in per_run])
-        out["ci95"] = [max(0.0, re["ci95"][0]), min(1.0, re["ci95"][1])]
-        out["ci95_is"] = f"training runs ({runs}; random effects, test-problem noise included)"
-        out["run_sd"] = re["sd"]
+        if correct is None or len(correct) != runs:
+            raise ValueError(f"summarize_runs: {runs} runs need their correctness per problem (correct)")
+        iv = runs_by_problems_interval([[float(c) for c in row] for row in correct])
+        out["ci95"] = [max(0.0, iv["ci95"][0]), min(1.0, iv["ci95"][1])]
+        out["ci95_is"] = f"training runs ({runs}) and test problems (two-way random effects)"
+        out["run_sd"], out["se_test"], out["se_runs"] = iv["sd"], iv["se_test"], iv["se_runs"]
     out["per_run"] = [dict(m) for m in per_run]
     return out

@@ -318,8 +318,9 @@ def _evidence_text(c: dict[str, Any]) -> str:
                 else f"(no interval: {ev.get('reason', 'one training run')})")
     runs = ev.get("runs", 1)
     per_run = ", ".join(f"{100 * d:+.1f}" for d in ev.get("per_run") or [])
-    spread = (f"; per run: {per_run}" + (f"; τ = {100 * ev['tau']:.1f} pts" if ev.get("tau") is not None else "")
-              if runs > 1 else "")
+    se = (f"; se: test problems {100 * ev['se_test']:.1f}, runs {100 * ev['se_runs']:.1f} pts"
+          if ev.get("se_runs") is not None else "")
+    spread = f"; per run: {per_run}{se}" if runs > 1 else ""
     if c["id"] == "C6":
         return (f"slope {100 * ev['diff']:+.1f} pts per unit fraction {interval} over "
                 f"{', '.join(f'{100 * p:g} %' for p in ev['fractions'])}, {runs} run(s) per set, n = {ev['n']}{spread}")
@@ -377,11 +378,13 @@ def _variance_section(claims: dict[str, Any] | None) -> str:
     return "\n".join([
         "## Where the variance comes from",
         "",
-        "The spread of each number over this run's training runs, split (method of moments, "
-        "`cotshape.core.stats.variance_components`) into the test problems (the mean squared Wilson or "
-        "Newcombe se of a run) and the SFT seed (the rest of the spread between runs, truncated at 0). "
-        "All runs share one data draw, so the data seed's part is not in these numbers: "
-        "`cotshape compare` over `-S base.data_seed=N` experiments measures it.",
+        "Each number's variance from one run to another, by source (method of moments, "
+        "`cotshape.core.stats.variance_components`): the SFT seed (the spread of this run's training runs, "
+        "which all answered the same test problems) and the test problems (the mean squared Wilson or "
+        "Newcombe se of one run: what another draw of test problems would move it). All runs share one "
+        "data draw, so the data seed's part is not in these numbers: `cotshape compare` over "
+        "`-S base.data_seed=N` experiments, or scripts/variance_breakdown.py against whole-pipeline "
+        "seeds, measures it.",
         "",
         *parts,
     ])
