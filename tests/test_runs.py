@@ -14,7 +14,7 @@ import pytest
 import yaml
 from conftest import REPO_ROOT
 
-from cotshape.core.records import read_json, read_jsonl, write_jsonl
+from cotshape.core.records import read_json, read_jsonl, training_record, write_jsonl
 from cotshape.tasks import get_task
 
 DEFAULT = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
@@ -40,8 +40,8 @@ def trained(tiny_model_dir, tmp_path_factory):
     train = task.load("train", source="offline", limit=4, seed=0, level="easy")
     test = task.load("test", source="offline", limit=3, seed=0, level="easy")
     write_jsonl(tmp / "test.jsonl", test)
-    write_jsonl(tmp / "G.jsonl", [{"problem_id": p["id"], "prompt": task.chat_messages(p),
-                                   "completion": p["solution"]} for p in train])
+    write_jsonl(tmp / "G.jsonl", [training_record("gsm8k", "G", p["id"], task.chat_messages(p), p["solution"])
+                                  for p in train])
     base = {"device": "cpu", "dtype": "float32", "student": str(tiny_model_dir), "teacher": str(tiny_model_dir),
             "sft_seed": 5}
     sft = {"runs": 2, "max_steps": 2, "batch_size": 2, "dtype": "float32", "max_length": 128}

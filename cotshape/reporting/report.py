@@ -678,18 +678,16 @@ def _plot_accuracy(m: _Metrics, tasks: Sequence[str], sets: Sequence[str], path:
                     continue
                 xs.append(x)
                 ys.append(100 * v)
+                runs = [_num(r.get(key)) for r in m.eval_value(t, s, "per_run") or []]
+                runs = [100 * u for u in runs if u is not None]
+                if len(runs) > 1:  # one dot per training run
+                    ax.scatter([x] * len(runs), runs, s=9, color="0.1", zorder=3, linewidths=0)
+                    all_ys.extend(runs)
                 ci = m.eval_value(t, s, "ci95") if key == "accuracy" else None
                 errs.append((100 * v - 100 * ci[0], 100 * ci[1] - 100 * v)
                             if isinstance(ci, list) and len(ci) == 2 else (0.0, 0.0))
             any_data |= bool(ys)
             bars = ax.bar(xs, ys, width=width, color=colors[s], edgecolor="white", linewidth=0.5)
-            for i, t in enumerate(tasks):  # one dot per training run
-                runs = [_num(r.get(key)) for r in m.eval_value(t, s, "per_run") or []]
-                runs = [100 * v for v in runs if v is not None]
-                if len(runs) > 1:
-                    x = i - 0.4 + width * (j + 0.5)
-                    ax.scatter([x] * len(runs), runs, s=9, color="0.1", zorder=3, linewidths=0)
-                    all_ys.extend(runs)
             if key == "accuracy" and ys:  # the 95 % interval of each bar (training runs as the unit)
                 ax.errorbar(xs, ys, yerr=[[e[0] for e in errs], [e[1] for e in errs]], fmt="none",
                             ecolor="0.2", elinewidth=0.8, capsize=2)
