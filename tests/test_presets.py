@@ -3,8 +3,10 @@ gives the same params.yaml as `preset apply` (checked with dvc's own override co
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -199,3 +201,58 @@ def test_default_params_do_not_enforce_an_effective_batch(params):
     s = validate_params(params).sft
     assert s.effective_batch_size is None and s.grad_accum == params["sft"]["grad_accum"]
     assert (s.precision, s.save_steps) == ("amp", [])
+
+
+SOURCES = r"(?:paper|sft\.py|eval|ours)"
+LABEL = re.compile(rf"\[({SOURCES}(?:\]/\[{SOURCES})*)\]")  # [sft.py] or [sft.py]/[eval]
+
+
+def preset_labels(text: str) -> tuple[list[str], list[tuple[int, str, str]]]:
+    """The keys a preset sets without a label (line numbers), and every label with the reason
+    written after it (up to the next label or the next key), from the YAML's comments. The
+    header's legend of the sources is skipped up to its block of cotshape's own choices."""
+    unlabelled: list[str] = []
+    labels: list[tuple[int, str, str]] = []
+    current: list[Any] | None = None
+    in_legend = True
+    for no, line in enumerate(text.splitlines(), 1):
+        if in_legend:
+            in_legend = line.startswith("#") and "Choices the authors did not release" not in line
+            if in_legend:
+                continue
+        code, _, comment = line.partition("#")
+        key = re.match(r"^\s+([a-z_]+):\s*\S", code)
+        if key or not comment.strip():
+            current = None
+        if key and not LABEL.search(comment):
+            unlabelled.append(f"line {no}: {key.group(1)}")
+        parts = LABEL.split(comment)
+        if len(parts) == 1:
+            if current is not None:
+                current[2] += " " + comment.strip()
+            continue
+        for i in range(1, len(parts), 2):
+            current = [no, parts[i], parts[i + 1].strip()]
+            labels.append(current)  # type: ignore[arg-type]
+    return unlabelled, [tuple(x) for x in labels]
+
+
+@pytest.mark.parametrize("name", sorted(STUDENTS))
+def test_every_key_and_label_in_a_preset_has_a_reason(name):
+    text = (ROOT / "presets" / f"{name}.yaml").read_text()
+    unlabelled, labels = preset_labels(text)
+    assert unlabelled == [], f"{name}: keys without a [paper]/[sft.py]/[eval]/[ours] label: {unlabelled}"
+    # a label is a claim about where a value comes from: it must say what (at least 3 words)
+    short = [(no, lab, why) for no, lab, why in labels if len(re.findall(r"[A-Za-z0-9]+", why)) < 3]
+    assert short == [], f"{name}: labels without a reason: {short}"
+    # the protocol points the authors left open are marked as cotshape's choices
+    ours = " ".join(why for _, lab, why in labels if lab == "ours")
+    for point in ("EOS", "reported checkpoint", "MBPP", "flawed_source"):
+        assert point in ours or point in text.split("[ours]", 1)[1], f"{name}: {point} not labelled [ours]"
+    assert "_W_Balanced" in text  # select.balance's evidence is named
+
+
+def test_preset_labels_finds_a_key_without_a_label_and_a_bare_label():
+    unlabelled, labels = preset_labels("sft:\n  epochs: 10   # [sft.py]\n  lr: 1   # plain words\n")
+    assert unlabelled == ["line 3: lr"]
+    assert labels == [(2, "sft.py", "")]
