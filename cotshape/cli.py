@@ -299,13 +299,15 @@ def compare(
     params define the groups. Writes OUT/compare.md and OUT/compare.json.
     """
     from cotshape.reporting import compare as cmp
+    from cotshape.reporting.compare_markdown import write
+    from cotshape.reporting.pooling import compare
 
     dvc_json = cmp.load_exp_show(json_file) if json_file is not None else None
     skipped: list[str] = []
     exps = cmp.collect(repo, dvc_json, workspace=workspace, all_commits=all_commits, skipped=skipped)
     groups = cmp.group(exps, by_exclude=tuple(ignore) if ignore else cmp.SEED_PARAMS, by=group_by or None)
-    result = cmp.compare(groups, skipped)
-    md, _ = cmp.write(result, out if out is not None else repo / "compare")
+    result = compare(groups, skipped)
+    md, _ = write(result, out if out is not None else repo / "compare")
     typer.echo(f"compared {len(exps)} experiments in {len(groups)} group(s): {md}", err=True)
 
 

@@ -21,13 +21,8 @@ from pathlib import Path
 
 from cotshape.core.artifacts import mix_set_name
 from cotshape.core.errors import InputError
-from cotshape.reporting.compare import (
-    _combine_parts,
-    _set_sort_key,
-    pool_runs,
-    render_markdown,
-    write,
-)
+from cotshape.reporting.compare_markdown import render_markdown, write
+from cotshape.reporting.pooling import combine_parts, pool_runs, set_order
 
 
 def _values(task: dict, s: str, f: str) -> list[float | None]:
@@ -70,11 +65,11 @@ def _pooled(diffs: list[float], kind: str, margin: float | None, old: dict) -> d
 
 
 def repool(result: dict, base_set: str, fractions: list[float]) -> dict:
-    from cotshape.reporting.compare import POOLING_NOTE
+    from cotshape.reporting.pooling import POOLING_NOTE
 
     for g in result["groups"]:
         for t in g["tasks"].values():  # compare.json is written with sorted keys: back to the table's order
-            t["sets"] = dict(sorted(t["sets"].items(), key=lambda kv: _set_sort_key(kv[0])))
+            t["sets"] = dict(sorted(t["sets"].items(), key=lambda kv: set_order(kv[0])))
         for c in g["claims"]:
             parts = per_seed_diffs(g["tasks"][c["task"]], c["id"], base_set, fractions)
             if None in parts:
@@ -82,7 +77,7 @@ def repool(result: dict, base_set: str, fractions: list[float]) -> dict:
             else:
                 c["parts"] = {name: _pooled(d, c["kind"], c.get("margin"), c["parts"][name])
                               for name, d in parts.items()}
-                c["pooled"] = {"verdict": _combine_parts([p["verdict"] for p in c["parts"].values()]),
+                c["pooled"] = {"verdict": combine_parts([p["verdict"] for p in c["parts"].values()]),
                                "k": max(p["k"] for p in c["parts"].values())}
     result["pooling"] = POOLING_NOTE + (
         " Re-pooled by scripts/repool_compare.py from the per-seed numbers the comparison kept: "

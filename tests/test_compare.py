@@ -16,6 +16,7 @@ import pytest
 from cotshape.cli import main
 from cotshape.core import stats
 from cotshape.reporting import compare as cmp
+from cotshape.reporting import compare_markdown, pooling
 from cotshape.reporting.compare import CompareError, Experiment
 
 Z95 = 1.959963984540054
@@ -166,7 +167,7 @@ def test_group_by_named_params_only():
 
 def test_mean_sd_min_max_per_set():
     exps = [_exp("a", 0, 0.40), _exp("b", 1, 0.42), _exp("c", 2, 0.47)]
-    res = cmp.compare(cmp.group(exps))
+    res = pooling.compare(cmp.group(exps))
     h = res["groups"][0]["tasks"]["gsm8k"]["sets"]["H"]
     # by hand: mean 0.43; deviations -0.03, -0.01, 0.04 -> sum of squares 0.0026 / (3 - 1)
     assert h["acc"]["mean"] == pytest.approx(0.43)
@@ -182,7 +183,7 @@ def test_mean_sd_min_max_per_set():
 
 def test_one_seed_has_no_sd_and_missing_sets_count_in_k():
     exps = [_exp("a", 0, 0.4, G={"acc": 0.5}), _exp("b", 1, 0.4, G={"acc": None})]
-    g = cmp.compare(cmp.group(exps))["groups"][0]["tasks"]["gsm8k"]["sets"]["G"]["acc"]
+    g = pooling.compare(cmp.group(exps))["groups"][0]["tasks"]["gsm8k"]["sets"]["G"]["acc"]
     assert (g["mean"], g["sd"], g["k"], g["values"]) == (0.5, None, 1, [0.5, None])
 
 
@@ -196,7 +197,7 @@ def _claims_over(kind, cid, diffs, half, **kw):
 
 def test_pooled_verdict_holds_where_every_seed_was_inconclusive():
     diffs = [0.05, 0.06, 0.04, 0.05, 0.05]  # five runs, each ± 0.065: inconclusive one by one
-    (c,) = cmp.compare(cmp.group(_claims_over("greater", "C2", diffs, 0.065)))["groups"][0]["claims"]
+    (c,) = pooling.compare(cmp.group(_claims_over("greater", "C2", diffs, 0.065)))["groups"][0]["claims"]
     assert c["per_seed"] == ["inconclusive"] * 5 and c["counts"] == {"inconclusive": 5}
     # by hand: tau 0 (the runs agree within their noise), truncated HKSJ: 0.05 ± t(4) se / sqrt 5
     p = c["pooled"]
@@ -207,7 +208,7 @@ def test_pooled_verdict_holds_where_every_seed_was_inconclusive():
 
 
 def test_two_seeds_that_fixed_effect_calls_holds_are_inconclusive_as_runs():
-    (c,) = cmp.compare(cmp.group(_claims_over("greater", "C2", [0.06, 0.04], 0.065)))["groups"][0]["claims"]
+    (c,) = pooling.compare(cmp.group(_claims_over("greater", "C2", [0.06, 0.04], 0.065)))["groups"][0]["claims"]
     p = c["pooled"]
     # fixed effect: 0.05 ± 0.065 / sqrt 2 = [0.004, 0.096] -> holds; runs: t(1) = 12.7 -> inconclusive
     assert p["fixed"]["ci95"] == pytest.approx([0.05 - 0.065 / math.sqrt(2), 0.05 + 0.065 / math.sqrt(2)])
@@ -217,7 +218,7 @@ def test_two_seeds_that_fixed_effect_calls_holds_are_inconclusive_as_runs():
 
 def test_seeds_that_disagree_widen_the_pooled_interval():
     # the committed G - H per seed, each ± 6 points: every fixed-effect reading says holds
-    (c,) = cmp.compare(cmp.group(_claims_over("greater", "C2", [0.17, 0.125, 0.015], 0.06)))["groups"][0]["claims"]
+    (c,) = pooling.compare(cmp.group(_claims_over("greater", "C2", [0.17, 0.125, 0.015], 0.06)))["groups"][0]["claims"]
     p = c["pooled"]
     assert p["fixed"]["verdict"] == "holds" and p["verdict"] == "inconclusive"
     assert p["ci95"][0] < 0 < p["ci95"][1] and p["tau"] > 0.05 and p["i2"] > 0.8
@@ -225,15 +226,15 @@ def test_seeds_that_disagree_widen_the_pooled_interval():
 
 def test_pooled_verdict_less_and_contradicted():
     exps = _claims_over("less", "C6", [0.1, 0.09, 0.11, 0.1], 0.05)
-    (c,) = cmp.compare(cmp.group(exps))["groups"][0]["claims"]
+    (c,) = pooling.compare(cmp.group(exps))["groups"][0]["claims"]
     assert c["pooled"]["diff"] == pytest.approx(0.1) and c["pooled"]["verdict"] == "contradicted"
 
 
 def test_pooled_equivalent_uses_the_claims_margin():
     # -0.02 ± t(3) 0.0306 / 2 = [-0.069, 0.029]: inside ±0.1, not inside ±0.03
-    (c,) = cmp.compare(cmp.group(_claims_over("equivalent", "C5", [-0.02] * 4, 0.06, margin=0.1)))["groups"][0]["claims"]
+    (c,) = pooling.compare(cmp.group(_claims_over("equivalent", "C5", [-0.02] * 4, 0.06, margin=0.1)))["groups"][0]["claims"]
     assert c["margin"] == 0.1 and c["pooled"]["verdict"] == "holds"
-    (c,) = cmp.compare(cmp.group(_claims_over("equivalent", "C5", [-0.02] * 4, 0.06, margin=0.03)))["groups"][0]["claims"]
+    (c,) = pooling.compare(cmp.group(_claims_over("equivalent", "C5", [-0.02] * 4, 0.06, margin=0.03)))["groups"][0]["claims"]
     assert c["pooled"]["verdict"] == "inconclusive"
 
 
@@ -249,7 +250,7 @@ def _parts_claim(g_diff, w_diff):
                                               ((-0.1, -0.12, -0.1, -0.12), "contradicted")])
 def test_pooled_parts_claim(w_diffs, verdict):
     exps = [_exp(f"e{i}", i, 0.4, claims=_parts_claim(0.3 + 0.02 * (i % 2), w)) for i, w in enumerate(w_diffs)]
-    (c,) = cmp.compare(cmp.group(exps))["groups"][0]["claims"]
+    (c,) = pooling.compare(cmp.group(exps))["groups"][0]["claims"]
     assert c["parts"]["G"]["diff"] == pytest.approx(0.31) and c["parts"]["G"]["verdict"] == "holds"
     assert c["parts"]["W"]["diff"] == pytest.approx(sum(w_diffs) / 4)
     assert c["pooled"]["verdict"] == verdict
@@ -258,7 +259,7 @@ def test_pooled_parts_claim(w_diffs, verdict):
 def test_claim_missing_in_a_seed_pools_the_others():
     exps = [_exp("a", 0, 0.4, claims={"claims": [_claim("C2", "greater", 0.05, 0.04, verdict="holds")]}),
             _exp("b", 1, 0.4, claims={"claims": []})]
-    (c,) = cmp.compare(cmp.group(exps))["groups"][0]["claims"]
+    (c,) = pooling.compare(cmp.group(exps))["groups"][0]["claims"]
     assert c["per_seed"] == ["holds", None] and c["counts"] == {"holds": 1, "missing": 1}
     # one run: no run-level interval, so no run-level verdict (the seed's own verdict stays in per_seed)
     assert c["pooled"]["k"] == 1 and c["pooled"]["verdict"] == "inconclusive"
@@ -266,7 +267,7 @@ def test_claim_missing_in_a_seed_pools_the_others():
 
 
 def test_duplicate_seed_is_warned():
-    res = cmp.compare(cmp.group([_exp("a", 0, 0.4), _exp("b", 0, 0.4)]))
+    res = pooling.compare(cmp.group([_exp("a", 0, 0.4), _exp("b", 0, 0.4)]))
     assert "seed 0 appears in 2 experiments (a, b)" in res["groups"][0]["warnings"][0]
 
 
@@ -275,7 +276,7 @@ def test_duplicate_seed_is_warned():
 def test_markdown_holds_the_numbers():
     exps = [_exp("a", 0, 0.40, claims={"claims": [_claim("C2", "greater", 0.06, 0.065)]}),
             _exp("b", 1, 0.42, claims={"claims": [_claim("C2", "greater", 0.04, 0.065)]})]
-    md = cmp.render_markdown(cmp.compare(cmp.group(exps), skipped=["q (1234567): queued"]))
+    md = compare_markdown.render_markdown(pooling.compare(cmp.group(exps), skipped=["q (1234567): queued"]))
     assert "| H | 41.0 ± 1.4 | 40.0 – 42.0 | 2 | 40.0 | 42.0 | 31.0 ± 1.4 |" in md
     assert "| set | accuracy mean ± sd | min – max | k | seed 0 | seed 1 | Δ vs base (pp) |" in md
     assert "inconclusive, inconclusive" in md and "0 / 0 / 2" in md
@@ -286,8 +287,8 @@ def test_markdown_holds_the_numbers():
 
 
 def test_write_is_atomic_and_complete(tmp_path):
-    res = cmp.compare(cmp.group([_exp("a", 0, 0.4), _exp("b", 1, 0.42)]))
-    md, js = cmp.write(res, tmp_path / "out")
+    res = pooling.compare(cmp.group([_exp("a", 0, 0.4), _exp("b", 1, 0.42)]))
+    md, js = compare_markdown.write(res, tmp_path / "out")
     assert json.loads(js.read_text())["groups"][0]["tasks"]["gsm8k"]["sets"]["H"]["acc"]["k"] == 2
     assert md.read_text().startswith("# Experiments compared")
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["compare.json", "compare.md"]
@@ -315,7 +316,7 @@ def test_new_summary_layout_derives_d_base_and_old_layout_keeps_its_own():
                             "G": {"acc": 0.52, "ci": "[0.45, 0.59]", "loss": 0.6, "step_acc": 0.9}}
     cmp.validate_summary(new.summary, "new")
     (g,) = cmp.group([old, new])
-    sets = cmp.compare([g])["groups"][0]["tasks"]["gsm8k"]["sets"]
+    sets = pooling.compare([g])["groups"][0]["tasks"]["gsm8k"]["sets"]
     assert sets["H"]["d_base"]["values"] == pytest.approx([0.30, 0.34])
     assert sets["G"]["d_base"]["values"] == pytest.approx([0.33, 0.42])
     assert "d_base" not in sets["base"] and sets["H"]["acc"]["mean"] == pytest.approx(0.42)
@@ -326,7 +327,7 @@ def test_d_base_is_not_invented_without_a_base_accuracy():
     e = _exp("x", 0, 0.4)
     del e.summary["gsm8k"]["base"]
     del e.summary["gsm8k"]["H"]["d_base"]
-    sets = cmp.compare(cmp.group([e]))["groups"][0]["tasks"]["gsm8k"]["sets"]
+    sets = pooling.compare(cmp.group([e]))["groups"][0]["tasks"]["gsm8k"]["sets"]
     assert "d_base" not in sets["H"]
 
 
@@ -335,7 +336,7 @@ def test_d_base_is_not_invented_without_a_base_accuracy():
     ("meta-llama/Llama-3.1-8B", "8B", 8e9), ("smollm2-135m-instruct", "135M", 1.35e8),
     ("HuggingFaceTB/SmolLM2-360M-Instruct@main", "360M", 3.6e8), ("models/student", None, None), (None, None, None)])
 def test_model_size_from_the_name(name, size, n):
-    assert cmp.model_size(name) == (size, n)
+    assert pooling.model_size(name) == (size, n)
 
 
 def test_across_students_rows_by_size_with_mean_sd_and_p_gain():
@@ -346,7 +347,7 @@ def test_across_students_rows_by_size_with_mean_sd_and_p_gain():
         _new_layout(1, "Qwen/Qwen2.5-1.5B", 0.34, 0.42, 0.38, 0.36),
         _new_layout(2, "Qwen/Qwen2.5-1.5B", 0.32, 0.44, 0.40, 0.34),
     ]
-    result = cmp.compare(cmp.group(exps))
+    result = pooling.compare(cmp.group(exps))
     rows = result["students"]["rows"]
     assert [(r["student"], r["size"], r["seeds"]) for r in rows] == [
         ("Qwen/Qwen2.5-1.5B", "1.5B", [0, 1, 2]), ("google/gemma-2-9b", "9B", [0, 1])]
@@ -359,7 +360,7 @@ def test_across_students_rows_by_size_with_mean_sd_and_p_gain():
     assert gemma["P_minus_H"]["mean"] == pytest.approx(0.06) and gemma["P"]["sd"] == pytest.approx(0.0424264, abs=1e-6)
     assert rows[0]["config"] == {} and json.loads(json.dumps(result)) == result
 
-    md = cmp.render_markdown(result)
+    md = compare_markdown.render_markdown(result)
     assert "## Across students" in md and "### gsm8k: accuracy (%) by student" in md
     assert "| student | size | k | H | G | W | P | P − H (pp) |" in md
     assert "| Qwen/Qwen2.5-1.5B | 1.5B | 3 | 32.0 ± 2.0 | 42.0 ± 2.0 | 38.0 ± 2.0 | 36.0 ± 2.0 | 4.0 ± 3.5 |" in md
@@ -370,21 +371,21 @@ def test_across_students_a_student_with_two_configurations_has_two_labelled_rows
     exps = [_new_layout(0, "google/gemma-2-2b", 0.3, 0.4, 0.35, 0.33, **{"sft.precision": "bf16"}),
             _new_layout(0, "google/gemma-2-2b", 0.4, 0.5, 0.45, 0.43, **{"sft.precision": "amp"}),
             _new_layout(0, "google/gemma-2-9b", 0.5, 0.6, 0.55, 0.53, **{"sft.precision": "bf16"})]
-    rows = cmp.compare(cmp.group(exps))["students"]["rows"]
+    rows = pooling.compare(cmp.group(exps))["students"]["rows"]
     assert [(r["student"], r["config"]) for r in rows] == [
         ("google/gemma-2-2b", {"sft.precision": "bf16"}), ("google/gemma-2-2b", {"sft.precision": "amp"}),
         ("google/gemma-2-9b", {})]
-    md = cmp.render_markdown(cmp.compare(cmp.group(exps)))
+    md = compare_markdown.render_markdown(pooling.compare(cmp.group(exps)))
     assert "| google/gemma-2-2b (sft.precision=amp) | 2B | 1 | 40.0 |" in md
 
 
 def test_across_students_old_layout_without_p_has_no_gain():
-    result = cmp.compare(cmp.group([_exp("a", 0, 0.4), _exp("b", 1, 0.5)]))
+    result = pooling.compare(cmp.group([_exp("a", 0, 0.4), _exp("b", 1, 0.5)]))
     (row,) = result["students"]["rows"]
     cells = row["tasks"]["gsm8k"]
     assert row["student"] is None and row["size"] is None  # the literal experiments name no student
     assert cells["H"]["mean"] == pytest.approx(0.45) and cells["P"]["k"] == 0 and cells["P_minus_H"]["mean"] is None
-    assert "| — | — | 2 | 45.0 ± 7.1 | — | — | — | — |" in cmp.render_markdown(result)
+    assert "| — | — | 2 | 45.0 ± 7.1 | — | — | — | — |" in compare_markdown.render_markdown(result)
 
 
 # ---- a real git + DVC repo -------------------------------------------------------------------
@@ -534,10 +535,8 @@ def test_compare_real_dvc_experiments(tmp_path, capsys):
 
 
 def test_step_sets_sort_by_k_before_the_mixtures():
-    from cotshape.reporting.compare import _set_sort_key
-
     sets = ["mix-0.5", "step-10", "P", "step-2", "base", "step-1", "mix-0.25"]
-    assert sorted(sets, key=_set_sort_key) == ["base", "P", "step-1", "step-2", "step-10", "mix-0.25", "mix-0.5"]
+    assert sorted(sets, key=pooling.set_order) == ["base", "P", "step-1", "step-2", "step-10", "mix-0.25", "mix-0.5"]
 
 
 def test_repool_script_rebuilds_per_seed_differences_from_a_committed_comparison(tmp_path):
@@ -551,7 +550,7 @@ def test_repool_script_rebuilds_per_seed_differences_from_a_committed_comparison
     g_diffs = [0.17, 0.125, 0.015]
     exps = [_exp(f"e{i}", i, 0.5, G={"acc": 0.5 + d}, claims={"claims": [_claim("C2", "greater", d, 0.06)]})
             for i, d in enumerate(g_diffs)]
-    res = cmp.compare(cmp.group(exps))
+    res = pooling.compare(cmp.group(exps))
     for c in res["groups"][0]["claims"]:  # an old comparison: no per-seed intervals
         c["pooled"].pop("per_seed_ci95")
     path = tmp_path / "compare.json"
@@ -578,14 +577,14 @@ def test_seeds_with_several_runs_pool_their_run_level_intervals_and_split_the_va
         exps.append(_exp(f"e{i}", i, 0.4, claims={"claims": [{"id": "C2", "task": "gsm8k", "statement": "s",
                                                                "kind": "greater", "verdict": "holds",
                                                                "evidence": ev}]}))
-    result = cmp.compare(cmp.group(exps))
+    result = pooling.compare(cmp.group(exps))
     (c,) = result["groups"][0]["claims"]
     assert c["pooled"]["k"] == 3 and c["pooled"]["verdict"] == "inconclusive"
     vc = c["variance"]
     assert vc["draws"] == 3 and vc["runs"] == [3, 3, 3]
     assert vc["parts"]["data"]["share"] > 0.8  # the draws differ by 10 points, the runs by 2
     assert vc["parts"]["sft"]["var"] == pytest.approx(0.0004)  # the runs' own spread (2 points)
-    text = cmp.render_markdown(result)
+    text = compare_markdown.render_markdown(result)
     assert "### Where the variance of each claim's difference comes from" in text
     assert "| C2 | gsm8k | 3 | 3/3/3 |" in text
 
@@ -598,7 +597,7 @@ def test_a_seed_with_one_run_pools_on_its_own_paired_interval():
     exps = [_exp(f"e{i}", i, 0.4, claims={"claims": [{"id": "C2", "task": "gsm8k", "statement": "s",
                                                        "kind": "greater", "verdict": "inconclusive",
                                                        "evidence": e}]}) for i, e in enumerate(ev)]
-    (c,) = cmp.compare(cmp.group(exps))["groups"][0]["claims"]
+    (c,) = pooling.compare(cmp.group(exps))["groups"][0]["claims"]
     assert c["pooled"]["k"] == 3 and c["pooled"]["per_seed"] == pytest.approx([0.17, 0.125, 0.015])
     assert c["variance"] is None  # no seed has two runs: no SFT part to split off
 
