@@ -28,9 +28,11 @@ from cotshape.reporting.formatting import NA
 
 POOLING_NOTE = (
     "Accuracies: mean ± sample sd (ddof 1) over the experiments of a group, with min, max and k "
-    "(the number of experiments that have the value). Claims: each seed is one run of the whole "
-    "pipeline (its own teacher samples, G/W draw and SFT), so the run is the unit: per claim and "
-    "task the per-seed differences are combined as a random effect (DerSimonian-Laird tau, each "
+    "(the number of experiments that have the value). Claims: each seed is one draw of the "
+    "pipeline (its own teacher samples and G/W draw, and its SFT runs), so the draw is the unit. A "
+    "seed's evidence is its run-level interval when it trained several runs per arm (runs x test "
+    "problems, metrics/claims.json), else its one run's paired interval. Per claim and task the "
+    "per-seed differences are combined as a random effect (DerSimonian-Laird tau, each "
     "seed's se = its CI half-width / 1.96; truncated Hartung-Knapp-Sidik-Jonkman interval on k - 1 "
     "degrees of freedom, hulled with the t-interval over the k per-seed differences, so it is never "
     "narrower than their spread; cotshape.core.stats.random_effects_difference). tau is the sd of "
@@ -40,7 +42,9 @@ POOLING_NOTE = (
     "equivalent — inside ±margin. A claim made of parts holds when every part holds, is "
     "contradicted when any part is, and is inconclusive otherwise. The fixed-effect column (an "
     "n-weighted mean, test-problem noise only: what the same students would score on other test "
-    "problems, not what another training run would) is secondary."
+    "problems, not what another training run would) is secondary. Seeds that share their test "
+    "problems (only base.data_seed differs) share that noise, which the pooling treats as "
+    "independent; with two seeds the t quantile on 1 degree of freedom (12.7) dominates it."
 )
 
 # ---- comparing -------------------------------------------------------------------------------
@@ -142,9 +146,9 @@ def pool_runs(diffs: Sequence[float], ses: Sequence[float] | None, kind: str, ma
 
 
 def _pool(evidences: Sequence[Any], kind: str, margin: float | None) -> dict[str, Any]:
-    """Pool one difference over the seeds that measured it, the training run being the unit
-    (:func:`cotshape.core.stats.random_effects_difference`: each seed is one run of the whole
-    pipeline); verdict by the claim's kind on that interval. The fixed-effect combination
+    """Pool one difference over the seeds that measured it, the seed (a draw of the pipeline's
+    data, with its SFT runs) being the unit (:func:`cotshape.core.stats.random_effects_difference`
+    over :func:`_seed_evidence`); verdict by the claim's kind on that interval. The fixed-effect combination
     (test-problem noise only, :func:`~cotshape.core.stats.pooled_difference`) is kept as the
     secondary ``fixed`` entry."""
     from cotshape.core import stats
