@@ -70,8 +70,6 @@ SEED_PARAMS = (SEED_PARAM, "base.data_seed", "base.sft_seed", "base.eval_seed")
 SET_FIELDS = ("acc", "d_base", "loss")
 #: per-seed interval bounds of a set: validated, not aggregated
 SET_BOUNDS = ("lo", "hi")
-SET_ORDER = ("base", "H", "G", "W", "P", "step")
-VERDICTS = ("holds", "contradicted", "inconclusive")
 
 
 class CompareError(InputError):
@@ -334,8 +332,6 @@ def collect(
 # ---- grouping --------------------------------------------------------------------------------
 
 _ABSENT = "<absent>"
-#: task-level summary fields that are counts (the others are fractions, shown in %)
-COUNT_FIELDS = frozenset({"compared"})
 
 
 def param_key(v: Any) -> str:

@@ -8,8 +8,14 @@ from pathlib import Path
 from typing import Any
 
 from cotshape.core.records import write_json, write_text
-from cotshape.reporting.compare import COUNT_FIELDS, VERDICTS, format_param
+from cotshape.core.stats import CONTRADICTED, HOLDS, INCONCLUSIVE
+from cotshape.reporting.compare import format_param
 from cotshape.reporting.formatting import DASH, markdown_table
+
+#: the per-seed verdict counts' order
+VERDICTS = (HOLDS, CONTRADICTED, INCONCLUSIVE)
+#: task-level summary fields that are counts (the others are fractions, shown in %)
+COUNT_FIELDS = frozenset({"compared"})
 
 # ---- rendering -------------------------------------------------------------------------------
 

@@ -23,8 +23,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from cotshape.core.artifacts import set_sort_key
-from cotshape.reporting.compare import SET_FIELDS, SET_ORDER, CompareError, Experiment, Group, is_number, param_key
+from cotshape.reporting.compare import SET_FIELDS, CompareError, Experiment, Group, is_number, param_key
 from cotshape.reporting.formatting import NA
+
+#: the order of the sets in the tables (then step-K, the mixtures, the rest: :func:`set_order`)
+SET_ORDER = ("base", "H", "G", "W", "P", "step")
 
 POOLING_NOTE = (
     "Accuracies: mean ± sample sd (ddof 1) over the experiments of a group, with min, max and k "
