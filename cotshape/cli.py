@@ -308,6 +308,9 @@ def compare(
     groups = cmp.group(exps, by_exclude=tuple(ignore) if ignore else cmp.SEED_PARAMS, by=group_by or None)
     result = compare(groups, skipped)
     md, _ = write(result, out if out is not None else repo / "compare")
+    for g in result["groups"]:
+        for w in g["warnings"]:
+            typer.echo(f"warning: {g['label']}: {w}", err=True)
     typer.echo(f"compared {len(exps)} experiments in {len(groups)} group(s): {md}", err=True)
 
 

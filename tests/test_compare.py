@@ -266,6 +266,37 @@ def test_claim_missing_in_a_seed_pools_the_others():
     assert c["pooled"]["ci95"] is None and "one training run" in c["pooled"]["reason"]
 
 
+def _with_provenance(e, prov):
+    e.provenance = prov
+    return e
+
+
+def test_provenance_that_agrees_gives_no_warning_and_none_recorded_gives_none():
+    prov = {"versions": {"torch": "2.13.0"}, "cpu": "AMD EPYC 9B14", "batch_size": {"evaluate": 128}}
+    same = [_with_provenance(_exp(f"s{i}", i, 0.4), dict(prov)) for i in range(3)]
+    assert pooling.provenance_warnings(same) == []
+    assert pooling.provenance_warnings([_exp("a", 0, 0.4), _exp("b", 1, 0.4)]) == []
+
+
+def test_provenance_that_differs_is_warned_naming_each_field_and_value():
+    a = _with_provenance(_exp("a", 0, 0.4), {"versions": {"torch": "2.13.0", "math_verify": "0.8.0"},
+                                            "cpu": "AMD EPYC", "batch_size": {"evaluate": 128}})
+    b = _with_provenance(_exp("b", 1, 0.4), {"versions": {"torch": "2.13.0", "math_verify": "0.9.0"},
+                                            "cpu": "Intel Xeon (AMX)", "batch_size": {"evaluate": 256}})
+    c = _exp("c", 2, 0.4)  # an older commit: no provenance
+    w_missing, w_differ = pooling.provenance_warnings([a, b, c])
+    assert w_missing.startswith("no metrics/provenance.json in c (older commits)")
+    assert ("batch_size.evaluate (a: 128, b: 256); cpu (a: AMD EPYC, b: Intel Xeon (AMX)); "
+            "versions.math_verify (a: 0.8.0, b: 0.9.0).") in w_differ
+    assert "versions.torch" not in w_differ
+    # a field only one of them records is a difference too
+    b.provenance["gpu"] = "H200"
+    assert "gpu (a: absent, b: H200)" in pooling.provenance_warnings([a, b])[0]
+    # and the warning reaches the group's warnings
+    (g,) = pooling.compare(cmp.group([a, b]))["groups"]
+    assert any("versions.math_verify" in w for w in g["warnings"])
+
+
 def test_duplicate_seed_is_warned():
     res = pooling.compare(cmp.group([_exp("a", 0, 0.4), _exp("b", 0, 0.4)]))
     assert "seed 0 appears in 2 experiments (a, b)" in res["groups"][0]["warnings"][0]
@@ -436,6 +467,9 @@ if s == 2:  # the report's newer layout: per set {acc, ci, loss, step_acc}, no l
 os.makedirs("metrics", exist_ok=True)
 json.dump(summary, open("metrics/summary.json", "w"))
 json.dump(claims, open("metrics/claims.json", "w"))
+# what produced the numbers: seed 2 as if run with another torch (compare must warn, naming it)
+json.dump({"versions": {"torch": "2.12.0" if s == 2 else "2.13.0", "trl": "0.29.0"}, "cpu": "AMD EPYC"},
+          open("metrics/provenance.json", "w"))
 '''
 
 DVC_YAML = """\
@@ -448,6 +482,8 @@ stages:
       - metrics/summary.json:
           cache: false
       - metrics/claims.json:
+          cache: false
+      - metrics/provenance.json:
           cache: false
 """
 
@@ -481,9 +517,15 @@ def test_compare_real_dvc_experiments(tmp_path, capsys):
 
     out = tmp_path / "report"
     assert main(["compare", "--repo", str(repo), "--out", str(out)]) == 0
-    assert "compared 4 experiments in 2 group(s)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "compared 4 experiments in 2 group(s)" in err
     res = json.loads((out / "compare.json").read_text())
     g1, g2 = res["groups"]
+    # provenance read from each experiment's commit: seed 2's torch differs, named with every value
+    (warning,) = g1["warnings"]
+    assert "versions.torch (" in warning and ": 2.13.0, " in warning and ": 2.12.0)" in warning
+    assert "trl" not in warning and "cpu" not in warning
+    assert f"warning: sft.epochs=1: {warning}" in err and g2["warnings"] == []
     assert (g1["label"], g2["label"]) == ("sft.epochs=1", "sft.epochs=2")
     assert [e["seed"] for e in g1["experiments"]] == [0, 1, 2] and g1["experiments"][0]["kind"] == "baseline"
 

@@ -31,7 +31,12 @@ rows (the workspace only when asked); queued, running and failed experiments, an
                                                     "evidence": {"diff", "ci95", "n"} or
                                                                 {"parts": {name: {"diff", "ci95", "n"}}}}]}
 
-DVC's metrics reader keeps only numbers, so the claims (strings) are read from git: ``git show
+    metrics/provenance.json  {"cotshape_commit", "versions": {package: version}, "backend", "dtype",
+                              "device", "cpu", "gpu", "batch_size": {stage: n}, "tensor_parallel_size"}
+                          (optional: commits from before it existed have none; any JSON object is
+                          read, nested keys compared as dotted fields)
+
+DVC's metrics reader keeps only numbers, so the claims and the provenance are read from git: ``git show
 REV:metrics/claims.json`` for each row (the file on disk for the workspace), falling back to the
 JSON given when git cannot (a saved ``dvc exp show --json`` from elsewhere).
 
@@ -59,6 +64,9 @@ log = logging.getLogger(__name__)
 
 SUMMARY_PATH = "metrics/summary.json"
 CLAIMS_PATH = "metrics/claims.json"
+#: what produced a row's numbers (versions, commit, hardware, batch sizes): read from git like the
+#: claims; pooled experiments that differ in any field get a warning naming it
+PROVENANCE_PATH = "metrics/provenance.json"
 PARAMS_FILE = "params.yaml"
 SEED_PARAM = "base.seed"
 #: the seeds a group of replicates may differ in: base.seed and the per-source seeds (a data
@@ -86,6 +94,7 @@ class Experiment:
     params: dict[str, Any]  # flat: "base.seed" -> 1 (params.yaml), "other.yaml:key" -> v
     summary: dict[str, Any]
     claims: dict[str, Any] | None = None
+    provenance: dict[str, Any] | None = None  # metrics/provenance.json: what produced the numbers
     baseline: str | None = None  # the baseline commit of an experiment
     timestamp: str | None = None
 
@@ -223,10 +232,10 @@ def validate_summary(summary: Any, where: str) -> dict[str, Any]:
     return summary
 
 
-def _git_claims(repo: Path, rev: str) -> dict[str, Any] | None:
-    """``metrics/claims.json`` of a commit, or None when git cannot show it."""
+def _git_json(repo: Path, rev: str, path: str) -> Any | None:
+    """A JSON file of a commit (``git show REV:PATH``), or None when git cannot show it."""
     try:
-        proc = subprocess.run(["git", "show", f"{rev}:./{CLAIMS_PATH}"], cwd=repo, capture_output=True,
+        proc = subprocess.run(["git", "show", f"{rev}:./{path}"], cwd=repo, capture_output=True,
                               text=True, check=False)
     except OSError:
         return None
@@ -235,20 +244,24 @@ def _git_claims(repo: Path, rev: str) -> dict[str, Any] | None:
     try:
         return json.loads(proc.stdout)
     except json.JSONDecodeError as e:
-        raise CompareError(f"{rev[:7]}:{CLAIMS_PATH}:{e.lineno}: invalid JSON ({e.msg})") from None
+        raise CompareError(f"{rev[:7]}:{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+
+
+def _row_json(repo: Path, row: Experiment, path: str) -> Any | None:
+    """A JSON file of a row: on disk for the workspace, from git for a commit or experiment."""
+    if row.kind != "workspace":
+        return _git_json(repo, row.rev, path)
+    file = repo / path
+    if not file.is_file():
+        return None
+    try:
+        return json.loads(file.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CompareError(f"{file}:{e.lineno}: invalid JSON ({e.msg})") from None
 
 
 def _read_claims(repo: Path, row: Experiment, from_json: Any) -> dict[str, Any] | None:
-    if row.kind == "workspace":
-        path = repo / CLAIMS_PATH
-        claims = None
-        if path.is_file():
-            try:
-                claims = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise CompareError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-    else:
-        claims = _git_claims(repo, row.rev)
+    claims = _row_json(repo, row, CLAIMS_PATH)
     if claims is None and isinstance(from_json, dict) and "claims" in from_json:
         claims = from_json
     if claims is None:
@@ -263,6 +276,14 @@ def _read_claims(repo: Path, row: Experiment, from_json: Any) -> dict[str, Any] 
             raise CompareError(f"{where}: claims[{i}] ({c['id']}): kind must be greater, less or "
                                f"equivalent, got {c.get('kind')!r}")
     return claims
+
+
+def _read_provenance(repo: Path, row: Experiment) -> dict[str, Any] | None:
+    """``metrics/provenance.json`` of a row (None for commits from before it was recorded)."""
+    prov = _row_json(repo, row, PROVENANCE_PATH)
+    if prov is not None and not isinstance(prov, dict):
+        raise CompareError(f"{row.label}: {PROVENANCE_PATH}: expected an object, got {type(prov).__name__}")
+    return prov
 
 
 def _rows(data: list[Any], workspace: bool) -> Iterable[tuple[str, str, str, str | None, dict, Any, Any]]:
@@ -316,6 +337,7 @@ def collect(
         exp = Experiment(name=name, rev=rev, kind=kind, params=_params(rdata), summary=summary,
                          baseline=baseline, timestamp=rdata.get("timestamp"))
         exp.claims = _read_claims(repo, exp, _metric(rdata, CLAIMS_PATH, label))
+        exp.provenance = _read_provenance(repo, exp)
         out.append(exp)
     for n in notes:
         log.info("skipped %s", n)

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from cotshape.core.artifacts import set_sort_key
+from cotshape.reporting.compare import PROVENANCE_PATH as PROVENANCE_FILE
 from cotshape.reporting.compare import SET_FIELDS, CompareError, Experiment, Group, is_number, param_key
 from cotshape.reporting.formatting import NA
 
@@ -51,6 +52,46 @@ POOLING_NOTE = (
 )
 
 # ---- comparing -------------------------------------------------------------------------------
+
+def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def provenance_warnings(members: Sequence[Experiment]) -> list[str]:
+    """What the pooled experiments of a group differ in outside params.yaml: one warning naming
+    every field of ``metrics/provenance.json`` (package versions, cotshape commit, hardware,
+    batch sizes) whose value is not the same in all of them, with each experiment's value; one
+    naming the experiments that record no provenance when others do. Nothing when all agree or
+    none records it."""
+    recorded = [m for m in members if m.provenance is not None]
+    if not recorded:
+        return []
+    warnings = []
+    missing = [m.name for m in members if m.provenance is None]
+    if missing:
+        warnings.append(f"no {PROVENANCE_FILE} in {', '.join(missing)} (older commits): what produced "
+                        "their numbers cannot be compared with the others")
+    flats = [(m.name, _flat(m.provenance)) for m in recorded]
+    fields = sorted({k for _, f in flats for k in f})
+    differ = []
+    for k in fields:
+        values = [(name, f.get(k)) for name, f in flats]
+        if len({param_key(v) for _, v in values}) > 1:
+            shown = ", ".join(f"{name}: {v if v is not None else 'absent'}" for name, v in values)
+            differ.append(f"{k} ({shown})")
+    if differ:
+        warnings.append("pooled experiments differ in what produced them: " + "; ".join(differ)
+                        + ". Scores can move with versions, hardware and batch sizes; pool them "
+                        "only if these differences are part of the spread you want to measure")
+    return warnings
+
 
 def aggregate(values: Sequence[float | None]) -> dict[str, Any]:
     """mean, sample sd (ddof 1; None for fewer than 2 values), min, max and k of the non-None
@@ -252,6 +293,7 @@ def compare(groups: Sequence[Group], skipped: Sequence[str] = ()) -> dict[str, A
                 names = ", ".join(m.name for m in g.members if param_key(m.seed) == s)
                 warnings.append(f"seed {s} appears in {n} experiments ({names}): identical runs count "
                                 "more than once in the mean")
+        warnings.extend(provenance_warnings(g.members))
         tasks = []
         for m in g.members:
             tasks.extend(t for t in m.summary if t not in tasks)
