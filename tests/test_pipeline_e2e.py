@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -284,3 +285,90 @@ def test_exp_run_with_param_override(repo):
     # the compact metrics/summary.json is what dvc exp show lists: one column per number
     header = shown.splitlines()[0].split(",")
     assert "countdown.H.acc" in header and "countdown.H.ci" in header
+
+
+def _lock_is_self_consistent(lock: dict) -> list[str]:
+    """Every dep of a stage on a path that another stage of the same lock outputs has that
+    output's hash: the experiment read only what it built itself."""
+    outs: dict[str, str] = {}
+    for entry in lock["stages"].values():
+        for o in entry.get("outs", []):
+            outs[o["path"]] = o.get("md5")
+    return [f"{name}: {d['path']}" for name, entry in lock["stages"].items() for d in entry.get("deps", [])
+            if d["path"] in outs and d.get("md5") != outs[d["path"]]]
+
+
+def _lock_param(entry: dict, section: str, key: str):
+    """A param's value in a dvc.lock entry: under its section (`sft: {...}`) or dotted (`sample.k`)."""
+    params = entry["params"]["params.yaml"]
+    return params[section][key] if section in params else params[f"{section}.{key}"]
+
+
+def test_two_queued_experiments_in_parallel(repo):
+    """`dvc queue start -j 2`: two experiments of the whole tiny graph run at once (each in its own
+    temp copy of the repo, both logging into the one sqlite MLflow store): both succeed; each
+    experiment's lock is consistent with itself and carries its own params (no experiment read the
+    other's outputs); MLflow holds one FINISHED run per stage each experiment ran (none dropped by
+    a locked database); the workspace is untouched."""
+    from mlflow.tracking import MlflowClient
+
+    repo, _ = repo
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "before the queue", check=False)
+    # the tiny random teacher's G/W do not move with the temperature (select's outputs stay the same),
+    # so each experiment also trains with its own learning rate: sampling and SFT both run twice at once
+    temps = {"t-high": 0.9, "t-low": 0.7}
+    lrs = {"t-high": 3e-4, "t-low": 1e-4}
+    for name, t in temps.items():
+        dvc(repo, "exp", "run", "--queue", "--name", name, "-S", f"sample.temperature={t}",
+            "-S", f"sft.learning_rate={lrs[name]}")
+    t0 = time.time()
+    dvc(repo, "queue", "start", "-j", "2")
+    status = ""
+    while time.time() - t0 < 2400:
+        status = dvc(repo, "queue", "status").stdout
+        if not any(word in status for word in ("Running", "Queued")):
+            break
+        time.sleep(10)
+    wall = time.time() - t0
+    print(f"two queued experiments, -j 2: {wall:.0f}s\n{status}")
+    logs = {name: dvc(repo, "queue", "logs", name, check=False).stdout for name in temps}
+    for name in temps:
+        assert re.search(rf"{name}\s.*Success", status), (status, logs[name][-3000:])
+
+    ran = {name: [line.split("'")[1] for line in logs[name].splitlines() if line.startswith("Running stage")]
+           for name in temps}
+    for name in temps:
+        assert any(s.startswith("sample@") for s in ran[name]) and any(s.startswith("sft@") for s in ran[name]), ran
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    revs = {e["name"]: e["rev"] for row in shown for e in (row.get("experiments") or [])
+            for e in [e["revs"][0]] if e.get("name") in temps}
+    assert set(revs) == set(temps), shown
+    sample_md5 = {}
+    for name, rev in revs.items():
+        lock = yaml.safe_load(sh(repo, "git", "show", f"{rev}:dvc.lock").stdout)
+        assert _lock_is_self_consistent(lock) == [], name
+        stage = lock["stages"]["sample@countdown-0"]
+        assert _lock_param(stage, "sample", "temperature") == temps[name]
+        sample_md5[name] = [o["md5"] for o in stage["outs"]]
+        sft = lock["stages"]["sft@countdown-H"]
+        assert _lock_param(sft, "sft", "learning_rate") == lrs[name]
+    assert sample_md5["t-high"] != sample_md5["t-low"]
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{repo}/mlflow.db")
+    exp = client.get_experiment_by_name("cotshape")
+    runs = [r for r in client.search_runs([exp.experiment_id], max_results=5000)
+            if r.info.start_time >= t0 * 1000]
+    assert all(r.info.status == "FINISHED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    # one run per stage outside SFT; SFT logs one run per training run (a set with no examples, as G
+    # of the random teacher, none): the same runs in both experiments, each with its own learning rate
+    others = [r for r in runs if not r.info.run_name.startswith("sft@")]
+    assert len(others) == sum(1 for v in ran.values() for s in v if not s.startswith("sft")), (others, ran)
+    sft_runs = {lr: sorted(r.info.run_name for r in runs if r.info.run_name.startswith("sft@")
+                           and r.data.params.get("sft.learning_rate") == str(lr)) for lr in lrs.values()}
+    assert sft_runs[3e-4] and sft_runs[3e-4] == sft_runs[1e-4], sft_runs
+    assert sum(map(len, sft_runs.values())) == len(runs) - len(others)
+    logged = sorted(r.data.params.get("sample.temperature") for r in runs if r.info.run_name.startswith("sample@"))
+    assert logged == ["0.7", "0.9"], logged
+    assert "up to date" in dvc(repo, "status").stdout.lower()
+    assert sh(repo, "git", "status", "--porcelain").stdout.strip() == ""
