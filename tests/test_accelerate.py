@@ -4,6 +4,10 @@ distributed setup (accelerate's own parser, validation and env preparation; no G
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,3 +123,70 @@ def test_gpu_check_cpu_smoke_mode_runs_every_step_and_prints_the_table(tmp_path)
     assert results["generation"]["tokens"] > 0
     assert results["sft"]["steps"] == 2 and results["sft"]["tokens_per_s"] > 0
     assert results["evaluate"]["problems"] == 4
+
+
+# ---- two processes for real: DDP over gloo on CPU ----------------------------------------------
+
+def _sft_stage(workdir: Path, out: str, sft: dict, model: Path, data: Path) -> subprocess.CompletedProcess:
+    import yaml
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["base"].update(device="cpu", dtype="float32")
+    params["sft"].update(sft)
+    (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               MLFLOW_TRACKING_URI=f"sqlite:///{workdir}/mlflow.db",
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+    cmd = [sys.executable, "stages/sft.py", "--task", "countdown", "--set", "H", "--data", str(data),
+           "--student", str(model), "--out", out, "--metrics", f"{out}.json", "--loss-plot", f"{out}.csv"]
+    proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+@pytest.mark.slow  # about 40 s: two SFT stages on the tiny model, one of them two processes
+def test_ddp_two_cpu_processes_train_like_one_with_the_same_effective_batch(tmp_path, tiny_model_dir):
+    """`sft.launcher: ddp`, `sft.num_processes: 2` runs through `accelerate launch` on CPU (gloo).
+    Against one process with the same effective batch (2 per device x 2 processes = 2 x grad_accum
+    2), accelerate hands each rank every other batch of the one-process order, so the optimizer
+    sees the same examples per step: the first loss and the trained adapter agree within float
+    tolerance (reduction order), while training moved the adapter far more than that. Only rank 0
+    writes: one model folder, one metrics file, one loss CSV, one MLflow run."""
+    import json
+
+    from mlflow.tracking import MlflowClient
+    from safetensors.torch import load_file
+
+    shutil.copytree(ROOT / "stages", tmp_path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "configs", tmp_path / "configs")
+    data = tmp_path / "H.jsonl"
+    rows = [{"id": f"p{i}", "problem_id": f"p{i}", "task": "countdown", "set": "H",
+             "prompt": [{"role": "user", "content": f"Make {i + 10} from [{i}, 10]."}],
+             "completion": f"{i} + 10 = {i + 10}. <answer>{i} + 10</answer>"} for i in range(8)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = {"runs": 1, "epochs": 3, "batch_size": 2, "learning_rate": 1e-2, "warmup_ratio": 0.0,
+              "save_steps": [], "max_length": 128}
+    one = _sft_stage(tmp_path, "one", {**common, "grad_accum": 2}, tiny_model_dir, data)
+    two = _sft_stage(tmp_path, "two", {**common, "launcher": "ddp", "num_processes": 2, "grad_accum": 1},
+                     tiny_model_dir, data)
+    assert "accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2" in two.stderr
+
+    m1, m2 = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert m1["steps"] == m2["steps"] == 6  # 8 examples x 3 epochs / 4 per optimizer step
+    assert m2["first_loss"] == pytest.approx(m1["first_loss"], rel=1e-3)
+    assert m2["final_loss"] == pytest.approx(m1["final_loss"], rel=1e-2)
+    w1, w2 = (load_file(tmp_path / n / "run-0" / "adapter_model.safetensors") for n in ("one", "two"))
+    # LoRA's B starts at zero: its size after training is how far training moved it
+    moved = max(w1[k].abs().max().item() for k in w1 if "lora_B" in k)
+    diff = max((w1[k] - w2[k]).abs().max().item() for k in w1)
+    print(f"1 vs 2 processes: first loss {m1['first_loss']:.6f} vs {m2['first_loss']:.6f}, final "
+          f"{m1['final_loss']:.6f} vs {m2['final_loss']:.6f}; adapter max |diff| {diff:.2e}, lora_B moved {moved:.2e}")
+    assert moved > 1e-2 and diff < 0.02 * moved, (moved, diff)
+
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["run-0"]
+    assert sorted(p.name for p in (tmp_path / "two" / "run-0").iterdir()) == \
+        sorted(p.name for p in (tmp_path / "one" / "run-0").iterdir())
+    assert (tmp_path / "two.csv").is_file() and two.stdout.count("countdown-H run 0") == 1
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("cotshape").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == ["sft@countdown-H-run-0"] * 2  # one per stage
