@@ -10,6 +10,7 @@
     cotshape compare [--repo .] [--json SAVED] [--out compare]   (seeds, sweeps)
     cotshape export [--repo .] --out DIR [--push-to-hub REPO]    (the training sets as a DatasetDict)
     cotshape decontaminate --train A.jsonl --test B.jsonl [--field question] [--json]
+    cotshape slurm submit [--repo .] [--targets STAGE ...] [--partition P] [--gpus N] [--dry-run]
     cotshape -h | --version
 
 The pipeline itself (prepare ... report) runs with ``dvc repro``; these commands are its parts that
@@ -45,9 +46,11 @@ models_app = typer.Typer(help="Model folders: materialise a spec into a plain HF
 tasks_app = typer.Typer(help="The reasoning tasks.", **_TYPER)
 preset_app = typer.Typer(help="Paper-scale presets (presets/*.yaml): list, show, apply to params.yaml, "
                          "or run as a DVC experiment.", **_TYPER)
+slurm_app = typer.Typer(help="Run the DVC stage graph on Slurm: one sbatch job per stage.", **_TYPER)
 app.add_typer(models_app, name="models")
 app.add_typer(tasks_app, name="tasks")
 app.add_typer(preset_app, name="preset")
+app.add_typer(slurm_app, name="slurm")
 
 _SAMPLE = SampleParams()
 _BASE = BaseParams()
@@ -312,6 +315,31 @@ def compare(
         for w in g["warnings"]:
             typer.echo(f"warning: {g['label']}: {w}", err=True)
     typer.echo(f"compared {len(exps)} experiments in {len(groups)} group(s): {md}", err=True)
+
+
+@slurm_app.command("submit")
+def slurm_submit(
+    repo: Annotated[Path, typer.Option(help="the pipeline's repository (dvc.yaml), on a shared "
+                                       "filesystem")] = Path("."),
+    targets: Annotated[list[str] | None, typer.Option(help="a stage (sft@gsm8k-G) or group (sft) to "
+                                                      "run, with its upstream stages (repeatable, or a,b; "
+                                                      "default: every stage)")] = None,
+    partition: Annotated[str | None, typer.Option(help="sbatch --partition of every job")] = None,
+    gpus: Annotated[int | None, typer.Option(help="--gres=gpu:N for every GPU stage (0: none; "
+                                             "default: from params.yaml)")] = None,
+    cpus_per_task: Annotated[int | None, typer.Option(help="sbatch --cpus-per-task of every job")] = None,
+    sbatch_arg: Annotated[list[str] | None, typer.Option(help="one more sbatch argument for every job, "
+                                                         "e.g. --sbatch-arg=--time=8:00:00 (repeatable)")] = None,
+    dry_run: Annotated[bool, typer.Option(help="print the sbatch commands as a shell script, "
+                                          "submit nothing")] = False,
+) -> None:
+    """Submit one job per stage (`dvc repro --single-item STAGE`), in topological order, each
+    with --dependency=afterok on its upstream stages' jobs (cotshape/pipeline/slurm.py)."""
+    from cotshape.pipeline.slurm import cmd_submit
+
+    names = [t for arg in targets or [] for t in arg.split(",") if t]  # --targets a,b as well
+    cmd_submit(repo, names, partition=partition, gpus=gpus, cpus_per_task=cpus_per_task,
+               extra=list(sbatch_arg or []), dry_run=dry_run, echo=typer.echo)
 
 
 class ExportFormat(str, enum.Enum):
