@@ -184,15 +184,21 @@ def _flatten(obj: Any, prefix: str, out: dict[str, Any]) -> None:
         out[prefix] = obj
 
 
+def flatten(obj: dict[str, Any]) -> dict[str, Any]:
+    """A nested dict as dotted keys: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (an empty dict stays a value)."""
+    out: dict[str, Any] = {}
+    if obj:
+        _flatten(obj, "", out)
+    return out
+
+
 def _params(data: dict[str, Any]) -> dict[str, Any]:
     """Flat params of a row: params.yaml keys as ``a.b``, other params files as ``file:a.b``."""
     out: dict[str, Any] = {}
     for fname, entry in sorted((data.get("params") or {}).items()):
         if not isinstance(entry, dict) or not isinstance(entry.get("data"), dict):
             continue
-        flat: dict[str, Any] = {}
-        _flatten(entry["data"], "", flat)
-        for k, v in flat.items():
+        for k, v in flatten(entry["data"]).items():
             out[k if fname == PARAMS_FILE else f"{fname}:{k}"] = v
     return out
 

@@ -23,8 +23,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from cotshape.core.artifacts import set_sort_key
-from cotshape.reporting.compare import PROVENANCE_PATH as PROVENANCE_FILE
-from cotshape.reporting.compare import SET_FIELDS, CompareError, Experiment, Group, is_number, param_key
+from cotshape.reporting.compare import (
+    PROVENANCE_PATH,
+    SET_FIELDS,
+    CompareError,
+    Experiment,
+    Group,
+    flatten,
+    is_number,
+    param_key,
+)
 from cotshape.reporting.formatting import NA
 
 #: the order of the sets in the tables (then step-K, the mixtures, the rest: :func:`set_order`)
@@ -53,17 +61,6 @@ POOLING_NOTE = (
 
 # ---- comparing -------------------------------------------------------------------------------
 
-def _flat(obj: Any, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in obj.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(_flat(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 def provenance_warnings(members: Sequence[Experiment]) -> list[str]:
     """What the pooled experiments of a group differ in outside params.yaml: one warning naming
     every field of ``metrics/provenance.json`` (package versions, cotshape commit, hardware,
@@ -76,9 +73,9 @@ def provenance_warnings(members: Sequence[Experiment]) -> list[str]:
     warnings = []
     missing = [m.name for m in members if m.provenance is None]
     if missing:
-        warnings.append(f"no {PROVENANCE_FILE} in {', '.join(missing)} (older commits): what produced "
+        warnings.append(f"no {PROVENANCE_PATH} in {', '.join(missing)} (older commits): what produced "
                         "their numbers cannot be compared with the others")
-    flats = [(m.name, _flat(m.provenance)) for m in recorded]
+    flats = [(m.name, flatten(m.provenance)) for m in recorded]
     fields = sorted({k for _, f in flats for k in f})
     differ = []
     for k in fields:
