@@ -1,7 +1,7 @@
 """Throughput of the code sandbox on HumanEval's canonical solutions, against the naive baseline.
 
 Naive: one fresh ``python -c PROGRAM`` subprocess per program, no isolation, run with the same
-number of parallel workers. Sandbox: :func:`cotshape.execution.sandbox.host.run_tests_many` (warm fork servers,
+number of parallel workers. Sandbox: :func:`cotshape.execution.sandbox.api.run_tests_many` (warm fork servers,
 bwrap when available). Prints both rates and their ratio; every program must pass in both.
 
     .venv/bin/python bench/bench_sandbox.py [--workers 2] [--repeat 1] [--mode auto]
@@ -42,7 +42,7 @@ def naive(jobs: list[dict], workers: int) -> tuple[float, int]:
 
 
 def sandboxed(jobs: list[dict], workers: int, mode: str | None) -> tuple[float, int, str]:
-    from cotshape.execution.sandbox.host import run_tests_many
+    from cotshape.execution.sandbox.api import run_tests_many
 
     run_tests_many(jobs[: workers * 2], workers=workers, mode=mode)  # start the warm workers
     t0 = time.perf_counter()

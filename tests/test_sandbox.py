@@ -15,13 +15,22 @@ import uuid
 
 import pytest
 
-from cotshape.execution.sandbox import host as sandbox
-from cotshape.execution.sandbox.host import (
+from cotshape.execution.sandbox import isolation
+from cotshape.execution.sandbox.api import (
     ExecutionResult,
     isolation_report,
     run_program,
     run_tests,
     run_tests_many,
+    shared_pool,
+)
+from cotshape.execution.sandbox.host import CAPTURE_BYTES
+from cotshape.execution.sandbox.isolation import (
+    MODE_ENV,
+    SandboxUnavailable,
+    SandboxWarning,
+    reset_probe_cache,
+    resolve_mode,
 )
 
 _REPORT = isolation_report()
@@ -58,7 +67,7 @@ def assert_nothing_left(mode: str) -> None:
     """No process of the programs' uids survives the run (root only: otherwise they share ours)."""
     if not _ROOT:
         return
-    uids = {w.uid for w in sandbox._shared_pool(mode)._all if w.uid is not None}
+    uids = shared_pool(mode).program_uids()
     deadline = time.monotonic() + 2
     while (left := _uid_processes(uids)) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -202,7 +211,7 @@ def test_disk_filling_is_stopped_by_the_file_size_limit(mode):
 def test_huge_output_is_cut_and_killed(mode):
     r = run_program("while True:\n    print('x' * 10000)\n", max_output_bytes=200_000, mode=mode)
     assert not r.passed and r.status == "output_limit"
-    assert len(r.stdout) <= sandbox.CAPTURE_BYTES and r.output_truncated
+    assert len(r.stdout) <= CAPTURE_BYTES and r.output_truncated
     assert_nothing_left(mode)
 
 
@@ -391,12 +400,12 @@ def test_isolation_report_describes_the_machine():
 
 
 def test_without_bwrap_auto_falls_back_with_one_warning_and_bwrap_is_refused(monkeypatch):
-    monkeypatch.setitem(sandbox._probe_cache, "bwrap",
-                        {"path": None, "works": False, "error": "no bwrap binary", "size_flag": False})
-    monkeypatch.setattr(sandbox, "_warned", False)
-    monkeypatch.delenv(sandbox.MODE_ENV, raising=False)
-    with pytest.warns(sandbox.SandboxWarning, match="falls back to rlimits"):
-        assert sandbox._resolve_mode(None) == "rlimit"
-    assert sandbox._resolve_mode("auto") == "rlimit"  # the warning is given once
-    with pytest.raises(sandbox.SandboxUnavailable, match="no bwrap binary"):
-        sandbox._resolve_mode("bwrap")
+    no_bwrap = {"path": None, "works": False, "error": "no bwrap binary", "size_flag": False}
+    monkeypatch.setattr(isolation, "probe_bwrap", lambda: no_bwrap)
+    monkeypatch.delenv(MODE_ENV, raising=False)
+    reset_probe_cache()  # an earlier test may have given the fallback warning already
+    with pytest.warns(SandboxWarning, match="falls back to rlimits"):
+        assert resolve_mode(None) == "rlimit"
+    assert resolve_mode("auto") == "rlimit"  # the warning is given once
+    with pytest.raises(SandboxUnavailable, match="no bwrap binary"):
+        resolve_mode("bwrap")

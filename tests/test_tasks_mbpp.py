@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import cotshape.execution.sandbox.host  # noqa: F401  (the grading tests below run in it)
+import cotshape.execution.sandbox.api  # noqa: F401  (the grading tests below run in it)
 from cotshape.tasks import get_task
 from cotshape.tasks.mbpp import extract_code, humaneval_tests
 

@@ -189,7 +189,7 @@ def test_misspelt_sandbox_mode_stops_the_stage_with_one_line(tmp_path):
 
 
 def test_sandbox_failing_its_self_test_stops_verify(tmp_path, monkeypatch):
-    import cotshape.execution.sandbox.host as sb
+    import cotshape.execution.sandbox.api as sb
     from cotshape.core.errors import SandboxError
 
     problems, samples = mbpp_files(tmp_path)

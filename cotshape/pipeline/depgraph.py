@@ -65,9 +65,13 @@ SCRIPTS_DIR = "stages"
 #: they load that way (added to the closure whenever the file is in it). ``()`` records a
 #: site that has been read and loads no package module by name.
 DYNAMIC_IMPORTS: dict[str, tuple[str, ...]] = {
-    # the fork server pre-imports standard-library modules by name (_PREIMPORT) and is started
-    # as `sys.executable sandbox.py --serve`: the file itself, already in the closure
+    # the fork server pre-imports standard-library modules by name (_PREIMPORT)
+    "cotshape/execution/sandbox/server.py": (),
+    # starts the fork server as `sys.executable -I server.py --serve`: a package file the host
+    # side imports, already in the closure
     "cotshape/execution/sandbox/host.py": (),
+    # the bwrap probe runs `sys.executable -I -c` with a one-line stdlib program
+    "cotshape/execution/sandbox/isolation.py": (),
     # launch_command reruns the stage's own script (plain python or `accelerate launch`)
     "cotshape/sft/train.py": (),
     # runs `python -m dvc exp show` (DVC, not package code) and asks find_spec whether dvc exists

@@ -15,7 +15,7 @@ Sources:
 
 H is the reference code in a ```python fence. Grading takes the code of the last ```python
 block (or the raw text when it holds code and no fence) and runs every assert, after
-``test_setup_code``, in :mod:`cotshape.execution.sandbox.host`; it is correct only if every assert ran and
+``test_setup_code``, in :mod:`cotshape.execution.sandbox.api`; it is correct only if every assert ran and
 passed (the sandbox proves it with a token the program cannot forge).
 """
 
@@ -138,7 +138,7 @@ class MBPP(Task):
         """The authors' scorer: markdown fences and a leading "python" removed (``sanitize_code``),
         the whole remaining text must parse (``ast.parse``; else unparsed), then every test must
         pass (5 s; here in the project's sandbox instead of a bare subprocess)."""
-        from cotshape.execution.sandbox.host import run_tests
+        from cotshape.execution.sandbox.api import run_tests
 
         if not isinstance(completion, str):
             return Verdict(False, False, None, "completion is not a string")
@@ -206,14 +206,14 @@ class MBPP(Task):
         return extract_code(completion)
 
     def check(self, problem: Problem, extracted: str, completion: str) -> Verdict:
-        from cotshape.execution.sandbox.host import run_tests
+        from cotshape.execution.sandbox.api import run_tests
 
         res = run_tests(extracted, problem["tests"], problem["meta"].get("test_setup_code", ""), timeout_s=TIMEOUT_S)
         return _verdict(res, extracted, len(problem["tests"]))
 
     def check_many(self, items: list[tuple[Problem, str]], workers: int | None = None,
                    progress: bool = True) -> list[Verdict]:
-        from cotshape.execution.sandbox.host import run_tests_many
+        from cotshape.execution.sandbox.api import run_tests_many
 
         jobs = [
             {"code": code, "tests": p["tests"], "setup_code": p["meta"].get("test_setup_code", ""),
