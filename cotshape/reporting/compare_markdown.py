@@ -10,7 +10,7 @@ from typing import Any
 from cotshape.core.records import write_json, write_text
 from cotshape.core.stats import CONTRADICTED, HOLDS, INCONCLUSIVE
 from cotshape.reporting.compare import format_param
-from cotshape.reporting.formatting import DASH, markdown_table
+from cotshape.reporting.formatting import DASH, markdown_table, pct_value
 
 #: the per-seed verdict counts' order
 VERDICTS = (HOLDS, CONTRADICTED, INCONCLUSIVE)
@@ -18,10 +18,6 @@ VERDICTS = (HOLDS, CONTRADICTED, INCONCLUSIVE)
 COUNT_FIELDS = frozenset({"compared"})
 
 # ---- rendering -------------------------------------------------------------------------------
-
-def _pct(x: float | None) -> str:
-    return DASH if x is None else f"{100 * x:.1f}"
-
 
 def _mean_sd(a: dict[str, Any], scale: float = 100.0, digits: int = 1) -> str:
     if not a or a["mean"] is None:
@@ -100,8 +96,8 @@ def render_markdown(result: dict[str, Any]) -> str:
                 if acc is None:
                     row = [s, DASH, DASH, "0"] + [DASH] * len(cols)
                 else:
-                    rng = DASH if acc["min"] is None else f"{_pct(acc['min'])} – {_pct(acc['max'])}"
-                    row = [s, _mean_sd(acc), rng, str(acc["k"])] + [_pct(v) for v in acc["values"]]
+                    rng = DASH if acc["min"] is None else f"{pct_value(acc['min'])} – {pct_value(acc['max'])}"
+                    row = [s, _mean_sd(acc), rng, str(acc["k"])] + [pct_value(v) for v in acc["values"]]
                 if has_d:
                     row.append(_mean_sd(agg.get("d_base", {})))
                 if has_loss:
