@@ -11,7 +11,8 @@ from cotshape.core.config import set_name as mix_set
 from cotshape.core.records import RecordError
 from cotshape.core.stats import wilson_interval
 from cotshape.evaluation.claims import STATEMENTS, judge_task
-from cotshape.reporting.report import build_report, read_loss_csv
+from cotshape.reporting.report import build_report
+from cotshape.reporting.report_data import read_loss_csv
 
 TASKS = ["gsm8k", "countdown"]
 SETS = ["H", "G", "W", "P", "step"]
