@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cotshape.core.artifacts import set_sort_key
+from cotshape.core.artifacts import trained_ids_file, training_set_files
 from cotshape.core.records import read_ids, read_json, read_jsonl, restrict_to_ids, write_json
 from cotshape.pipeline.stage import dvc_params, params, stage_main
 
@@ -38,13 +38,10 @@ def main(argv: list[str] | None = None) -> None:
 
     prompt_kw = prompt_format_kwargs(p.base.prompt_format, args.task, args.problems)
     # H, G, W, P; the step-degraded sets (step/step-K.jsonl, K in order) and the mixtures
-    def by_set(f: Path):  # step-K by K, mix-p by the fraction (cotshape.core.artifacts)
-        return set_sort_key(f.stem, ())
-
-    steps = sorted((sets_dir / "step").glob("step-*.jsonl"), key=by_set)
-    files = sorted(sets_dir.glob("*.jsonl")) + steps + sorted((sets_dir / "mix").glob("*.jsonl"), key=by_set)
-    # score every set on the problems it is compared on (select's ids.json), as SFT trains on them
-    ids = read_ids(sets_dir / "ids.json") if (sets_dir / "ids.json").exists() else None
+    files = training_set_files(sets_dir)
+    # score every set on the problems SFT trains it on (decontaminate's train_ids.json, else select's ids.json)
+    ids_file = trained_ids_file(sets_dir)
+    ids = read_ids(ids_file) if ids_file is not None else None
     result, empty = {}, {}
     for path in files:
         records = read_jsonl(path, required=("prompt", "completion"))

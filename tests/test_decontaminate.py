@@ -210,3 +210,130 @@ def test_module_imports_no_torch_sft_or_generation():
             "bad = [m for m in sys.modules if m == 'torch' or m.startswith(('cotshape.sft', 'cotshape.generation'))]; "
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+# ---- the decontaminate@T stage: every training set against the test problems ------------------
+
+def problem(pid, question, solution="", **meta):
+    return {"id": pid, "task": "gsm8k", "question": question, "answer": "1", "solution": solution,
+            "tests": [], "meta": meta}
+
+
+SOL_T2 = ("The bakery sells 120 - 15 = 105 loaves of bread at 3 dollars each, so it earns 105 * 3 = 315 dollars. "
+          "The answer is 315.")
+TEST_PROBLEMS = [problem("t1", T_CLIPS), problem("t2", T_BAKERY, SOL_T2), problem("t3", T_WENG)]
+TRAIN_PROBLEMS = [problem(r["id"], r["question"]) for r in TRAIN]
+
+
+def rec(pid, completion, set_name="G"):
+    return {"task": "gsm8k", "set": set_name, "problem_id": pid, "prompt": [], "completion": completion}
+
+
+def test_check_sets_flags_each_record_by_what_it_copies():
+    from cotshape.data.decontaminate import check_sets
+
+    sets = {
+        # questions: a_exact (exact, 8-gram, fuzzy), b_number (8-gram, fuzzy), c_reworded (8-gram)
+        "G": [rec(r["id"], "We add the numbers. The answer is 1.") for r in TRAIN],
+        # d_unrelated's completion writes out t2's worked solution: a completion n-gram and an exact copy
+        "W": [rec("d_unrelated", SOL_T2, "W")],
+    }
+    found = check_sets(TRAIN_PROBLEMS, sets, TEST_PROBLEMS, examples=10)
+    g, w = found["sets"]["G"], found["sets"]["W"]
+    assert g["records"] == 4 and g["flagged"] == 3 and g["share"] == 0.75
+    assert g["by_method"] == {"question_exact": 1, "question_ngram": 3, "question_fuzzy": 2,
+                              "completion_ngram": 0, "completion_exact": 0, "structure": 0}
+    assert {"problem_id": "a_exact", "test_id": "t1", "method": "question_exact"} in g["examples"]
+    assert {"problem_id": "c_reworded", "test_id": "t3", "method": "question_ngram"} in g["examples"]
+    assert w["flagged"] == 1 and w["by_method"]["completion_ngram"] == 1 and w["by_method"]["completion_exact"] == 1
+    assert w["examples"][0] == {"problem_id": "d_unrelated", "test_id": "t2", "method": "completion_ngram"}
+    assert found["flagged_problems"] == ["a_exact", "b_number", "c_reworded", "d_unrelated"]
+    # examples are capped
+    assert len(check_sets(TRAIN_PROBLEMS, sets, TEST_PROBLEMS, examples=2)["sets"]["G"]["examples"]) == 2
+
+
+def test_check_sets_structure_countdown_same_numbers_and_target():
+    from cotshape.data.decontaminate import check_sets
+    from cotshape.tasks import get_task
+
+    task = get_task("countdown")
+
+    def cd(pid, numbers, target, question):
+        return {**problem(pid, question), "task": "countdown", "meta": {"numbers": numbers, "target": target}}
+
+    tests = [cd("t", [3, 5, 7], 22, "Using 3, 5 and 7 once each, make 22.")]
+    train = [cd("same", [7, 3, 5], 22, "Reach the target twenty-two from seven, three and five."),
+             cd("other", [7, 3, 5], 23, "Reach the target twenty-three from seven, three and five.")]
+    found = check_sets(train, {"G": [rec("same", "x"), rec("other", "x")]}, tests, structure_key=task.structure_key)
+    assert found["sets"]["G"]["by_method"]["structure"] == 1
+    assert found["flagged_problems"] == ["same"]
+    # without the task's key no structure check runs
+    assert check_sets(train, {"G": [rec("same", "x")]}, tests)["flagged_problems"] == []
+
+
+def test_mbpp_structure_key_is_the_tests():
+    from cotshape.tasks import get_task
+
+    mbpp = get_task("mbpp")
+    a = {**problem("a", "Write f."), "tests": ["assert f(1) == 2", "assert  f(2) == 3"]}
+    b = {**problem("b", "A function f adding one."), "tests": ["assert f(2) == 3", "assert f(1) == 2"]}
+    assert mbpp.structure_key(a) == mbpp.structure_key(b)
+    assert mbpp.structure_key({**a, "tests": []}) is None
+
+
+def _stage_dir(tmp_path, action):
+    import yaml
+
+    from cotshape.core.records import write_json, write_jsonl
+    from tests.conftest import REPO_ROOT
+
+    d = tmp_path / "data"
+    write_jsonl(d / "train.jsonl", TRAIN_PROBLEMS)
+    write_jsonl(d / "test.jsonl", TEST_PROBLEMS)
+    sets = d / "sets"
+    ids = [r["id"] for r in TRAIN]
+    for name in ("H", "G", "W", "P"):
+        write_jsonl(sets / f"{name}.jsonl", [rec(i, "We add. The answer is 1.", name) for i in ids])
+    write_jsonl(sets / "mix" / "mix-0.5.jsonl", [rec(i, "Wrong. The answer is 2.", "mix-0.5") for i in ids])
+    (sets / "step").mkdir()
+    write_json(sets / "ids.json", {"problem_ids": ids, "n": len(ids), "policy": "test"})
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["decontaminate"]["action"] = action
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return d
+
+
+@pytest.mark.parametrize("action", ["report", "drop"])
+def test_stage_writes_train_ids_and_metrics(tmp_path, action):
+    from tests.conftest import REPO_ROOT
+
+    d = _stage_dir(tmp_path, action)
+    env = dict(__import__("os").environ, COTSHAPE_PARAMS=str(tmp_path / "params.yaml"))
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "decontaminate.py"), "--task", "gsm8k",
+                           "--problems", str(d / "train.jsonl"), "--test", str(d / "test.jsonl"),
+                           "--sets-dir", str(d / "sets"), "--ids", str(d / "sets" / "ids.json"),
+                           "--ids-out", str(d / "sets" / "train_ids.json"), "--metrics", str(tmp_path / "m.json")],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.loads((tmp_path / "m.json").read_text())
+    kept = json.loads((d / "sets" / "train_ids.json").read_text())["problem_ids"]
+    assert list(m["sets"]) == ["G", "H", "P", "W", "mix-0.5"]
+    assert all(s["flagged"] == 3 for s in m["sets"].values())  # the questions: a, b, c
+    assert m["flagged_problems"] == 3 and m["compared"] == 4
+    if action == "report":
+        assert kept == ["a_exact", "b_number", "c_reworded", "d_unrelated"] and m["dropped"] == 0
+    else:  # every set loses the same problems: the sets stay equal
+        assert kept == ["d_unrelated"] and m["dropped"] == 3 and m["trained"] == 1
+    assert "problems flagged in some set" in proc.stdout
+
+
+def test_stage_bad_action_is_one_error_naming_the_key(tmp_path):
+    from cotshape.core.config import validate_params
+    from cotshape.core.errors import ParamsError
+    from tests.conftest import REPO_ROOT
+    import yaml
+
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["decontaminate"]["action"] = "delete"
+    with pytest.raises(ParamsError, match="decontaminate.action"):
+        validate_params(params)

@@ -113,3 +113,34 @@ def set_sort_key(name: str, order: tuple[str, ...] | list[str]) -> tuple[int, fl
     if parsed.kind == "mix":
         return (1, float(parsed.value), "")
     return (2, 0.0, name)
+
+
+#: in a task's sets folder (``data/sets/TASK``): the problems every set is compared on (select)
+IDS_FILE = "ids.json"
+#: ... and those of them SFT trains on, after decontaminate@TASK (every one with ``action: report``)
+TRAIN_IDS_FILE = "train_ids.json"
+
+
+def training_set_files(sets_dir) -> list:
+    """The training sets of a task's sets folder, in report order: ``H.jsonl``, ``G.jsonl``, ... (by
+    name), then ``step/step-K.jsonl`` by K, then ``mix/mix-P.jsonl`` by the fraction."""
+    from pathlib import Path
+
+    root = Path(sets_dir)
+
+    def by_set(f):
+        return set_sort_key(f.stem, ())
+
+    return (sorted(root.glob("*.jsonl")) + sorted((root / "step").glob(f"{STEP_PREFIX}*.jsonl"), key=by_set)
+            + sorted((root / "mix").glob(f"{MIX_PREFIX}*.jsonl"), key=by_set))
+
+
+def trained_ids_file(sets_dir):
+    """The ids file the sets are scored on like SFT trains them: ``train_ids.json`` when
+    decontaminate wrote it, else select's ``ids.json``; None when neither exists."""
+    from pathlib import Path
+
+    for name in (TRAIN_IDS_FILE, IDS_FILE):
+        if (Path(sets_dir) / name).exists():
+            return Path(sets_dir) / name
+    return None

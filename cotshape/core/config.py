@@ -138,6 +138,17 @@ class EvaluateParams:
 
 
 @dataclass
+class DecontaminateParams:
+    ngram: int = _f(8, "Word n-gram length of the overlap checks (question and completion against every test question and solution; open-r1 uses 8).",
+                    min=1, max=64)
+    fuzzy_threshold: float = _f(95.0, "rapidfuzz fuzz.ratio (0-100) at or above which a training question is a near copy of a test question (open-thoughts uses 95).",
+                                min=0, max=100)
+    action: str = _f("report", "report (count what is flagged, train on every set as it is) or drop (remove every flagged problem from every set of the task, so the sets stay equal; the report says how many).",
+                     choices=("report", "drop"))
+    examples: int = _f(5, "Flagged (training id, test id, method) examples kept per set in the metrics.", min=0, max=1000)
+
+
+@dataclass
 class ClosenessParams:
     batch_size: int = _f(16, "Examples per forward pass when scoring a set with the base student.", min=1, max=MAX_BATCH)
 
@@ -169,6 +180,7 @@ SECTIONS: dict[str, Any] = {
     "select": SelectParams,
     "paraphrase": ParaphraseParams,
     "degrade": DegradeParams,
+    "decontaminate": DecontaminateParams,
     "sft": _sft_cls,
     "evaluate": EvaluateParams,
     "closeness": ClosenessParams,
@@ -185,6 +197,7 @@ class Params:
     select: SelectParams
     paraphrase: ParaphraseParams
     degrade: DegradeParams
+    decontaminate: DecontaminateParams
     sft: Any
     evaluate: EvaluateParams
     closeness: ClosenessParams

@@ -318,3 +318,97 @@ def decontaminate_files(train_path: str | os.PathLike, test_path: str | os.PathL
     train = read_records(train_path, field, id_field)
     test = read_records(test_path, field, id_field)
     return decontaminate(train, test, field, ngram, fuzzy_threshold, id_field, workers=workers)
+
+
+#: the checks of the decontaminate@T stage (:func:`check_sets`), in report order
+SET_METHODS = ("question_exact", "question_ngram", "question_fuzzy", "completion_ngram", "completion_exact",
+               "structure")
+#: stage actions: ``report`` only counts; ``drop`` removes every flagged problem from every set
+ACTIONS = ("report", "drop")
+
+
+def _index_pairs(pairs) -> list[tuple[int, int]]:
+    """(train index, test index) pairs from a set of pairs or from two lists."""
+    if isinstance(pairs, tuple):
+        return list(zip(*pairs, strict=True))
+    return sorted(pairs)
+
+
+def check_sets(problems: list[dict], sets: dict[str, list[dict]], tests: list[dict], *,
+               structure_key=None, ngram: int = DEFAULT_NGRAM,
+               fuzzy_threshold: float = DEFAULT_FUZZY_THRESHOLD, examples: int = 5,
+               workers: int = -1) -> dict[str, Any]:
+    """What the decontaminate@T stage checks: for every training set (name -> training records
+    with ``problem_id`` and ``completion``) against the task's test problems.
+
+    - ``question_exact`` / ``question_ngram`` / ``question_fuzzy``: the set's problem (its
+      ``question`` in ``problems``) against every test question, by the three methods of
+      :func:`decontaminate` (so every set trained on the same problems gets the same counts);
+    - ``completion_ngram``: the set's completion shares a word n-gram with a test question or a
+      test solution (a CoT that writes out a test problem or its worked solution);
+    - ``completion_exact``: the completion equals a test solution (normalised);
+    - ``structure``: ``structure_key(problem)`` equals a test problem's (Countdown: the same numbers
+      and target; MBPP: the same tests); skipped when ``structure_key`` is None or returns None.
+
+    Returns ``{"sets": {name: {"records", "flagged", "share", "by_method", "examples"}},
+    "flagged_problems": [ids flagged by any check in any set, sorted]}``; a record is flagged
+    when any check flags it; ``examples``: the first few ``{problem_id, test_id, method}``."""
+    _check_options(ngram, fuzzy_threshold)
+    by_id = {p["id"]: p for p in problems}
+    test_ids = [t["id"] for t in tests]
+    test_q = [normalize(t["question"]) for t in tests]
+    test_s = [normalize(t.get("solution") or "") for t in tests]
+    # the questions of every problem any set uses, checked once
+    used = sorted({r["problem_id"] for recs in sets.values() for r in recs if r["problem_id"] in by_id})
+    q_words = [normalize(by_id[i]["question"]) for i in used]
+    q_text = [" ".join(w) for w in q_words]
+    t_text = [" ".join(w) for w in test_q]
+    question_hits: dict[str, list[tuple[str, str]]] = defaultdict(list)  # problem id -> [(method, test id)]
+    for method, pairs in (("question_exact", exact_matches(q_text, t_text)),
+                          ("question_ngram", _ngram_pairs(q_words, test_q, ngram)),
+                          ("question_fuzzy", fuzzy_matches(q_text, t_text, fuzzy_threshold, workers=workers))):
+        for i, j in _index_pairs(pairs):
+            question_hits[used[i]].append((method, test_ids[j]))
+    structure: dict[str, list[str]] = defaultdict(list)
+    if structure_key is not None:
+        test_keys: dict[Any, list[str]] = defaultdict(list)
+        for t in tests:
+            key = structure_key(t)
+            if key is not None:
+                test_keys[key].append(t["id"])
+        for pid in used:
+            key = structure_key(by_id[pid])
+            if key is not None:
+                structure[pid] = test_keys.get(key, [])
+    n_test = len(tests)
+    out_sets: dict[str, Any] = {}
+    flagged_problems: set[str] = set()
+    for name, recs in sets.items():
+        c_words = [normalize(r.get("completion") or "") for r in recs]
+        c_hits: dict[int, list[tuple[str, str]]] = defaultdict(list)
+        for i, j in _index_pairs(_ngram_pairs(c_words, test_q + test_s, ngram)):
+            c_hits[i].append(("completion_ngram", test_ids[j % n_test]))
+        for i, j in _index_pairs(exact_matches([" ".join(w) for w in c_words], [" ".join(w) for w in test_s])):
+            c_hits[i].append(("completion_exact", test_ids[j]))
+        by_method = dict.fromkeys(SET_METHODS, 0)
+        flagged = 0
+        shown: list[dict[str, str]] = []
+        for k, rec in enumerate(recs):
+            pid = rec["problem_id"]
+            hits = list(question_hits.get(pid, ())) + c_hits.get(k, [])
+            hits += [("structure", tid) for tid in structure.get(pid, ())]
+            methods = {m for m, _ in hits}
+            for m in methods:
+                by_method[m] += 1
+            if hits:
+                flagged += 1
+                flagged_problems.add(pid)
+                seen_methods: set[str] = set()
+                for m, tid in hits:  # one example per method per record, in check order
+                    if len(shown) < examples and m not in seen_methods:
+                        shown.append({"problem_id": pid, "test_id": tid, "method": m})
+                        seen_methods.add(m)
+        out_sets[name] = {"records": len(recs), "flagged": flagged,
+                          "share": flagged / len(recs) if recs else 0.0,
+                          "by_method": by_method, "examples": shown}
+    return {"sets": out_sets, "flagged_problems": sorted(flagged_problems)}

@@ -250,6 +250,12 @@ class Task:
         that :meth:`extract_answer` reads."""
         return problem["solution"]
 
+    def structure_key(self, problem: Problem) -> Any:
+        """What makes two problems the same problem whatever their wording, for decontamination
+        (:func:`cotshape.data.decontaminate.check_sets`, method ``structure``): None (the default)
+        when the task has no such structure beyond its text."""
+        return None
+
     # ---- grading ----------------------------------------------------------------------
     def extract_answer(self, completion: str) -> str | None:
         raise NotImplementedError

@@ -267,6 +267,11 @@ class Countdown(Task):
 
     eval_max_new_tokens = 4096  # eval_countdown.py: MAX_TOKENS = 4096
 
+    def structure_key(self, problem: Problem) -> tuple:
+        """The same numbers (as a multiset) and target: one problem, however it is worded."""
+        m = problem["meta"]
+        return (tuple(sorted(int(n) for n in m["numbers"])), int(m["target"]))
+
     def base_prompt(self, problem: Problem) -> str:
         m = problem["meta"]
         return PLAIN_TEMPLATE.format(nums=list(m["numbers"]), target=m["target"])

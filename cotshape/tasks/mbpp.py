@@ -126,6 +126,12 @@ class MBPP(Task):
     # gen_plus_eval_codegen_mbpp.py's stop strings ("stop the model hallucinating new problems")
     plain_stop = ("Problem:", "<end_of_turn>", "User:", "Observation:", "\nclass", "\ndef test", "\nif __name__")
 
+    def structure_key(self, problem: Problem) -> tuple | None:
+        """The same tests (so the same function name and behaviour), whitespace aside; None
+        without tests."""
+        tests = tuple(sorted(" ".join(t.split()) for t in problem["tests"]))
+        return tests or None
+
     def base_prompt(self, problem: Problem) -> str:
         """The authors' ``build_mbpp_prompt`` (gen_plus_eval_codegen_mbpp.py): instructions, the
         task text, its first assertion, then "Solution:"."""
