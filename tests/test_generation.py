@@ -173,7 +173,7 @@ def test_top_p_candidates_equal_full_sort(monkeypatch, candidates):
     for top_p in (0.5, 0.9, 0.95, 0.999):
         for _ in range(5):
             u = torch.rand(len(probs), generator=g)
-            assert torch.equal(tb._top_p_draw(probs, top_p, u), _top_p_reference(probs, top_p, u))
+            assert torch.equal(tb.top_p_draw(probs, top_p, u), _top_p_reference(probs, top_p, u))
 
 
 # ---- the fused Llama-family forward and the shared prompt prefix ----------------------------
@@ -197,7 +197,7 @@ def test_fused_forward_matches_stock_forward(model_type):
     import torch
 
     from cotshape.generation.fused import FusedDecoder, fused_reason
-    from cotshape.generation.transformers_backend import _new_cache
+    from cotshape.generation.transformers_backend import slab_cache
 
     model = _tiny(model_type)
     assert fused_reason(model) is None
@@ -207,14 +207,12 @@ def test_fused_forward_matches_stock_forward(model_type):
         ref = model(input_ids=ids).logits  # [3, 9, V]
         fused = FusedDecoder(model)  # the modules' weights become views: the stock forward is unchanged
         assert torch.equal(model(input_ids=ids).logits, ref)
-        cache = _new_cache(model)
+        cache = slab_cache(model)
         pos = torch.arange(9)[None].expand(3, 9)
         got = fused.forward(ids[:, :6], pos[:, :6], cache.layers)
         assert torch.allclose(got, ref[:, 5], atol=1e-5)
         for t in range(6, 9):
-            for layer in cache.layers:
-                layer.reserve(t + 1)
-            cap = cache.layers[0]._k.shape[2]
+            (cap,) = {layer.reserve(t + 1) for layer in cache.layers}  # one capacity, every layer
             attend = torch.zeros(3, cap, dtype=torch.bool)
             attend[:, : t + 1] = True  # the slab's unfilled tail stays masked
             got = fused.forward(ids[:, t:t + 1], pos[:, t:t + 1], cache.layers,
@@ -228,7 +226,7 @@ def test_packed_projections_are_bit_identical():
     import torch
 
     from cotshape.generation.fused import FusedDecoder, packed_linear
-    from cotshape.generation.transformers_backend import _new_cache
+    from cotshape.generation.transformers_backend import slab_cache
 
     model = _tiny("qwen2")  # with q/k/v biases
     assert packed_linear(model) is None  # float32: F.linear
@@ -241,13 +239,12 @@ def test_packed_projections_are_bit_identical():
     ids = torch.randint(3, 300, (3, 9))
     pos = torch.arange(9)[None].expand(3, 9)
     with torch.inference_mode():
-        caches = [_new_cache(model), _new_cache(model)]
+        caches = [slab_cache(model), slab_cache(model)]
         got = [fd.forward(ids[:, :6], pos[:, :6], c.layers) for fd, c in zip((packed, plain), caches, strict=True)]
         assert torch.equal(got[0], got[1])
         for t in range(6, 9):
-            for layer in (*caches[0].layers, *caches[1].layers):
-                layer.reserve(t + 1)
-            attend = torch.zeros(3, caches[0].layers[0]._k.shape[2], dtype=torch.bool)
+            (cap,) = {layer.reserve(t + 1) for layer in (*caches[0].layers, *caches[1].layers)}
+            attend = torch.zeros(3, cap, dtype=torch.bool)
             attend[:, : t + 1] = True
             got = [fd.forward(ids[:, t:t + 1], pos[:, t:t + 1], c.layers,
                               decode_bias=fd.decode_bias(attend, torch.bfloat16))
@@ -265,8 +262,8 @@ def test_unsupported_models_use_the_stock_forward(tiny_model_dir):
     model.config.model_type = "gemma2"
     assert "gemma2" in fused_reason(model)
     b = get_backend("transformers", tiny_model_dir, device="cpu", dtype="float32", batch_size=4, model=model)
-    assert b._fused is None and "gemma2" in b.fused_reason
-    assert get_backend("transformers", tiny_model_dir, device="cpu", dtype="float32", fused=False)._fused is None
+    assert "gemma2" in b.fused_reason  # a reason: the stock forward (no fused decoder)
+    assert get_backend("transformers", tiny_model_dir, device="cpu", dtype="float32", fused=False).fused_reason == "fused=False"
 
 
 def test_fused_and_stock_backends_sample_the_same(tiny_model_dir):
@@ -281,7 +278,7 @@ def test_fused_and_stock_backends_sample_the_same(tiny_model_dir):
     chats = [[{"role": "user", "content": f"Problem {i}: what is {i} + {i * 7}?"}] for i in range(5)]
     p = SamplingParams(n=2, temperature=1.0, max_new_tokens=16, stop=["e"])
     fast, stock = b64(True), b64(False)
-    assert fast._fused is not None and stock._fused is None
+    assert fast.fused_reason is None and stock.fused_reason == "fused=False"
     assert fast.generate(chats, p, seeds=list(range(5))) == stock.generate(chats, p, seeds=list(range(5)))
 
 
@@ -318,14 +315,14 @@ def test_prompt_tokens_counts_what_prefill_runs(tiny_model_dir, monkeypatch):
     b = get_backend("transformers", tiny_model_dir, device="cpu", dtype="float32", batch_size=18)
     chats = [[{"role": "user", "content": f"Problem {i}: what is {i} + {i * 7}?"}] for i in range(6)]
     ran = []
-    real_prefix, real_prefill = FusedDecoder.prefix_cache, tb.TransformersBackend._prefill
+    real_prefix, real_prefill = FusedDecoder.prefix_cache, tb.TransformersBackend.prefill
     monkeypatch.setattr(FusedDecoder, "prefix_cache", lambda self, ids, new: ran.append(len(ids)) or real_prefix(self, ids, new))
 
     def prefill(self, take, encoded, pseeds, skip=0, shared=None):
         ran.extend(len(encoded[i]) - skip for i in dict.fromkeys(i for _, i, _ in take))
         return real_prefill(self, take, encoded, pseeds, skip, shared)
 
-    monkeypatch.setattr(tb.TransformersBackend, "_prefill", prefill)
+    monkeypatch.setattr(tb.TransformersBackend, "prefill", prefill)
     b.generate(chats, SamplingParams(n=3, temperature=1.0, max_new_tokens=4), seeds=list(range(6)))
     encoded = [b.encode(c) for c in chats]
     skip = tb.shared_prefix_length(encoded)

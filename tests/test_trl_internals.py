@@ -78,4 +78,4 @@ def test_transformers_generation_internals():
     for method in ("update", "get_seq_length", "batch_select_indices"):
         assert hasattr(layer, method), _moved(f"DynamicLayer.{method}", "the transformers backend (SlabLayer)")
     assert "layers" in inspect.getsource(DynamicCache.__init__) or hasattr(DynamicCache(), "layers"), \
-        _moved("DynamicCache.layers", "the transformers backend (_new_cache)")
+        _moved("DynamicCache.layers", "the transformers backend (slab_cache)")

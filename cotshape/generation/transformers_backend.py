@@ -100,7 +100,7 @@ def _attention(module, query, key, value, attention_mask, scaling, dropout=0.0, 
 TOP_P_CANDIDATES = 64
 
 
-def _top_p_draw(probs, top_p: float, u):
+def top_p_draw(probs, top_p: float, u):
     """Nucleus (top-p) sampling by inverse CDF: row ``b`` keeps the smallest set of most likely
     tokens whose mass reaches ``top_p`` and picks the token where ``u[b]`` (uniform in [0, 1))
     falls in that set's renormalised CDF.
@@ -231,7 +231,10 @@ def shared_prefix_length(encoded: list[list[int]]) -> int:
     return n if n >= SHARED_PREFIX_MIN else 0
 
 
-def _new_cache(model):
+def slab_cache(model):
+    """An empty ``DynamicCache`` for ``model`` whose layers are slab layers (``reserve(n)`` grows
+    a layer's buffers and returns their capacity): what the backend and ``FusedDecoder``
+    decode into."""
     from transformers import DynamicCache
 
     cache = DynamicCache(config=model.config)
@@ -333,7 +336,7 @@ class TransformersBackend(Backend):
                 free = self.batch_size - len(rows)
                 if waiting and (not rows or free >= min(self.refill, len(waiting))):
                     take = [waiting.popleft() for _ in range(min(free, len(waiting)))]
-                    new_rows, new_cache, new_mask, logits = self._prefill(take, encoded, pseeds, skip, shared)
+                    new_rows, new_cache, new_mask, logits = self.prefill(take, encoded, pseeds, skip, shared)
                     new_last = self._sample(logits, new_rows, params)
                     rows, cache, mask, last = self._merge(rows, cache, mask, last, new_rows, new_cache, new_mask, new_last)
                     sampled = len(new_rows)
@@ -387,10 +390,11 @@ class TransformersBackend(Backend):
         skip = self._shared_length(encoded)
         return sum(len(e) - skip for e in encoded) + skip
 
-    def _prefill(self, take, encoded, pseeds, skip=0, shared=None):
-        """Run the prompts of ``take`` once each (left-padded), then copy each prompt's cache
-        rows for each of its samples. With a ``shared`` prefix cache the first ``skip`` tokens of
-        every prompt are that prefix: only the rest is run and cached per row."""
+    def prefill(self, take, encoded, pseeds, skip=0, shared=None):
+        """The prefill step of :meth:`generate`: run the prompts of ``take`` once each (left-padded),
+        then copy each prompt's cache rows for each of its samples. With a ``shared`` prefix cache
+        the first ``skip`` tokens of every prompt are that prefix: only the rest is run and cached
+        per row (what :meth:`prompt_tokens` counts)."""
         import torch
 
         uniq = list(dict.fromkeys(i for _, i, _ in take))
@@ -407,7 +411,7 @@ class TransformersBackend(Backend):
         # its (unused) keys/values stay finite instead of NaN from an all-masked softmax
         causal = torch.ones(width, width, dtype=torch.bool, device=self.device).tril()
         mask4 = (causal[None] & mask.bool()[:, None, :]) | torch.eye(width, dtype=torch.bool, device=self.device)[None]
-        cache = _new_cache(self.model)
+        cache = slab_cache(self.model)
         if self._fused is not None:
             if shared is not None:  # every query also sees the whole shared prefix
                 mask4 = torch.cat([mask4.new_ones(len(uniq), width, skip), mask4], dim=2)
@@ -493,7 +497,7 @@ class TransformersBackend(Backend):
             probs = torch.softmax(logits.float() / params.temperature, dim=-1)
             u = torch.stack([torch.rand((), generator=r.gen) for r in rows]).to(probs.device)
             if params.top_p < 1.0:
-                nxt = _top_p_draw(probs, params.top_p, u)
+                nxt = top_p_draw(probs, params.top_p, u)
             else:  # inverse CDF over the whole vocabulary: no ordering needed
                 cum = probs.cumsum(-1)
                 # right side: a draw of exactly 0 must not pick a leading zero-probability token
