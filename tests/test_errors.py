@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from cotshape.core.errors import CotshapeError, configure_logging
+from cotshape.core.errors import CotshapeError, configure_logging, did_you_mean
 from cotshape.core.records import RecordError, read_jsonl, read_problems
 from cotshape.pipeline.stage import stage_main
 
@@ -103,3 +103,12 @@ def test_configure_logging_is_idempotent():
     configure_logging()
     handlers = [h for h in logging.getLogger("cotshape").handlers if getattr(h, "_cotshape", False)]
     assert len(handlers) == 1
+
+
+def test_did_you_mean_names_the_close_matches_closest_first():
+    assert did_you_mean("sft@z", ["sft", "sft@x", "sft@y", "sample"]) == "did you mean 'sft@y' or 'sft@x' or 'sft'?"
+    assert did_you_mean("qqqq", ["sft", "sample"]) == ""
+    assert did_you_mean("gsm8", ["countdown", "gsm8k", "math"], n=1) == "did you mean 'gsm8k'?"
+    # an alias names its choice, and a choice found twice is named once
+    assert did_you_mean("gema-2-2b", ["paper-gemma-2-2b"], aliases={"gemma-2-2b": "paper-gemma-2-2b"}) \
+        == "did you mean 'paper-gemma-2-2b'?"

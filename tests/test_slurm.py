@@ -190,7 +190,7 @@ def _one_error_line(capsys, argv) -> str:
 
 def test_unknown_target_names_the_closest(repo, capsys):
     assert _one_error_line(capsys, ["slurm", "submit", "--repo", str(repo), "--dry-run", "--targets", "sft@z"]) \
-        == "error: --targets: unknown stage 'sft@z'; did you mean sft@y, sft@x, sft?"
+        == "error: --targets: unknown stage 'sft@z'; did you mean 'sft@y' or 'sft@x' or 'sft'?"
     assert _one_error_line(capsys, ["slurm", "submit", "--repo", str(repo), "--dry-run", "--targets", "qqqq"]) \
         == "error: --targets: unknown stage 'qqqq'"
 

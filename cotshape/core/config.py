@@ -14,7 +14,6 @@ is here.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import os
 import types
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
-from cotshape.core.errors import ParamsError
+from cotshape.core.errors import ParamsError, did_you_mean
 from cotshape.core.fields import param as _f
 from cotshape.core.records import read_utf8
 
@@ -218,8 +217,8 @@ def _section_cls(name: str):
 
 
 def _unknown(key: str, allowed: list[str], where: str) -> ParamsError:
-    close = difflib.get_close_matches(key.split(".")[-1], allowed, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    hint = did_you_mean(key.split(".")[-1], allowed, n=1, cutoff=0.6)
+    hint = f" ({hint})" if hint else ""
     return ParamsError(f"{where}: unknown key {key!r}{hint}; allowed: {', '.join(allowed)}")
 
 
@@ -300,8 +299,8 @@ def _cross_checks(p: Params, where: str) -> None:
     known = list_tasks()
     for i, t in enumerate(p.base.tasks):
         if t not in known:
-            close = difflib.get_close_matches(t, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            hint = did_you_mean(t, known, n=1, cutoff=0.6)
+            hint = f" ({hint})" if hint else ""
             raise ParamsError(f"{where}: base.tasks[{i}]: unknown task {t!r}{hint}; allowed: {', '.join(known)}")
     if not p.base.tasks:
         raise ParamsError(f"{where}: base.tasks: must name at least one task")

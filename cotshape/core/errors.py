@@ -8,11 +8,14 @@ Errors about a bad value also subclass :class:`ValueError`, and errors about a r
 cannot be used also subclass :class:`RuntimeError`, so callers that caught those keep working.
 Each module re-exports the class it raises (``cotshape.core.config.ParamsError``,
 ``cotshape.core.records.RecordError``, ...); they all live here so that one ``except`` catches them.
+:func:`did_you_mean` is the one hint for a misspelt name (a params key, a task, a preset, a stage).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Iterable, Mapping
 
 #: environment variable: when set to 1, user errors print their traceback too
 DEBUG_ENV = "COTSHAPE_DEBUG"
@@ -61,6 +64,18 @@ class MissingExtraError(CotshapeError, ImportError):
 
 class BusyError(CotshapeError, RuntimeError):
     """Another process is working on the same output (it holds the lock)."""
+
+
+def did_you_mean(name: str, choices: Iterable[str], n: int = 3, cutoff: float = 0.5, *,
+                 aliases: Mapping[str, str] | None = None) -> str:
+    """The hint for an unknown ``name``: ``did you mean 'a' or 'b'?`` naming up to ``n`` of
+    ``choices`` at least ``cutoff`` similar (:func:`difflib.get_close_matches`, closest first), or
+    ``""`` when none is. ``aliases`` are other spellings matched too, each naming its choice
+    (``{"gemma-2-2b": "paper-gemma-2-2b"}``); a choice is named once."""
+    aliases = aliases or {}
+    close = difflib.get_close_matches(name, [*choices, *aliases], n=n, cutoff=cutoff)
+    close = list(dict.fromkeys(aliases.get(c, c) for c in close))
+    return f"did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
 
 
 def debug_enabled() -> bool:

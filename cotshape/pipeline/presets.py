@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import difflib
 import os
 import re
 import shlex
@@ -29,7 +28,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from cotshape.core.errors import InputError
+from cotshape.core.errors import InputError, did_you_mean
 
 #: presets live beside the package in a checkout; COTSHAPE_PRESETS_DIR points elsewhere
 PRESETS_ENV = "COTSHAPE_PRESETS_DIR"
@@ -64,10 +63,8 @@ def preset_path(name: str) -> Path:
     for cand in (name, PRESET_PREFIX + name, name.removesuffix(".yaml")):
         if cand in names:
             return presets_dir() / f"{cand}.yaml"
-    short = {n.removeprefix(PRESET_PREFIX): n for n in names}
-    close = difflib.get_close_matches(name, names + list(short), n=3, cutoff=0.5)
-    close = list(dict.fromkeys(short.get(c, c) for c in close))
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    hint = did_you_mean(name, names, aliases={n.removeprefix(PRESET_PREFIX): n for n in names})
+    hint = f"; {hint}" if hint else ""
     known = ", ".join(names) or f"none: {presets_dir()} has no *.yaml"
     raise PresetError(f"unknown preset {name!r}{hint} (known: {known})")
 
@@ -98,9 +95,8 @@ def describe_preset(name: str) -> str:
 
 # ---- merging ---------------------------------------------------------------------------
 def _unknown_key(key: str, allowed: Iterable[str], where: str) -> PresetError:
-    allowed = list(allowed)
-    close = difflib.get_close_matches(key, allowed, n=3, cutoff=0.5)
-    hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+    hint = did_you_mean(key, allowed)
+    hint = f" ({hint})" if hint else ""
     return PresetError(f"{where}: unknown key {key!r}{hint}")
 
 

@@ -64,7 +64,6 @@ fingerprint (``python -m cotshape.pipeline.depgraph --check dvc.yaml``).
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 import shlex
@@ -75,7 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cotshape.core.errors import CotshapeError, InputError
+from cotshape.core.errors import CotshapeError, InputError, did_you_mean
 
 #: stage groups (the name before ``@``) that load a model and so may ask for GPUs
 GPU_GROUPS = frozenset({"sample", "paraphrase", "degrade", "closeness", "sft", "sft_mix", "sft_step",
@@ -147,8 +146,8 @@ def select(names: Sequence[str], upstream: dict[str, list[str]],
             elif t in groups:
                 wanted.extend(groups[t])
             else:
-                close = difflib.get_close_matches(t, list(names) + list(groups), n=3, cutoff=0.5)
-                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                hint = did_you_mean(t, [*names, *groups])
+                hint = f"; {hint}" if hint else ""
                 raise InputError(f"--targets: unknown stage {t!r}{hint}")
         keep: set[str] = set()
         todo = list(wanted)
