@@ -75,17 +75,21 @@ def test_hub_id_not_cached_offline_is_a_clear_error(tmp_path, monkeypatch):
 # ---- tasks from outside the package ---------------------------------------------------------
 
 @pytest.fixture
-def isolated_registry(monkeypatch):
+def isolated_registry():
     """Registry and import state restored after the test (an external task stays out of the others)."""
     import sys
 
-    import cotshape.tasks as T
+    from cotshape.tasks import load_plugins
+    from cotshape.tasks.registry import REGISTRY
 
-    T.list_tasks()
-    monkeypatch.setattr(T._registry, "_REGISTRY", dict(T._registry._REGISTRY))
-    monkeypatch.setattr(T, "_PLUGINS_LOADED", False)
+    list_tasks()
+    saved = dict(REGISTRY)
+    load_plugins.cache_clear()  # the test's own entry points are looked up
     before = set(sys.modules)
-    yield T
+    yield
+    REGISTRY.clear()
+    REGISTRY.update(saved)
+    load_plugins.cache_clear()
     for name in set(sys.modules) - before:
         if name.startswith(("mytasks", "cotshape_plugin_")):
             del sys.modules[name]

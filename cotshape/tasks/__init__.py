@@ -15,34 +15,37 @@ Either way the module registers its ``Task`` subclass with ``@register``.
 
 from __future__ import annotations
 
-import difflib
+import functools
 import importlib
 import sys
 
-from cotshape.core.errors import UnknownTaskError
-from cotshape.tasks import registry as _registry
+from cotshape.core.errors import UnknownTaskError, did_you_mean
 from cotshape.tasks.base import Problem, Task, Verdict
-from cotshape.tasks.registry import register
+from cotshape.tasks.registry import REGISTRY, register
 
 ENTRY_POINT_GROUP = "cotshape.tasks"
-_PLUGINS_LOADED = False
 
 
 def _load_builtin() -> None:
     # imported here so that `import cotshape.tasks` stays cheap and cycles are impossible
     from cotshape.tasks import countdown, gsm8k, math, mbpp  # noqa: F401
 
-    global _PLUGINS_LOADED
-    if not _PLUGINS_LOADED:
-        _PLUGINS_LOADED = True
-        from importlib.metadata import entry_points
+    load_plugins()
 
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
-            try:
-                ep.load()
-            except Exception as e:
-                raise UnknownTaskError(f"task plugin {ep.name!r} (entry point {ep.value!r}, group "
-                                       f"{ENTRY_POINT_GROUP!r}) failed to load: {type(e).__name__}: {e}") from e
+
+@functools.cache
+def load_plugins() -> None:
+    """Import the modules of the installed entry point group ``cotshape.tasks`` so that their
+    ``@register`` runs: once per process (``load_plugins.cache_clear()`` makes the next call look
+    again); a plugin that fails to import is an error naming its entry point."""
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as e:
+            raise UnknownTaskError(f"task plugin {ep.name!r} (entry point {ep.value!r}, group "
+                                   f"{ENTRY_POINT_GROUP!r}) failed to load: {type(e).__name__}: {e}") from e
 
 
 def load_task_modules(modules, key: str = "base.task_modules") -> None:
@@ -60,16 +63,16 @@ def load_task_modules(modules, key: str = "base.task_modules") -> None:
 
 def list_tasks() -> list[str]:
     _load_builtin()
-    return sorted(_registry._REGISTRY)
+    return sorted(REGISTRY)
 
 
 def get_task(name: str) -> Task:
     _load_builtin()
-    if name not in _registry._REGISTRY:
-        close = difflib.get_close_matches(name, list(_registry._REGISTRY), n=3, cutoff=0.4)
-        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise UnknownTaskError(f"unknown task {name!r}{hint} (known: {', '.join(sorted(_registry._REGISTRY))})")
-    return _registry._REGISTRY[name]()
+    if name not in REGISTRY:
+        hint = did_you_mean(name, list(REGISTRY), cutoff=0.4)
+        hint = f"; {hint}" if hint else ""
+        raise UnknownTaskError(f"unknown task {name!r}{hint} (known: {', '.join(sorted(REGISTRY))})")
+    return REGISTRY[name]()
 
 
 __all__ = ["Problem", "Task", "UnknownTaskError", "Verdict", "get_task", "list_tasks", "load_task_modules",
