@@ -101,7 +101,9 @@ def run_stock(model_path: str, records: list[dict], steps: int, batch: int, out:
 def run_cotshape(model_path: str, records: list[dict], steps: int, batch: int, out: Path, method: str) -> dict:
     import json
 
-    from cotshape.sft.train import TRAIN_LOG, SFTParams, train_sft
+    from cotshape.core.artifacts import TRAIN_LOG
+    from cotshape.sft.params import SFTParams
+    from cotshape.sft.train import train_sft
 
     lr = 1e-5 if method == "full" else 2e-4
     params = SFTParams(method=method, batch_size=batch, max_steps=steps, learning_rate=lr, seed=0)
@@ -138,7 +140,7 @@ def main() -> None:
 
     from transformers import AutoTokenizer
 
-    from cotshape.sft.train import tokenize_records
+    from cotshape.sft.tokenize import tokenize_records
 
     with tempfile.TemporaryDirectory(prefix="bench-sft-") as tmp:
         work = Path(tmp)
@@ -160,7 +162,7 @@ def main() -> None:
             r = results[name]
             print(f"{name:>14}: {r['tokens_per_second']:7.1f} tokens/s ({r['train_tokens']} tokens in {r['time']:.1f} s)")
 
-        from cotshape.sft.train import reuse_freed_memory
+        from cotshape.sft.cpu_kernels import reuse_freed_memory
 
         reuse_freed_memory()
         ceilings["freed memory reused"] = training_ceiling(model_path)

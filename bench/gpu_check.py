@@ -150,7 +150,7 @@ def sft_records() -> list[dict]:
 
 
 def check_sft(args, model_dir: str, workdir: Path, n_params: int) -> dict:
-    from cotshape.sft.train import SFTParams
+    from cotshape.sft.params import SFTParams
 
     records = sft_records()
     records = (records * (args.sft_steps * args.sft_batch // len(records) + 1))
@@ -187,7 +187,7 @@ def torch_loop_sft(args, model_dir: str, records: list[dict], params) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cotshape.sft.train import tokenize_records
+    from cotshape.sft.tokenize import tokenize_records
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
 
     device = resolve_device(p.base.device)
     model, tokenizer = load_scorer(args.student, device, p.base.dtype, None)
-    from cotshape.sft.train import prompt_format_kwargs
+    from cotshape.sft.tokenize import prompt_format_kwargs
 
     prompt_kw = prompt_format_kwargs(p.base.prompt_format, args.task, args.problems)
     # H, G, W, P; the step-degraded sets (step/step-K.jsonl, K in order) and the mixtures

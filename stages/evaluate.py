@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def _checkpoint(run_folder: Path, checkpoint: str) -> Path:
     """The folder of checkpoint ``step-N`` (or ``N``) of one training run (sft.save_steps)."""
-    from cotshape.sft.train import checkpoint_dir
+    from cotshape.sft.checkpoints import checkpoint_dir
 
     step = checkpoint.removeprefix("step-")
     if not step.isdigit():
@@ -125,7 +125,7 @@ def _backend(p, model_dir: Path):
     kw = {}
     if p.base.backend == "transformers" and (model_dir / SFT_MARKER).exists():
         from cotshape.core.models import load_tokenizer, resolve_device
-        from cotshape.sft.train import load_trained
+        from cotshape.sft.checkpoints import load_trained
 
         marker = read_json(model_dir / SFT_MARKER)
         kw["model"] = load_trained(model_dir, device=resolve_device(p.base.device), dtype=p.base.dtype)

@@ -59,7 +59,8 @@ def main(argv: list[str] | None = None) -> None:
                     "record (base.prompt_format: plain) is built from its problem")
     args = ap.parse_args(argv)
     p = params()
-    from cotshape.sft.train import SFTParams, launch_command, train_sft
+    from cotshape.sft.params import SFTParams
+    from cotshape.sft.train import launch_command, train_sft
     sft: SFTParams = p.sft
     records = read_jsonl(args.data, required=("prompt", "completion"))
     if args.ids:
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     first_seed = p.base.seed_of("sft")  # base.sft_seed, else base.seed
     seeds = [first_seed + r for r in range(sft.runs)]
     from cotshape.core.artifacts import run_dir
-    from cotshape.sft.train import prompt_format_kwargs
+    from cotshape.sft.tokenize import prompt_format_kwargs
 
     prompt_kw = prompt_format_kwargs(p.base.prompt_format, args.task, args.problems)
     rank = int(os.environ.get("RANK", "0"))

@@ -21,7 +21,8 @@ def _launch(params_kw: dict, monkeypatch):
     """Parse and validate the sft launch command exactly as `accelerate launch` would."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 
-    from cotshape.sft.train import SFTParams, launch_command
+    from cotshape.sft.params import SFTParams
+    from cotshape.sft.train import launch_command
 
     monkeypatch.chdir(ROOT)  # configs are referenced relative to the repo root, as dvc runs stages
     cmd = launch_command(SFTParams(**params_kw), ["stages/sft.py", "--out", "models/x"])

@@ -8,7 +8,8 @@ import random
 import pytest
 
 from cotshape.sft.closeness import completion_loss
-from cotshape.sft.train import SFTParams, train_sft
+from cotshape.sft.params import SFTParams
+from cotshape.sft.train import train_sft
 
 PROMPTS = [
     "What is 2 + 3?",

@@ -105,7 +105,7 @@ def test_plain_prompt_is_the_same_string_in_sft_closeness_and_evaluation(which, 
     from cotshape.evaluation.evaluate import evaluate
     from cotshape.generation import get_backend
     from cotshape.sft.closeness import completion_loss
-    from cotshape.sft.train import record_prompts, tokenize_records
+    from cotshape.sft.tokenize import record_prompts, tokenize_records
 
     model_dir = tiny_model_dir if which == "chat_template" else base_model_dir
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -151,7 +151,7 @@ def test_a_tokenizer_without_chat_template_is_refused_with_chat_naming_the_key(b
     from transformers import AutoTokenizer
 
     from cotshape.generation.base import Backend
-    from cotshape.sft.train import tokenize_records
+    from cotshape.sft.tokenize import tokenize_records
 
     tok = AutoTokenizer.from_pretrained(base_model_dir)
     task = get_task("gsm8k")
@@ -189,7 +189,7 @@ def test_special_prefix_is_the_bos_the_tokenizer_adds(tiny_model_dir):
 
 
 def test_plain_sft_needs_the_problems():
-    from cotshape.sft.train import prompt_format_kwargs, record_prompts
+    from cotshape.sft.tokenize import prompt_format_kwargs, record_prompts
 
     with pytest.raises(InputError, match=r"--problems"):
         prompt_format_kwargs("plain", "gsm8k", None)
@@ -311,8 +311,9 @@ def test_student_paraphrases_in_plain_text(base_model_dir):
 
 
 def test_plain_sft_trains_a_base_model_without_chat_template(base_model_dir, tmp_path):
+    from cotshape.sft.checkpoints import MARKER
     from cotshape.sft.params import SFTParams
-    from cotshape.sft.train import MARKER, train_sft
+    from cotshape.sft.train import train_sft
 
     task = get_task("gsm8k")
     second = make_problem("g2", "gsm8k", "A box holds 6 eggs. How many eggs in 2 boxes?", "12", "6 * 2 = 12\n#### 12")

@@ -30,7 +30,7 @@ def make_lora_sft_dir(base_dir: Path, out: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cotshape.sft.train import MARKER
+    from cotshape.sft.checkpoints import MARKER
 
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
@@ -138,7 +138,7 @@ def test_lora_student_merged_into_a_folder_for_vllm(stage_inputs, tiny_model_dir
     from transformers import AutoModelForCausalLM
 
     from cotshape.generation.vllm_backend import SFT_MARKER, merged_lora_folder
-    from cotshape.sft.train import MARKER, load_trained
+    from cotshape.sft.checkpoints import MARKER, load_trained
 
     assert SFT_MARKER == MARKER
     sft = stage_inputs / "sft-lora"
@@ -160,7 +160,7 @@ def test_lora_student_merged_into_a_folder_for_vllm(stage_inputs, tiny_model_dir
 
 
 @pytest.mark.skipif(not HAS_VLLM, reason=NO_VLLM)
-def test_vllm_backend_generates_from_a_lora_student(stage_inputs, tmp_path):  # pragma: no cover - GPU only
+def test_vllm_backend_generates_from_a_lora_student(stage_inputs, tmp_path, monkeypatch):  # pragma: no cover - GPU only
     from cotshape.core.config import validate_params
     from cotshape.generation.base import SamplingParams
     from cotshape.pipeline.stage import load_backend
@@ -168,9 +168,10 @@ def test_vllm_backend_generates_from_a_lora_student(stage_inputs, tmp_path):  # 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     raw["base"].update(backend="vllm", device="cuda", dtype="float32")
     p = validate_params(raw)
+    monkeypatch.setenv("COTSHAPE_TMPDIR", str(tmp_path))  # where merged_lora_folder merges the adapter
     backend = load_backend(p, stage_inputs / "sft-lora", 4)
     assert backend.name == "vllm"
-    merged = Path(backend._owned_dir.name)
+    [merged] = tmp_path.glob("cotshape-merged-*")
     [[c]] = backend.generate(["Hello"], SamplingParams(max_new_tokens=4))
     assert c.num_tokens >= 1
     backend.close()

@@ -1,5 +1,6 @@
-"""SFT (cotshape.sft.train) on the tiny test model: masking, padding-free equivalence, training,
-saving and reloading (full and LoRA), params validation and the launch command."""
+"""SFT (cotshape.sft: tokenize, cpu_kernels, config, checkpoints, train) on the tiny test model:
+masking, padding-free equivalence, training, saving and reloading (full and LoRA), params
+validation and the launch command."""
 
 from __future__ import annotations
 
@@ -10,19 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cotshape.sft.train import (
-    MARKER,
-    TRAIN_LOG,
-    SFTParams,
-    build_sft_config,
-    launch_command,
-    load_trained,
-    tokenize_example,
-    tokenize_records,
-    train_sft,
-    use_cpu_label_head,
-    use_varlen_sdpa,
-)
+from cotshape.core.artifacts import TRAIN_LOG
+from cotshape.sft.checkpoints import MARKER, load_trained
+from cotshape.sft.config import build_sft_config
+from cotshape.sft.cpu_kernels import use_cpu_label_head, use_varlen_sdpa
+from cotshape.sft.params import SFTParams
+from cotshape.sft.tokenize import tokenize_example, tokenize_records
+from cotshape.sft.train import launch_command, train_sft
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -153,9 +148,9 @@ def test_padding_free_loss_equals_padded_loss(tiny_model_dir, varlen, math_max, 
     from transformers import AutoModelForCausalLM
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-    import cotshape.sft.train as train_mod
+    import cotshape.sft.cpu_kernels as kernels
 
-    monkeypatch.setattr(train_mod, "VARLEN_MATH_MAX", math_max)
+    monkeypatch.setattr(kernels, "VARLEN_MATH_MAX", math_max)
     tok = _tok(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
     if varlen:
@@ -165,7 +160,7 @@ def test_padding_free_loss_equals_padded_loss(tiny_model_dir, varlen, math_max, 
     seen = []  # query lengths reaching the per-example kernel chosen (varlen path)
     # (module, kernel name, position of the query argument)
     owner, name, q_arg = ((sdpa_mod, "sdpa_attention_forward", 1) if math_max == 0
-                          else (train_mod, "_causal_attention_math", 0))
+                          else (kernels, "causal_attention_math", 0))
     real = getattr(owner, name)
 
     def spy(*a, **kw):
@@ -202,7 +197,7 @@ def test_causal_attention_math_equals_sdpa_with_gradients():
     import torch
     import torch.nn.functional as F
 
-    from cotshape.sft.train import _causal_attention_math
+    from cotshape.sft.cpu_kernels import causal_attention_math
 
     torch.manual_seed(0)
     q = torch.randn(1, 6, 11, 8, dtype=torch.float64, requires_grad=True)
@@ -213,7 +208,7 @@ def test_causal_attention_math_equals_sdpa_with_gradients():
     def grads(out):
         return torch.autograd.grad(out, (q, k, v), g)
 
-    ours = _causal_attention_math(q, k, v, 0.3)
+    ours = causal_attention_math(q, k, v, 0.3)
     ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.3, enable_gqa=True).transpose(1, 2)
     assert ours.shape == ref.shape == (1, 11, 6, 8)
     assert torch.allclose(ours, ref, atol=1e-6)  # softmax in float32: float32 agreement
@@ -231,9 +226,9 @@ def test_cpu_label_head_equals_trl_fused_head(tiny_model_dir, monkeypatch, chunk
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
     from trl.trainer.utils import add_fused_lm_head
 
-    import cotshape.sft.train as train_mod
+    import cotshape.sft.cpu_kernels as kernels
 
-    monkeypatch.setattr(train_mod, "LABEL_HEAD_CHUNK", chunk)
+    monkeypatch.setattr(kernels, "LABEL_HEAD_CHUNK", chunk)
     tok = _tok(tiny_model_dir)
     examples = _labelled_examples(tok)
     batch = DataCollatorForLanguageModeling(pad_token_id=tok.pad_token_id, padding_free=True)(examples)
@@ -272,11 +267,8 @@ def test_frozen_linears_in_bf16_give_the_same_autocast_outputs_and_adapter_grads
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from cotshape.sft.train import (
-        LORA_TARGET_MODULES,
-        skip_lora_input_casts,
-        store_frozen_linears_in,
-    )
+    from cotshape.sft.config import LORA_TARGET_MODULES
+    from cotshape.sft.cpu_kernels import skip_lora_input_casts, store_frozen_linears_in
 
     ids = torch.tensor([[5, 9, 13, 2, 7, 11, 3, 4]])
 
@@ -310,7 +302,7 @@ def test_frozen_linears_in_bf16_give_the_same_autocast_outputs_and_adapter_grads
 def test_reuse_freed_memory_applies_on_glibc():
     import platform
 
-    from cotshape.sft.train import reuse_freed_memory
+    from cotshape.sft.cpu_kernels import reuse_freed_memory
 
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert reuse_freed_memory() is glibc
@@ -474,7 +466,7 @@ def test_bf16_precision_trains_bf16_weights(tiny_model_dir, tmp_path):
 def test_save_steps_write_loadable_checkpoints(tiny_model_dir, tmp_path):
     import torch
 
-    from cotshape.sft.train import checkpoint_dir
+    from cotshape.sft.checkpoints import checkpoint_dir
 
     out = tmp_path / "ckpt"
     metrics = train_sft(tiny_model_dir, RECORDS, out, SFTParams(method="full", **FAST, save_steps=[1, 2]))
@@ -499,7 +491,7 @@ def test_save_steps_write_loadable_checkpoints(tiny_model_dir, tmp_path):
 
 
 def test_lora_checkpoint_is_an_adapter_that_load_trained_merges(tiny_model_dir, tmp_path):
-    from cotshape.sft.train import checkpoint_dir
+    from cotshape.sft.checkpoints import checkpoint_dir
 
     out = tmp_path / "lora"
     train_sft(tiny_model_dir, RECORDS, out, SFTParams(method="lora", lora_r=4, lora_alpha=8, **FAST, save_steps=[2]))
@@ -510,7 +502,7 @@ def test_lora_checkpoint_is_an_adapter_that_load_trained_merges(tiny_model_dir, 
 
 def test_save_step_after_the_last_step_is_recorded_as_not_reached(tiny_model_dir, tmp_path):
     from cotshape.pipeline.stage import SKIPPED
-    from cotshape.sft.train import checkpoint_dir
+    from cotshape.sft.checkpoints import checkpoint_dir
 
     out = tmp_path / "late"
     train_sft(tiny_model_dir, RECORDS, out, SFTParams(method="full", **FAST, save_steps=[2, 50]))

@@ -5,7 +5,7 @@ This is the paper's evidence that model-written CoTs (G, W, P) sit closer to the
 distribution than human solutions (H): the untrained student's loss on them is lower. The loss is
 measured exactly as SFT measures it: the same tokenization (chat template, or the plain-text
 prompt with ``base.prompt_format: plain``) and completion mask
-(:func:`cotshape.sft.train.tokenize_records`), the same ``max_length`` cut, and TRL's fused LM head
+(:func:`cotshape.sft.tokenize.tokenize_records`), the same ``max_length`` cut, and TRL's fused LM head
 for the per-token log-probabilities, so ``mean_loss`` equals SFT's first-step loss on the same
 batch (a test checks it). Batched (sorted by length to limit padding), no gradients.
 """
@@ -21,7 +21,8 @@ def load_scorer(model_path_or_model, device: str, dtype: str, tokenizer):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cotshape.sft.train import MARKER, load_trained, training_dtype
+    from cotshape.sft.checkpoints import MARKER, load_trained
+    from cotshape.sft.config import training_dtype
 
     if isinstance(model_path_or_model, (str, os.PathLike)):
         path = str(model_path_or_model)
@@ -57,7 +58,8 @@ def completion_loss(model_path_or_model, records: list[dict[str, Any]], batch_si
     from tqdm.auto import tqdm
     from trl.trainer.utils import add_fused_lm_head
 
-    from cotshape.sft.train import record_prompts, tokenize_records, use_cpu_label_head
+    from cotshape.sft.cpu_kernels import use_cpu_label_head
+    from cotshape.sft.tokenize import record_prompts, tokenize_records
 
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"closeness.batch_size: got {batch_size!r}, expected an integer >= 1")
@@ -125,7 +127,7 @@ def loss_intervals(results: dict[str, dict[str, Any]], reference: str = "H", see
     ``minus_ref`` = reference loss - this set's loss (> 0: the set sits closer to the model than
     the reference) with its interval ``minus_ref_ci95`` (the two sets resampled independently).
     """
-    from cotshape.core.stats import ratio_diff_ci, ratio_mean_ci
+    from cotshape.core.bootstrap import ratio_diff_ci, ratio_mean_ci
 
     out: dict[str, dict[str, Any]] = {}
     ref = results.get(reference)

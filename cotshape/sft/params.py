@@ -1,6 +1,6 @@
 """The ``sft:`` section of params.yaml: :class:`SFTParams`, pure data and validation.
 
-Kept apart from :mod:`cotshape.sft.train` (which re-exports it) so that :mod:`cotshape.core.config`, and
+Kept apart from :mod:`cotshape.sft.train` (which imports it) so that :mod:`cotshape.core.config`, and
 with it every stage, does not depend on the trainer's code: a change to training reruns only
 the stages that train. This module imports nothing from torch, transformers, trl or
 :mod:`cotshape.sft.train`.

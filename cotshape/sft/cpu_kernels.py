@@ -1,0 +1,270 @@
+"""CPU kernels of SFT that change no result: padding-free attention one example at a time
+(:func:`use_varlen_sdpa`), the loss head that projects only the labelled positions
+(:func:`use_cpu_label_head`), LoRA's frozen weights and input casts under bf16 autocast, and glibc's
+allocator kept from returning memory (:func:`reuse_freed_memory`). Tests check each against the
+stock path."""
+
+from __future__ import annotations
+
+import sys
+
+# --------------------------------------------------------------------------------------------
+# padding-free attention on CPU
+
+VARLEN_SDPA = "cotshape_varlen_sdpa"
+
+
+#: examples up to this many tokens take :func:`causal_attention_math` (two batched matrix
+#: products and an fp32 softmax: ~2x faster forward + backward than the CPU flash kernel at
+#: GSM8K lengths, measured in bf16 on 2 cores); longer ones take sdpa's flash kernel, whose memory
+#: does not grow with the square of the length (the math path keeps heads x L x L probabilities
+#: per layer for backward)
+VARLEN_MATH_MAX = 512
+
+
+def causal_attention_math(query, key, value, scaling):
+    """Causal attention of one example: ``query`` [1, H, L, D], ``key``/``value`` [1, KV, L, D]
+    (grouped-query heads: query head h reads key/value head h // (H // KV), as ``repeat_kv``).
+    Scores in the autocast dtype (one ``baddbmm`` per key/value head with the causal mask as an
+    additive bias), softmax in float32. Returns [1, L, H, D], as ``sdpa_attention_forward``."""
+    import torch
+
+    _, heads, length, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    q = query[0].reshape(kv_heads, groups * length, dim)  # the query heads of one kv head, stacked
+    bias = torch.full((length, length), float("-inf"), dtype=query.dtype, device=query.device).triu_(1)
+    scores = torch.baddbmm(bias.repeat(groups, 1), q, key[0].transpose(1, 2), alpha=scaling)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32)
+    out = torch.bmm(probs.to(value.dtype), value[0])  # (kv_heads, groups * length, dim)
+    return out.view(heads, length, dim).transpose(0, 1)[None]
+
+
+def _varlen_sdpa_forward(module, query, key, value, attention_mask, dropout=0.0, scaling=None,
+                         is_causal=None, **kwargs):
+    """Attention over a padding-free row, one causal call per example (the flash-style varlen path).
+
+    Plain sdpa is correct on a padding-free row (transformers builds a block-diagonal mask from
+    the position ids) but computes the full (tokens x tokens) masked attention: ~5x the padded
+    cost on CPU. Cutting the row at TRL's ``cu_seq_lens_q`` and attending causally per example
+    computes exactly the real tokens: on CPU :func:`causal_attention_math` up to
+    :data:`VARLEN_MATH_MAX` tokens (without dropout), else sdpa with ``is_causal=True``. Any other call (padded batches,
+    generation with a cache) is plain sdpa.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None or query.shape[0] != 1 or query.shape[2] != key.shape[2]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout,
+                                      scaling=scaling, is_causal=is_causal, **kwargs)
+    import torch
+
+    rest = {k: v for k, v in kwargs.items() if not k.startswith(("cu_seq_lens", "max_length"))}
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    math_path = query.device.type == "cpu" and not dropout  # GPUs have fused kernels for both
+    bounds = cu.tolist()
+    outs = [
+        causal_attention_math(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], scale)
+        if math_path and b - a <= VARLEN_MATH_MAX else
+        sdpa_attention_forward(module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None,
+                               dropout=dropout, scaling=scaling, is_causal=is_causal, **rest)[0]
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    return torch.cat(outs, dim=1), None
+
+
+def use_varlen_sdpa(model) -> str | None:
+    """Switch an sdpa model to :data:`VARLEN_SDPA` for padding-free training; returns the
+    implementation to restore (None when the model was left alone: flash attention has its own
+    varlen kernels, eager keeps the correct but dense block-diagonal mask)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+
+    current = model.config._attn_implementation
+    if current != "sdpa":
+        return None
+    AttentionInterface.register(VARLEN_SDPA, _varlen_sdpa_forward)
+    # the mask for the fallback (padded) calls; ignored on padding-free rows
+    ALL_MASK_ATTENTION_FUNCTIONS.register(VARLEN_SDPA, sdpa_mask)
+    model.set_attn_implementation(VARLEN_SDPA)
+    return current
+
+
+# --------------------------------------------------------------------------------------------
+# the loss head on CPU
+
+#: label positions scored together; above this the chunks are recomputed in backward
+#: (activation checkpointing), so memory stays at one chunk of (positions x vocabulary) logits
+LABEL_HEAD_CHUNK = 2048
+
+
+def _label_scores_function():
+    import torch
+
+    class LabelScores(torch.autograd.Function):
+        """``log p(label)``, entropy and top-1 hit of each row of fp32 ``logits`` [N, V] from one
+        pass of ``exp`` over the vocabulary (``log_softmax`` followed by ``exp`` for the entropy
+        makes two: on 2 cores each is ~0.2 s of a SmolLM2-135M step). Only ``log p(label)`` has a
+        gradient: ``d/dlogits = g * (onehot(label) - p)``, from the probabilities kept for backward
+        (as ``log_softmax`` keeps its output)."""
+
+        @staticmethod
+        def forward(ctx, logits, labels):
+            top, top_index = logits.max(dim=-1, keepdim=True)
+            probs = (logits - top).exp_()
+            total = probs.sum(dim=-1, keepdim=True)
+            probs.div_(total)
+            log_z = (top + total.log()).squeeze(1)
+            label_logp = logits.gather(1, labels[:, None]).squeeze(1) - log_z
+            # H = -sum p log p = log Z - sum p * logits (a float32 product: not autocast's bf16)
+            with torch.autocast(logits.device.type, enabled=False):
+                entropy = log_z - torch.bmm(probs[:, None, :], logits[:, :, None]).view(-1)
+            top1 = top_index.squeeze(1) == labels
+            ctx.save_for_backward(probs, labels)
+            ctx.mark_non_differentiable(entropy, top1)
+            return label_logp, entropy, top1
+
+        @staticmethod
+        def backward(ctx, grad_logp, _grad_entropy, _grad_top1):
+            probs, labels = ctx.saved_tensors
+            grad = probs * grad_logp.neg()[:, None]
+            grad.scatter_add_(1, labels[:, None], grad_logp[:, None])
+            return grad, None
+
+    return LabelScores
+
+
+def use_cpu_label_head(model) -> bool:
+    """Replace TRL's fused LM head by one suited to the CPU, on ``model`` (the model TRL patched
+    with ``add_fused_lm_head``; the base model under a peft wrapper). Returns whether it did.
+
+    TRL's ``SFTTrainer`` computes the loss with a chunked log-prob kernel (``fused_lm_head=True``).
+    Off CUDA/XPU that kernel runs as Python tiles in fp32 and scores every position, prompt tokens
+    included: measured, half of a full fine-tuning step of SmolLM2-135M on 2 cores. Here, on a CPU
+    tensor, only the positions with a label are projected (``hidden[mask]``), through the LM head
+    under the active autocast (bf16 matmul, as the model's own forward does), with an fp32 log-softmax
+    over the vocabulary; above :data:`LABEL_HEAD_CHUNK` positions the chunks are recomputed in
+    backward. The output is TRL's own ``FusedCausalLMOutput`` (log-probs, entropy, top-1 hits, label
+    mask, loss), so TRL's loss and metrics bookkeeping is untouched. GPU tensors, MoE auxiliary
+    losses and models that scale their logits (other than Gemma-style soft-capping) go to TRL's path.
+    """
+    import functools
+    import types
+
+    import torch
+    from torch.utils.checkpoint import checkpoint
+    from trl.trainer.utils import FusedCausalLMOutput
+
+    _LabelScores = _label_scores_function()
+    trl_forward = model.forward
+    text_config = model.config.get_text_config()
+    if getattr(text_config, "output_router_logits", False) or any(
+        getattr(text_config, key, None) is not None
+        for key in ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling")
+    ):
+        return False
+    softcap = getattr(text_config, "final_logit_softcapping", None)
+
+    def score(hidden, weight, labels):
+        """log p(label), entropy and top-1 hit of each position (fp32)."""
+        logits = torch.nn.functional.linear(hidden, weight).float()
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return _LabelScores.apply(logits, labels)
+
+    @functools.wraps(type(model).forward)
+    def forward(self, *args, fused_lm_head=False, labels=None, shift_labels=None, num_items_in_batch=None, **kwargs):
+        head = self.get_output_embeddings()
+        if not fused_lm_head or head.weight.device.type != "cpu" or getattr(head, "bias", None) is not None:
+            return trl_forward(*args, fused_lm_head=fused_lm_head, labels=labels, shift_labels=shift_labels,
+                               num_items_in_batch=num_items_in_batch, **kwargs)
+        kwargs["use_cache"] = False
+        hidden = self.base_model(*args, **kwargs).last_hidden_state
+        if shift_labels is None:
+            hidden, labels = hidden[:, :-1], labels[:, 1:]
+        else:
+            labels = shift_labels
+        # the backbone can end on another device than the head (device_map); the head decides
+        hidden, labels = hidden.to(head.weight.device), labels.to(head.weight.device)
+        mask = labels != -100
+        h, y = hidden[mask], labels[mask]
+        parts = []
+        for a in range(0, max(len(y), 1), LABEL_HEAD_CHUNK):
+            hc, yc = h[a:a + LABEL_HEAD_CHUNK], y[a:a + LABEL_HEAD_CHUNK]
+            if len(y) > LABEL_HEAD_CHUNK and torch.is_grad_enabled():
+                parts.append(checkpoint(score, hc, head.weight, yc, use_reentrant=False))
+            else:
+                parts.append(score(hc, head.weight, yc))
+        lp, entropy, top1 = (torch.cat(x) for x in zip(*parts, strict=True))
+
+        def full(x):  # back to the (batch, seq - 1) shape TRL expects, zero off the labels
+            return x.new_zeros(mask.shape).masked_scatter(mask, x)
+
+        log_probs = full(lp)
+        loss = -log_probs.sum() / (mask.sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
+        return FusedCausalLMOutput(loss=loss, log_probs=log_probs, entropy=full(entropy), is_top1=full(top1),
+                                   label_mask=mask)
+
+    model.forward = types.MethodType(forward, model)
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# frozen weights under autocast
+
+
+def skip_lora_input_casts(model) -> int:
+    """Under bf16 autocast, let each LoRA layer hand its input to the adapter as it comes (peft
+    casts it to the adapter's fp32 first, then autocast casts it back to bf16 for the product: two
+    copies of every input, the MLP's included, for the same bf16 values; gradients are the same
+    bits too, a test checks). Returns how many layers were switched."""
+    count = 0
+    for module in model.modules():
+        if getattr(module, "cast_input_dtype_enabled", None) is True:
+            module.cast_input_dtype_enabled = False
+            count += 1
+    return count
+
+
+def reuse_freed_memory() -> bool:
+    """Make glibc serve large allocations from the heap and keep freed memory for reuse (no
+    ``mmap``/``munmap`` per tensor, no trimming), as ``MALLOC_MMAP_MAX_=0`` would from the start.
+    A training step allocates and frees the same large activations every step; by default each
+    one is a fresh mapping whose pages fault in on first touch. Measured on bench_sft (2 cores):
+    full fine-tuning +17 % tokens/s, LoRA +9 %. Returns False where it does not apply (not glibc).
+    The process keeps its peak memory until it exits (a training process exits after training)."""
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4  # glibc's malloc.h
+    return bool(mallopt(m_mmap_max, 0) and mallopt(m_trim_threshold, 2**31 - 1) and mallopt(m_top_pad, 1 << 28))
+
+
+def store_frozen_linears_in(model, dtype) -> int:
+    """Store the frozen ``nn.Linear`` weights (and biases) of ``model`` in ``dtype``, the autocast
+    dtype it trains under (LoRA with ``precision: amp``: the base model is frozen). Autocast casts
+    an fp32 weight to bf16 on every forward; the cast is a deterministic rounding, so casting once
+    gives bit-identical products (a test checks the outputs and adapter gradients) and saves the
+    cast and half the weights' memory. A weight shared with another module (a tied LM head and
+    embedding) is left alone: the embedding output must stay fp32. Returns how many were cast."""
+    import torch
+
+    shared = {id(p) for m in model.modules() if not isinstance(m, torch.nn.Linear)
+              for p in m.parameters(recurse=False)}
+    count = 0
+    for module in model.modules():
+        if not isinstance(module, torch.nn.Linear):
+            continue
+        params = [p for p in (module.weight, module.bias) if p is not None]
+        if any(p.requires_grad or id(p) in shared or not p.is_floating_point() for p in params):
+            continue
+        for p in params:
+            p.data = p.data.to(dtype)
+        count += 1
+    return count
