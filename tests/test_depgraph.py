@@ -14,6 +14,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cotshape.pipeline import depgraph
 from cotshape.pipeline.depgraph import (
@@ -46,8 +47,8 @@ def test_real_dvc_yaml_depends_on_exactly_the_code_each_stage_runs():
     fix = "fix with: python -m cotshape.pipeline.depgraph --write dvc.yaml"
     assert missing_deps(DVC_YAML) == {}, fix
     assert extra_deps(DVC_YAML) == {}, fix
-    code = depgraph._stage_bodies(depgraph._load(DVC_YAML)[1])["code"]
-    assert [depgraph._dep_path(d) for d in code["deps"]] == ["cotshape", "stages"]
+    code = yaml.safe_load(DVC_YAML.read_text(encoding="utf-8"))["stages"]["code"]
+    assert code["deps"] == ["cotshape", "stages"]
     assert code["cmd"] == "python -m cotshape.pipeline.depgraph --fingerprint code"
 
 
@@ -312,13 +313,16 @@ def test_write_refuses_to_drop_a_comment_that_hangs_on_a_removed_dep(project):
     assert dvc.read_text() == text
 
 
-def test_atomic_write_keeps_the_mode_and_the_bytes(tmp_path):
-    new = tmp_path / "new.yaml"
-    depgraph._atomic_write(new, "a: 1\r\n")
-    assert new.read_bytes() == b"a: 1\r\n" and new.stat().st_mode & 0o777 == 0o644  # no newline translation
-    old = tmp_path / "old.yaml"
-    old.write_text("x")
+def test_atomic_write_keeps_the_mode_and_the_bytes(project):
+    # a new fingerprint: 0o644 (not mkstemp's private 0o600), exactly the text of fingerprint()
+    assert "code/one.txt" in depgraph.write_fingerprints("code", root=project)
+    new = project / "code" / "one.txt"
+    assert new.read_bytes() == depgraph.fingerprint("stages/one.py", root=project).encode()
+    assert new.stat().st_mode & 0o777 == 0o644
+    # a rewritten dvc.yaml keeps its permission bits
+    old = project / "dvc.yaml"
     old.chmod(0o664)
-    depgraph._atomic_write(old, "y")
-    assert old.read_text() == "y" and old.stat().st_mode & 0o777 == 0o664
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["new.yaml", "old.yaml"]  # no temp left
+    assert write_deps(old)
+    assert old.read_text() == AFTER and old.stat().st_mode & 0o777 == 0o664
+    assert sorted(p.name for p in project.iterdir()) == ["code", "cotshape", "dvc.yaml", "stages"]  # no temp left
+    assert sorted(p.name for p in new.parent.iterdir()) == ["one.txt", "two.txt"]
