@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cotshape.cli import main
-from cotshape.core import stats
+from cotshape.core import random_effects, stats
 from cotshape.reporting import compare as cmp
 from cotshape.reporting import compare_markdown, pooling
 from cotshape.reporting.compare import CompareError, Experiment
@@ -613,7 +613,7 @@ def test_seeds_with_several_runs_pool_their_run_level_intervals_and_split_the_va
     per_seed = [[0.10, 0.12, 0.08], [0.20, 0.22, 0.18], [0.0, 0.02, -0.02]]  # the draws disagree
     exps = []
     for i, runs in enumerate(per_seed):
-        re = stats.random_effects_difference(runs, [0.03] * 3)
+        re = random_effects.random_effects_difference(runs, [0.03] * 3)
         ev = {"diff": re["diff"], "ci95": re["ci95"], "n": 200, "runs": 3, "per_run": runs,
               "per_run_ci95": [[d - 0.0588, d + 0.0588] for d in runs]}
         exps.append(_exp(f"e{i}", i, 0.4, claims={"claims": [{"id": "C2", "task": "gsm8k", "statement": "s",
@@ -659,7 +659,7 @@ def test_per_source_seeds_group_with_base_seed():
 def test_variance_breakdown_script_splits_data_sft_and_test_problems(tmp_path):
     """scripts/variance_breakdown.py: runs on one draw give SFT + test problems, seeds of the whole
     pipeline give data + SFT + test problems; the data draw's part is the difference."""
-    from cotshape.core.stats import variance_components
+    from cotshape.core.random_effects import variance_components
 
     within = variance_components([[0.10, 0.12, 0.08, 0.10]], [[0.03 ** 2] * 4])  # sd 1.6 pts, below the se
     claims = {"variance": {"gsm8k": {"claims": {"C2": {**within, "contrast": "G - H"}}, "sets": {}}}}

@@ -1,4 +1,5 @@
-"""Tests for cotshape.core.stats: intervals, exact McNemar, seeded bootstraps, slope and verdicts.
+"""Tests for cotshape.core.stats, paired_tests, bootstrap and random_effects: intervals, exact
+McNemar, seeded bootstraps, slope and verdicts.
 
 Expected values are derived by hand from the formulas (noted next to each), not from the code.
 """
@@ -10,17 +11,18 @@ import math
 
 import pytest
 
+from cotshape.core import random_effects
 from cotshape.core import stats as stats_mod
-from cotshape.core.stats import (
-    _binom_half_cdf_exact,
-    _binom_half_log_cdf,
+from cotshape.core.bootstrap import paired_slope, ratio_diff_ci, ratio_mean_ci
+from cotshape.core.paired_tests import (
+    binom_half_cdf_exact,
+    binom_half_log_cdf,
     mcnemar_exact,
     newcombe_paired_interval,
     paired_accuracy_diff,
-    paired_slope,
-    pooled_difference,
-    ratio_diff_ci,
-    ratio_mean_ci,
+)
+from cotshape.core.random_effects import pooled_difference
+from cotshape.core.stats import (
     verdict_equivalent,
     verdict_greater,
     verdict_less,
@@ -112,8 +114,8 @@ def test_mcnemar_extreme_large_table_is_finite():
 def test_mcnemar_log_space_tail_agrees_with_exact_sum():
     # The path used above n = 20000 checked against the exact integer sum where both apply.
     for m, n in [(3, 40), (130, 300), (1400, 3000), (4950, 10000)]:
-        assert math.exp(_binom_half_log_cdf(m, n)) == pytest.approx(
-            _binom_half_cdf_exact(m, n), rel=1e-9
+        assert math.exp(binom_half_log_cdf(m, n)) == pytest.approx(
+            binom_half_cdf_exact(m, n), rel=1e-9
         )
 
 
@@ -318,7 +320,7 @@ SE6 = 0.06 / 1.959963984540054  # a run's paired interval of +-6 points
 
 
 def test_random_effects_runs_that_agree_keep_about_the_per_run_width():
-    r = stats_mod.random_effects_difference([0.10, 0.11, 0.09], [SE6] * 3)
+    r = random_effects.random_effects_difference([0.10, 0.11, 0.09], [SE6] * 3)
     lo, hi = r["ci95"]
     assert r["diff"] == pytest.approx(0.10) and r["tau"] == 0.0 and r["i2"] == 0.0
     # truncated HKSJ: 4.303 x 0.0306 / sqrt 3 = 0.076, about the runs' own +-0.06 (not the 0.025
@@ -330,7 +332,7 @@ def test_random_effects_runs_that_agree_keep_about_the_per_run_width():
 
 def test_random_effects_runs_that_disagree_widen_the_interval():
     diffs = [0.17, 0.125, 0.015]  # the committed G - H per seed
-    r = stats_mod.random_effects_difference(diffs, [SE6] * 3)
+    r = random_effects.random_effects_difference(diffs, [SE6] * 3)
     fixed = pooled_difference(diffs, [[d - 0.06, d + 0.06] for d in diffs], [200] * 3)
     width = r["ci95"][1] - r["ci95"][0]
     assert width > 0.12 and width > fixed["ci95"][1] - fixed["ci95"][0]
@@ -342,21 +344,21 @@ def test_random_effects_runs_that_disagree_widen_the_interval():
 
 
 def test_random_effects_one_run_has_no_interval():
-    r = stats_mod.random_effects_difference([0.2], [SE6])
+    r = random_effects.random_effects_difference([0.2], [SE6])
     assert r["ci95"] is None and "one training run" in r["reason"] and r["k"] == 1
 
 
 def test_random_effects_without_ses_is_the_t_interval():
-    r = stats_mod.random_effects_difference([0.1, 0.2, 0.3])
+    r = random_effects.random_effects_difference([0.1, 0.2, 0.3])
     assert r["ci95"] == stats_mod.t_interval([0.1, 0.2, 0.3]) and r["tau"] is None
     with pytest.raises(ValueError):
-        stats_mod.random_effects_difference([0.1, 0.2], [SE6])
+        random_effects.random_effects_difference([0.1, 0.2], [SE6])
     with pytest.raises(ValueError):
-        stats_mod.random_effects_difference([])
+        random_effects.random_effects_difference([])
 
 
 def test_variance_components_split_runs_into_test_problems_and_sft():
-    from cotshape.core.stats import variance_components
+    from cotshape.core.random_effects import variance_components
 
     # four runs on one draw, spread sd 4.4 points, each run's own se 3 points
     vc = variance_components([[0.10, 0.20, 0.15, 0.12]], [[0.03 ** 2] * 4])
@@ -378,7 +380,8 @@ def test_variance_components_split_runs_into_test_problems_and_sft():
 
 
 def test_runs_by_problems_interval_counts_shared_test_problems_once_and_the_runs_spread():
-    from cotshape.core.stats import runs_by_problems_interval, t975
+    from cotshape.core.random_effects import runs_by_problems_interval
+    from cotshape.core.stats import t975
 
     n = 200
     same = [[1.0 if i < 60 else 0.0 for i in range(n)]] * 4  # four runs with identical answers

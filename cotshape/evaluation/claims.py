@@ -11,11 +11,11 @@ Inputs (all written by earlier stages; nothing here knows about DVC paths):
 
 Every comparison of two sets is *paired*: both students answered the same test problems, and the
 difference of their accuracies gets Newcombe's paired score 95 % interval and an exact McNemar
-p-value (:mod:`cotshape.core.stats`); closeness differences and the mixture slope get seeded bootstrap
+p-value (:mod:`cotshape.core.paired_tests`); closeness differences and the mixture slope get seeded bootstrap
 intervals. Each set is trained ``sft.runs`` times; a comparison pairs run R of one set with run R
 of the other (the same SFT seed; the untrained student is one run, paired with every run), and
 its ``ci95`` takes the training run as the unit, with the runs and the test problems both random
-draws (:func:`cotshape.core.stats.runs_by_problems_interval`: the runs share the test problems,
+draws (:func:`cotshape.core.random_effects.runs_by_problems_interval`: the runs share the test problems,
 so that noise does not shrink with more runs; never narrower than the t-interval over the runs). With one run per arm there
 is no run-level interval (``ci95`` None): the accuracy claims are then inconclusive and say why. A
 claim is
@@ -40,7 +40,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cotshape.core import stats
+from cotshape.core import bootstrap, paired_tests, random_effects, stats
 from cotshape.core.errors import RecordError
 
 BASE = "base"
@@ -90,7 +90,7 @@ def paired_runs(a: Sequence[Mapping[str, bool]], b: Sequence[Mapping[str, bool]]
     untrained student, is paired with every run of the other). Each run's :func:`paired` result is
     in ``per_run_detail``; ``per_run`` / ``per_run_ci95`` are its differences and intervals;
     ``diff``, ``ci95`` (None for one run, with ``reason``), ``se_test``, ``se_runs``, ``df``, ``sd``
-    and ``t_ci95`` are :func:`cotshape.core.stats.runs_by_problems_interval` of the runs x problems
+    and ``t_ci95`` are :func:`cotshape.core.random_effects.runs_by_problems_interval` of the runs x problems
     table of differences; ``runs`` is their number, ``n`` the test problems; ``acc_a`` / ``acc_b``
     the mean accuracies."""
     if not a or not b:
@@ -106,7 +106,7 @@ def paired_runs(a: Sequence[Mapping[str, bool]], b: Sequence[Mapping[str, bool]]
     for run in (*runs_a, *runs_b):
         if set(run) != set(ids):
             raise RecordError("paired comparison on different test problems: the runs of a set answered other problems")
-    iv = stats.runs_by_problems_interval([[int(y[i]) - int(x[i]) for i in ids]
+    iv = random_effects.runs_by_problems_interval([[int(y[i]) - int(x[i]) for i in ids]
                                           for x, y in zip(runs_a, runs_b, strict=True)])
     return _with_interval({
         "runs": k, "n": detail[0]["n"], "diff": iv["mean"],
@@ -118,7 +118,7 @@ def paired_runs(a: Sequence[Mapping[str, bool]], b: Sequence[Mapping[str, bool]]
 
 
 def _with_interval(out: dict[str, Any], iv: dict[str, Any], what: str) -> dict[str, Any]:
-    """``out`` with the run-level interval of :func:`cotshape.core.stats.runs_by_problems_interval`."""
+    """``out`` with the run-level interval of :func:`cotshape.core.random_effects.runs_by_problems_interval`."""
     out.update(ci95=iv["ci95"], se_test=iv["se_test"], se_runs=iv["se_runs"], df=iv["df"], sd=iv["sd"],
                t_ci95=iv["t_ci95"],
                ci95_is=(f"training runs and test problems (two-way random effects over the run-level {what})"
@@ -129,12 +129,12 @@ def _with_interval(out: dict[str, Any], iv: dict[str, Any], what: str) -> dict[s
 
 
 def paired(a: Mapping[str, bool], b: Mapping[str, bool], seed: int = 0, n_boot: int = 10000) -> dict[str, Any]:
-    """:func:`cotshape.core.stats.paired_accuracy_diff` of B - A on the problems both answered; the
+    """:func:`cotshape.core.paired_tests.paired_accuracy_diff` of B - A on the problems both answered; the
     two must have answered the same problems (a comparison on different problems is not paired)."""
     if set(a) != set(b):
         raise RecordError(f"paired comparison on different test problems ({len(set(a) ^ set(b))} differ)")
     ids = sorted(a)
-    return stats.paired_accuracy_diff([a[i] for i in ids], [b[i] for i in ids], n_boot=n_boot, seed=seed)
+    return paired_tests.paired_accuracy_diff([a[i] for i in ids], [b[i] for i in ids], n_boot=n_boot, seed=seed)
 
 
 def _verdict(kind: str, ci95: Sequence[float] | None, margin: float | None = None) -> str:
@@ -236,7 +236,7 @@ def mixture_slope(task: str, evals: Mapping[str, Sequence[Mapping[str, bool]] | 
     """C6's evidence: per training run R the OLS slope of accuracy over the flawed fraction (run R
     of every set of the curve, on the same problems; paired bootstrap interval), and the interval
     of the mean slope with runs and problems as random draws (each problem's contrast
-    ``sum_j w_j correct_j``, :func:`cotshape.core.stats.runs_by_problems_interval`)."""
+    ``sum_j w_j correct_j``, :func:`cotshape.core.random_effects.runs_by_problems_interval`)."""
     names = [name for _, name in curve]
     k = max(len(evals[n]) for n in names)  # type: ignore[arg-type]
     if any(len(evals[n]) not in (1, k) for n in names):  # type: ignore[arg-type]
@@ -253,9 +253,9 @@ def mixture_slope(task: str, evals: Mapping[str, Sequence[Mapping[str, bool]] | 
             if set(run) != set(ids):
                 raise RecordError(f"{task}: {name} was evaluated on other test problems than {names[0]}")
             rows.append([run[i] for i in ids])
-        per.append(stats.paired_slope(rows, xs, n_boot=n_boot, seed=seed + r))
+        per.append(bootstrap.paired_slope(rows, xs, n_boot=n_boot, seed=seed + r))
         contrasts.append([sum(w * row[i] for w, row in zip(weights, rows, strict=True)) for i in range(len(ids))])
-    iv = stats.runs_by_problems_interval(contrasts)  # the mean of each problem's contrast is the slope
+    iv = random_effects.runs_by_problems_interval(contrasts)  # the mean of each problem's contrast is the slope
     return _with_interval({
         "diff": iv["mean"], "n": per[0]["n"], "runs": k, "diff_is": "OLS slope of accuracy over p",
         "per_run": [sl["slope"] for sl in per], "per_run_ci95": [sl["ci95"] for sl in per],
@@ -267,7 +267,7 @@ def variance_breakdown(task: str, evals_metrics: Mapping[str, Mapping[str, Any] 
                        claims: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Where the run-to-run variance of this run's numbers comes from, on its one data draw:
     per set (the accuracy of each training run, its Wilson se) and per accuracy claim (the run-level
-    paired differences, their Newcombe se), :func:`cotshape.core.stats.variance_components` split
+    paired differences, their Newcombe se), :func:`cotshape.core.random_effects.variance_components` split
     into test problems (binomial) and SFT seed. The data draw's part needs several data seeds
     (``cotshape compare`` over ``-S base.data_seed=N`` experiments). Sets and claims with fewer
     than two runs are left out."""
@@ -275,12 +275,12 @@ def variance_breakdown(task: str, evals_metrics: Mapping[str, Mapping[str, Any] 
     for s, m in evals_metrics.items():
         runs = (m or {}).get("per_run") or []
         if len(runs) >= 2:
-            out["sets"][s] = stats.variance_components(
+            out["sets"][s] = random_effects.variance_components(
                 [[r["accuracy"] for r in runs]], [[stats.ci_se(r["ci95"]) ** 2 for r in runs]])
     for c in claims:
         ev = c.get("evidence") or {}
         if c.get("task") == task and c["id"] in ("C2", "C3", "C4", "C5") and len(ev.get("per_run") or []) >= 2:
-            out["claims"][c["id"]] = stats.variance_components(
+            out["claims"][c["id"]] = random_effects.variance_components(
                 [list(ev["per_run"])], [[stats.ci_se(ci) ** 2 for ci in ev["per_run_ci95"]]])
             out["claims"][c["id"]]["contrast"] = f"{ev['b']} - {ev['a']}"
     return out

@@ -235,11 +235,11 @@ def summarize_runs(per_run: Sequence[dict[str, Any]],
 
     ``accuracy``, ``accuracy_parsed``, ``parse_rate`` (and ``pass@1``) are means over the runs;
     ``ci95`` is the interval of the set's accuracy with the training runs and the test problems
-    both random draws (:func:`cotshape.core.stats.runs_by_problems_interval`: never narrower than
+    both random draws (:func:`cotshape.core.random_effects.runs_by_problems_interval`: never narrower than
     the t-interval over the runs), ``ci95_is`` says so; with one run it is that run's Wilson
     interval, and ``ci95_is`` says it covers the test problems only. ``runs`` is the number of
     runs, ``per_run`` their metrics."""
-    from cotshape.core.stats import runs_by_problems_interval
+    from cotshape.core.random_effects import runs_by_problems_interval
 
     if not per_run:
         raise ValueError("summarize_runs: no runs")

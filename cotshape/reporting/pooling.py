@@ -3,9 +3,9 @@ group's experiments, and one verdict per claim with the experiment (a draw of th
 the unit.
 
 **Pooling.** Per claim and task, the per-seed differences are combined with the seed (one run
-of the pipeline) as the unit: :func:`cotshape.core.stats.random_effects_difference` (truncated
+of the pipeline) as the unit: :func:`cotshape.core.random_effects.random_effects_difference` (truncated
 HKSJ random effects, never narrower than the t-interval over seeds; tau and I² reported); the
-fixed-effect :func:`~cotshape.core.stats.pooled_difference` stays as a secondary column. The
+fixed-effect :func:`~cotshape.core.random_effects.pooled_difference` stays as a secondary column. The
 claim's rule is applied to the run-level interval (:func:`~cotshape.core.stats.verdict_greater`, ``verdict_less``, ``verdict_equivalent``). A
 claim made of parts holds when every part holds, is contradicted when any part is contradicted
 and is inconclusive otherwise.
@@ -172,11 +172,11 @@ def _verdict(kind: str, ci95: Sequence[float], margin: float | None) -> str:
 
 
 def pool_runs(diffs: Sequence[float], ses: Sequence[float] | None, kind: str, margin: float | None) -> dict[str, Any]:
-    """The run-level pooled entry of one difference (:func:`cotshape.core.stats.random_effects_difference`;
+    """The run-level pooled entry of one difference (:func:`cotshape.core.random_effects.random_effects_difference`;
     ``ses`` None: the t-interval over the runs) with its verdict; one run: inconclusive, with the reason."""
-    from cotshape.core import stats
+    from cotshape.core import random_effects, stats
 
-    re = stats.random_effects_difference(diffs, ses)
+    re = random_effects.random_effects_difference(diffs, ses)
     p: dict[str, Any] = {"diff": re["diff"], "ci95": re["ci95"], "k": re["k"], "tau": re["tau"], "i2": re["i2"],
                          "sd": re["sd"], "per_seed": list(diffs)}
     if re["ci95"] is None:
@@ -188,17 +188,17 @@ def pool_runs(diffs: Sequence[float], ses: Sequence[float] | None, kind: str, ma
 
 def _pool(evidences: Sequence[Any], kind: str, margin: float | None) -> dict[str, Any]:
     """Pool one difference over the seeds that measured it, the seed (a draw of the pipeline's
-    data, with its SFT runs) being the unit (:func:`cotshape.core.stats.random_effects_difference`
+    data, with its SFT runs) being the unit (:func:`cotshape.core.random_effects.random_effects_difference`
     over :func:`_seed_evidence`); verdict by the claim's kind on that interval. The fixed-effect combination
-    (test-problem noise only, :func:`~cotshape.core.stats.pooled_difference`) is kept as the
+    (test-problem noise only, :func:`~cotshape.core.random_effects.pooled_difference`) is kept as the
     secondary ``fixed`` entry."""
-    from cotshape.core import stats
+    from cotshape.core import random_effects, stats
 
     ok = [ev for ev in map(_seed_evidence, evidences) if _evidence_ok(ev)]
     if not ok:
         return {"diff": None, "ci95": None, "k": 0, "n": 0, "verdict": NA}
     diffs = [float(ev["diff"]) for ev in ok]
-    fe = stats.pooled_difference(diffs, [ev["ci95"] for ev in ok], [int(ev["n"]) for ev in ok])
+    fe = random_effects.pooled_difference(diffs, [ev["ci95"] for ev in ok], [int(ev["n"]) for ev in ok])
     p = pool_runs(diffs, [stats.ci_se(ev["ci95"]) for ev in ok], kind, margin)
     p.update(n=fe["n"], per_seed_ci95=[list(ev["ci95"]) for ev in ok],
              fixed={**fe, "verdict": _verdict(kind, fe["ci95"], margin)})
@@ -208,9 +208,9 @@ def _pool(evidences: Sequence[Any], kind: str, margin: float | None) -> dict[str
 def _variance(evidences: Sequence[Any]) -> dict[str, Any] | None:
     """The variance of a claim's run-level difference split into data draw (between seeds), SFT
     seed (between the runs of a seed) and test problems (each run's own se):
-    :func:`cotshape.core.stats.variance_components` over the seeds' ``per_run`` differences. None
+    :func:`cotshape.core.random_effects.variance_components` over the seeds' ``per_run`` differences. None
     when no seed kept two runs."""
-    from cotshape.core import stats
+    from cotshape.core import random_effects, stats
 
     groups, ses = [], []
     for ev in evidences:
@@ -219,7 +219,7 @@ def _variance(evidences: Sequence[Any]) -> dict[str, Any] | None:
             ses.append([stats.ci_se(ci) ** 2 for ci in ev["per_run_ci95"]])
     if not any(len(g) >= 2 for g in groups):
         return None
-    return stats.variance_components(groups, ses)
+    return random_effects.variance_components(groups, ses)
 
 
 def combine_parts(verdicts: Sequence[str]) -> str:
