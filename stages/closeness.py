@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     p = params()
     from cotshape.sft.closeness import completion_loss, loss_intervals
     sets_dir = Path(args.sets_dir)
-    from cotshape.tracking.tracker import begin_stage
+    from cotshape.tracking.stage_run import begin_stage
 
     run = begin_stage("closeness", p, task=args.task, sections=dvc_params("closeness"),
                       inputs=[args.student, args.sets_dir], outputs=[args.out])

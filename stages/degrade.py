@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     d = p.degrade
     task = get_task(args.task)
-    from cotshape.tracking.tracker import begin_stage, head_jsonl
+    from cotshape.tracking.stage_run import begin_stage, head_jsonl
 
     run = begin_stage("degrade", p, task=args.task, tags={"sets": "mix,step", "base_set": d.base_set},
                       sections=dvc_params("degrade"),

@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
         raise StageError(f"{set_dir}: checkpoint {args.checkpoint} was reached by {len(reached)} of "
                          f"{len(models)} training runs; the runs of a set must train the same steps")
 
-    from cotshape.tracking.tracker import begin_stage, read_run_file
+    from cotshape.tracking.run_file import read_run_file
+    from cotshape.tracking.stage_run import begin_stage
 
     run = begin_stage("evaluate", p, task=args.task, set=args.set, sections=dvc_params("evaluate"),
                       inputs=[args.problems, args.model, *_base_models(models)], outputs=[args.out, args.metrics],

@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = params()
     from cotshape.data.sampling import merge_shards
-    from cotshape.tracking.tracker import begin_stage
+    from cotshape.tracking.stage_run import begin_stage
 
     task = Path(args.out).stem  # data/samples/TASK.jsonl
     begin_stage("merge_samples", p, task=task, sections=dvc_params("merge_samples"),

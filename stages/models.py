@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = params()
     from cotshape.core.models import materialize
-    from cotshape.tracking.tracker import begin_stage
+    from cotshape.tracking.stage_run import begin_stage
 
     begin_stage("models", p, sections=dvc_params("models"), outputs=[args.teacher_out, args.student_out])
     materialize(p.base.teacher, args.teacher_out)

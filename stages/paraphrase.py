@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     task = get_task(args.task)
     problems = read_problems(args.problems)
     model = {"student": args.student, "teacher": args.teacher}.get(pp.model, pp.model)
-    from cotshape.tracking.tracker import begin_stage
+    from cotshape.tracking.stage_run import begin_stage
 
     run = begin_stage("paraphrase", p, task=args.task, set="P", tags={"model": model},
                       sections=dvc_params("paraphrase"),

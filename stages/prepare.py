@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = params()
     task = get_task(args.task)
-    from cotshape.tracking.tracker import begin_stage
+    from cotshape.tracking.stage_run import begin_stage
 
     run = begin_stage("prepare", p, task=args.task, set="H", sections=dvc_params("prepare"),
                       outputs=[args.train_out, args.test_out, args.human_out])

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     p = params()
     from cotshape.evaluation.claims import judge_run
     from cotshape.reporting.report import build_report
-    from cotshape.tracking.tracker import begin_stage
+    from cotshape.tracking.stage_run import begin_stage
 
     sets = trained_sets(p)
     run = begin_stage("report", p, sections=dvc_params("report"),

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     from cotshape.generation.base import SamplingParams
     task = get_task(args.task)
     problems = read_problems(args.problems)
-    from cotshape.tracking.tracker import begin_stage, head_jsonl
+    from cotshape.tracking.stage_run import begin_stage, head_jsonl
 
     run = begin_stage("sample", p, task=args.task, name=f"sample@{args.task}-shard{args.shard}", tags={"shard": args.shard},
                       sections=dvc_params("sample"),

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = params()
     task = get_task(args.task)
-    from cotshape.tracking.tracker import begin_stage, head_jsonl
+    from cotshape.tracking.stage_run import begin_stage, head_jsonl
 
     sets_dir = Path(args.sets_dir)
     run = begin_stage("select", p, task=args.task, tags={"sets": "G,W"}, sections=dvc_params("select"),

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
             train_sft(args.student, records, run_dir(out, r), dataclasses.replace(sft, seed=seed), **prompt_kw)
         return
 
-    from cotshape.tracking.tracker import stage_run, write_run_file
+    from cotshape.tracking.run_file import write_run_file
+    from cotshape.tracking.stage_run import stage_run
 
     per_run, logs = [], []
     for r, seed in enumerate(seeds):

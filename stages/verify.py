@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     params()  # validated even though verify reads none of them: bad params stop every stage
     from cotshape.data.verify import count_verifier_errors, verify_records
     task = get_task(args.task)
-    from cotshape.tracking.tracker import begin_stage, head_jsonl
+    from cotshape.tracking.stage_run import begin_stage, head_jsonl
 
     run = begin_stage("verify", params(), task=args.task, inputs=[args.problems, args.samples],
                       outputs=[args.out, args.metrics])

@@ -1,5 +1,5 @@
 """Each stage's MLflow params come from its dvc.yaml ``params:`` (one list, kept in dvc.yaml):
-cotshape.pipeline.stage.dvc_params reads it, cotshape.tracking.tracker.stage_params refuses a key
+cotshape.pipeline.stage.dvc_params reads it, cotshape.tracking.stage_run.stage_params refuses a key
 that is no params.yaml key instead of skipping it."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from conftest import REPO_ROOT
 from cotshape.core.config import load_params
 from cotshape.core.errors import CotshapeError, ParamsError
 from cotshape.pipeline.stage import dvc_params
-from cotshape.tracking.tracker import stage_params
+from cotshape.tracking.stage_run import stage_params
 
 P = load_params(REPO_ROOT / "params.yaml")
 

@@ -206,7 +206,7 @@ def test_runs_of_killed_stages_end_as_killed_on_the_next_start(tmp_path, monkeyp
     uri = f"sqlite:///{tmp_path}/m.db"
     tracker = Tracker("cotshape-test", uri)
     client = MlflowClient(uri)
-    exp_id = tracker._connect()
+    exp_id = tracker.connect()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()  # its pid is free now
     host = socket.gethostname()
@@ -248,7 +248,7 @@ def test_path_hash_is_dvcs_md5_and_falls_back_to_stat(tmp_path):
     import hashlib
     import json
 
-    from cotshape.tracking.tracker import path_hash
+    from cotshape.tracking.hashes import path_hash
 
     (tmp_path / "d" / "sub").mkdir(parents=True)
     (tmp_path / "d" / "b.txt").write_text("bee\n")
@@ -270,7 +270,7 @@ def test_stage_run_tags_params_inputs_table_and_outputs(mlflow_server, tmp_path,
 
     from cotshape.core.config import SECTIONS, Params
     from cotshape.sft.params import SFTParams
-    from cotshape.tracking.tracker import stage_run
+    from cotshape.tracking.stage_run import stage_run
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     p = Params(**{k: SFTParams() if k == "sft" else cls() for k, cls in SECTIONS.items()})  # the defaults
@@ -315,7 +315,7 @@ def test_stage_run_tags_params_inputs_table_and_outputs(mlflow_server, tmp_path,
 def test_stage_run_failed_has_no_output_hashes(mlflow_server, tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from cotshape.tracking.tracker import begin_stage, end_stage_runs
+    from cotshape.tracking.stage_run import begin_stage, end_stage_runs
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)
     out = tmp_path / "x.json"
@@ -327,7 +327,8 @@ def test_stage_run_failed_has_no_output_hashes(mlflow_server, tmp_path, monkeypa
 
 
 def test_unreachable_store_stage_run_is_a_fast_noop(tmp_path, monkeypatch):
-    from cotshape.tracking.tracker import stage_run, write_run_file
+    from cotshape.tracking.run_file import write_run_file
+    from cotshape.tracking.stage_run import stage_run
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/no/such/folder/m.db")
     big = tmp_path / "big.bin"
@@ -502,7 +503,7 @@ def test_sft_run_params_dataset_and_model_card(mlflow_server, stage_runs):
     experiment, work = stage_runs
     runs = sorted(_runs_by_stage(mlflow_server, experiment)["sft"], key=lambda r: r.data.tags["run"])
     assert [r.info.run_name for r in runs] == ["sft@gsm8k-H-run-0", "sft@gsm8k-H-run-1"]
-    from cotshape.tracking.tracker import path_hash
+    from cotshape.tracking.hashes import path_hash
 
     for r, sft in enumerate(runs):
         assert sft.data.tags["set"] == "H" and sft.data.params["sft.max_steps"] == "2"
@@ -550,11 +551,13 @@ def test_evaluate_run_links_the_sft_run_and_logs_generations(mlflow_server, stag
 def test_run_file_is_ignored_once_the_folder_holds_another_model(tmp_path):
     """A dvc checkout of another experiment leaves the (ignored) run file in place: evaluate must
     not link its run to the SFT run of the other model."""
-    from cotshape.tracking.tracker import SFT_RUN_FILE, path_hash, read_run_file, write_run_file
+    from cotshape.core.artifacts import SFT_RUN_FILE
+    from cotshape.tracking.hashes import path_hash
+    from cotshape.tracking.run_file import read_run_file, write_run_file
 
     class Run:  # the two attributes write_run_file reads from a TrackedRun
         run_id, name = "abc123", "sft@gsm8k-G"
-        _tracker = type("T", (), {"uri": "sqlite:///m.db", "experiment": "cotshape"})()
+        tracker = type("T", (), {"uri": "sqlite:///m.db", "experiment": "cotshape"})()
 
     folder = tmp_path / "sft-G"
     folder.mkdir()

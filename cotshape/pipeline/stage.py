@@ -55,8 +55,8 @@ def stage_main(fn: Callable[[list[str] | None], Any]) -> Callable[[list[str] | N
 
 
 def _end_stage_runs(error: BaseException | None) -> None:
-    """End the MLflow run the stage began (``cotshape.tracking.tracker.begin_stage``), if any."""
-    tracking = sys.modules.get("cotshape.tracking.tracker")
+    """End the MLflow run the stage began (``cotshape.tracking.stage_run.begin_stage``), if any."""
+    tracking = sys.modules.get("cotshape.tracking.stage_run")
     if tracking is not None:
         tracking.end_stage_runs(error)
 

@@ -1,4 +1,4 @@
-"""MLflow tracking for the sft and evaluate stages: one experiment per pipeline, one run per stage.
+"""The MLflow tracker: one experiment per pipeline, one run per stage, and the run's logging calls.
 
     tracker = Tracker("cotshape", params_tracking_uri)       # MLFLOW_TRACKING_URI wins
     with tracker.run("sft@gsm8k-G", tags=run_tags(task="gsm8k", set="G", student=..., teacher=...),
@@ -10,7 +10,8 @@
 Tracking never breaks a stage: if the store is unreachable (a dead server, a bad URI) or fails
 mid-run, the tracker warns once per URI ("MLflow at URI unreachable: ...") and becomes a no-op;
 the stage's own metrics files are the record, and what was logged stays in ``run.history`` (and in
-``fallback_dir`` when given). An unreachable store of any scheme costs at most ``CONNECT_TIMEOUT`` seconds per stage: local stores
+``fallback_dir`` when given). An unreachable store of any scheme costs at most ``CONNECT_TIMEOUT`` seconds per stage
+(:mod:`cotshape.tracking.connection`): local stores
 (``sqlite:``, ``file:``, a path) are checked before MLflow opens them (MLflow's own SQL engine retries
 an unopenable database for about 100 s), network stores get a TCP probe and the first request runs
 under a deadline; HTTP requests get short timeouts and few retries. The default store is
@@ -19,6 +20,9 @@ under a deadline; HTTP requests get short timeouts and few retries. The default 
 A stage killed hard (``kill -9``, the machine lost) cannot end its run; every run is tagged with the
 host and pid of its process, and the next run started on that host ends such leftovers as KILLED
 (``cotshape.killed_by`` names the run that noticed).
+
+One run per pipeline stage: :mod:`cotshape.tracking.stage_run`; input/output hashes:
+:mod:`cotshape.tracking.hashes`; the SFT folder's run file: :mod:`cotshape.tracking.run_file`.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ import os
 import re
 import socket
 import subprocess
-import threading
 import time
 import warnings
 from collections.abc import Iterator
@@ -37,23 +40,19 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cotshape.tracking.connection import (
+    CONNECT_TIMEOUT,
+    bound_http_retries,
+    call_within,
+    is_local_store,
+    pid_alive,
+    unreachable_reason,
+)
+from cotshape.tracking.hashes import path_hash
+
 DEFAULT_URI = "sqlite:///mlflow.db"
 GENERATIONS_N = 20  # rows per set in a run's generations table
 COMPLETION_CHARS = 2000  # a completion is cut here in that table
-# an input larger than this (md5 at ~300-600 MB/s: about 1 s) is hashed by its file listing
-# (input.<path>.stat); by size, not by time, so the same folder gets the same kind of tag every run
-HASH_MAX_BYTES = 256 << 20
-from cotshape.core.artifacts import SFT_RUN_FILE  # noqa: E402
-from cotshape.core.hashing import md5_file  # noqa: E402
-from cotshape.core.records import write_text  # noqa: E402
-
-
-def _is_run_file(name: str) -> bool:
-    """The run file or a temp file of its atomic write (``.mlflow_run.json.*.tmp``)."""
-    return name == SFT_RUN_FILE or (name.startswith(f".{SFT_RUN_FILE}.") and name.endswith(".tmp"))
-
-
-CONNECT_TIMEOUT = 5.0  # seconds an unreachable store may cost a stage
 _WARNED: set[str] = set()  # URIs already warned about in this process
 
 
@@ -80,85 +79,12 @@ def run_tags(task: str | None = None, set: str | None = None, student: str | Non
     return {k: str(v) for k, v in tags.items() if v is not None}
 
 
-def _preflight(uri: str, timeout: float = 2.0) -> str | None:
-    """Why the store at ``uri`` cannot be reached, found without MLflow (None: worth trying).
-
-    Local stores: the database file or store folder must be creatable/writable. Network stores: a
-    TCP connection to host:port within ``timeout`` seconds."""
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(uri)
-    scheme = parts.scheme.split("+")[0].lower()
-    if scheme == "sqlite":
-        path = uri.split(":///", 1)[1] if ":///" in uri else ""
-        if not path or path == ":memory:":
-            return None
-        db = Path(path)
-        if db.exists():
-            return None if os.access(db, os.R_OK | os.W_OK) else f"database file {db} is not readable and writable"
-        parent = db.parent
-        if not parent.is_dir():
-            return f"folder {parent} of the database does not exist"
-        return None if os.access(parent, os.W_OK) else f"folder {parent} of the database is not writable"
-    if scheme in ("", "file") or len(scheme) == 1:  # a path (a drive letter on Windows)
-        folder = Path(parts.path if scheme == "file" else uri)
-        probe = folder
-        while not probe.exists() and probe != probe.parent:
-            probe = probe.parent
-        if not probe.is_dir() or not os.access(probe, os.W_OK):
-            return f"store folder {folder} cannot be created or written"
-        return None
-    if parts.hostname and scheme not in ("databricks", "uc"):
-        default_port = {"http": 80, "https": 443, "postgresql": 5432, "mysql": 3306, "mssql": 1433}.get(scheme)
-        try:
-            port = parts.port or default_port
-        except ValueError:
-            return f"bad port in {uri}"
-        if port is None:
-            return None
-        try:
-            with socket.create_connection((parts.hostname, port), timeout=timeout):
-                return None
-        except OSError as e:
-            return f"no connection to {parts.hostname}:{port} ({e})"
-    return None
-
-
-def _within(seconds: float, fn):
-    """``fn()`` in a daemon thread; its result, its exception re-raised, or TimeoutError."""
-    box: dict[str, Any] = {}
-
-    def work():
-        try:
-            box["value"] = fn()
-        except BaseException as e:  # re-raised in the caller's thread
-            box["error"] = e
-
-    t = threading.Thread(target=work, daemon=True, name="mlflow-connect")
-    t.start()
-    t.join(seconds)
-    if t.is_alive():
-        raise TimeoutError(f"no answer within {seconds:g} s")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
-
-
 class TrackedRun:
     """An active run. Every method is safe to call when tracking is off or broken."""
 
     def __init__(self, tracker: Tracker, run_id: str | None, name: str) -> None:
-        self._tracker = tracker
+        #: the :class:`Tracker` this run belongs to
+        self.tracker = tracker
         self.run_id = run_id
         self.name = name
         #: everything logged to this run, kept locally whatever happens to the server
@@ -168,12 +94,12 @@ class TrackedRun:
 
     @property
     def active(self) -> bool:
-        return self.run_id is not None and self._tracker.enabled
+        return self.run_id is not None and self.tracker.enabled
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        flat = _flatten(params)
+        flat = flatten_params(params)
         self.history["params"].update(flat)
         # MLflow caps a param value at 6000 characters, a key at 250, a batch at 100 params
         batch = [Param(_key(k)[:250], str(v)[:6000]) for k, v in flat.items()]
@@ -185,7 +111,7 @@ class TrackedRun:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        clean = {_key(k)[:250]: float(v) for k, v in _flatten(metrics).items()  # nested: "a.b"
+        clean = {_key(k)[:250]: float(v) for k, v in flatten_params(metrics).items()  # nested: "a.b"
                  if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
         self.history["metrics"].append({"step": step, **clean})
         batch = [Metric(k, v, now, step or 0) for k, v in clean.items()]
@@ -261,9 +187,9 @@ class TrackedRun:
         if not self.active:
             return
         try:
-            fn(self._tracker.client)
+            fn(self.tracker.client)
         except Exception as e:  # tracking must never fail the stage
-            self._tracker._disable(e)
+            self.tracker._disable(e)
 
 
 class Tracker:
@@ -279,12 +205,7 @@ class Tracker:
         self.enabled = True
         self._client = None
         self._experiment_id: str | None = None
-        if self.uri.startswith(("http://", "https://")):
-            # mlflow's defaults (7 retries with backoff, 120 s timeout) hang a stage for minutes
-            # on a dead server
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        bound_http_retries(self.uri)
 
     @property
     def client(self):
@@ -294,12 +215,12 @@ class Tracker:
             self._client = MlflowClient(tracking_uri=self.uri)
         return self._client
 
-    def _connect(self) -> str | None:
+    def connect(self) -> str | None:
         """The experiment id (created if missing), or None when the store cannot be reached."""
         if not self.enabled:
             return None
         if self._experiment_id is None:
-            reason = _preflight(self.uri)
+            reason = unreachable_reason(self.uri)
             if reason is not None:
                 self._disable(ConnectionError(reason))
                 return None
@@ -309,11 +230,11 @@ class Tracker:
                 return exp.experiment_id if exp else self.client.create_experiment(self.experiment)
 
             try:
-                if self.uri.startswith(("sqlite:", "file:")) or "://" not in self.uri:
+                if is_local_store(self.uri):
                     # local and checked above: the first open may create the schema (seconds)
                     self._experiment_id = connect()
                 else:
-                    self._experiment_id = _within(CONNECT_TIMEOUT, connect)
+                    self._experiment_id = call_within(CONNECT_TIMEOUT, connect)
             except Exception as e:
                 self._disable(e)
                 return None
@@ -323,7 +244,7 @@ class Tracker:
         """End as KILLED the RUNNING runs of this experiment whose process (tagged
         ``cotshape.host`` / ``cotshape.pid``) ran on this host and no longer exists. Returns
         their run ids. Runs of other hosts, and runs without these tags, are left alone."""
-        exp_id = self._connect()
+        exp_id = self.connect()
         if exp_id is None:
             return []
         host = socket.gethostname()
@@ -334,7 +255,7 @@ class Tracker:
                 max_results=1000)
             for r in runs:
                 pid = r.data.tags.get("cotshape.pid", "")
-                if not pid.isdigit() or int(pid) == os.getpid() or _pid_alive(int(pid)):
+                if not pid.isdigit() or int(pid) == os.getpid() or pid_alive(int(pid)):
                     continue
                 if killed_by:
                     self.client.set_tag(r.info.run_id, "cotshape.killed_by", killed_by)
@@ -362,7 +283,7 @@ class Tracker:
         tags = {**run_tags(), **{_key(k)[:250]: str(v)[:8000] for k, v in (tags or {}).items() if v is not None},
                 "cotshape.host": socket.gethostname(), "cotshape.pid": str(os.getpid())}
         run_id = None
-        exp_id = self._connect()
+        exp_id = self.connect()
         if exp_id is not None:
             try:
                 run_id = self.client.create_run(exp_id, run_name=name, tags=tags).info.run_id
@@ -387,12 +308,15 @@ class Tracker:
                 (self.fallback_dir / f"{safe}.json").write_text(json.dumps(run.history, indent=2) + "\n")
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+
+def flatten_params(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested dict as dotted keys under ``prefix``: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (an
+    empty dict leaves no key)."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
+            out.update(flatten_params(v, key + "."))
         else:
             out[key] = v
     return out
@@ -415,84 +339,6 @@ def _loss_callback(run: TrackedRun):
 
     return MLflowLossCallback()
 
-
-# --- one run per stage -------------------------------------------------------------------------
-#
-#     run = begin_stage("verify", p, task=args.task, sections=(), inputs=[args.problems, args.samples],
-#                       outputs=[args.out, args.metrics])
-#     ...                                   # the stage's work; run.log_metrics / log_generations
-#
-# stage_main (cotshape/pipeline/stage.py) ends the run: FINISHED with its outputs' hashes, or FAILED.
-# ``with stage_run(...) as run:`` is the same as a context manager.
-
-_STAGE_RUNS: list[Any] = []  # stage_run context managers begun by begin_stage, ended by end_stage_runs
-
-
-def path_hash(path: str | os.PathLike, max_bytes: int = HASH_MAX_BYTES) -> tuple[str, str] | None:
-    """``("md5", hash)`` of a file or folder in DVC's style, or ``("stat", hash)`` when it holds
-    more than ``max_bytes`` (model folders: a full md5 would take over a second); None when
-    ``path`` does not exist.
-
-    File: md5 of its bytes. Folder: md5 of the JSON list of ``{"md5", "relpath"}`` of its files
-    (sorted by relative path) + ``.dir``, as DVC hashes a directory. The ``stat`` variant hashes
-    the list of ``{"relpath", "size", "mtime_ns"}`` instead: cheap, and it changes whenever a file
-    is rewritten, but it is not DVC's hash."""
-    import hashlib
-
-    p = Path(path)
-    if not p.exists():
-        return None
-    # the run file is local MLflow state, not part of the result (.dvcignore leaves it out of DVC's hash too)
-    files = [p] if p.is_file() else sorted((f for f in p.rglob("*") if f.is_file() and not _is_run_file(f.name)),
-                                           key=lambda f: f.relative_to(p).as_posix())
-    if sum(f.stat().st_size for f in files) <= max_bytes:
-        if p.is_file():
-            return "md5", md5_file(p)
-        entries = [{"md5": md5_file(f), "relpath": f.relative_to(p).as_posix()} for f in files]
-        return "md5", hashlib.md5(json.dumps(entries, sort_keys=True).encode()).hexdigest() + ".dir"
-    listing = [{"relpath": f.relative_to(p).as_posix() if f != p else p.name, "size": f.stat().st_size,
-                "mtime_ns": f.stat().st_mtime_ns} for f in files]
-    return "stat", hashlib.md5(json.dumps(listing, sort_keys=True).encode()).hexdigest()
-
-
-def hash_tags(kind: str, paths: list[str | os.PathLike], cache: dict[str, tuple[str, str]] | None = None
-              ) -> dict[str, str]:
-    """``{"<kind>.<path>.md5" | "<kind>.<path>.stat": hash}`` for the existing ``paths``."""
-    tags = {}
-    for path in paths:
-        h = path_hash(path)
-        if h is None:
-            continue
-        if cache is not None:
-            cache[str(path)] = h
-        tags[f"{kind}.{Path(path).as_posix()}.{h[0]}"] = h[1]
-    return tags
-
-
-def stage_params(p: Any, sections: tuple[str, ...] | list[str]) -> dict[str, Any]:
-    """The params.yaml values a stage depends on, flattened: ``("sft", "base.seed")`` ->
-    ``{"sft.learning_rate": ..., ..., "base.seed": 0}`` (the keys of its dvc.yaml ``params``,
-    :func:`cotshape.pipeline.stage.dvc_params`). A key that is no params.yaml key (renamed in
-    params.yaml but not in dvc.yaml) is an error, not skipped."""
-    import dataclasses
-
-    from cotshape.core.errors import ParamsError
-
-    out: dict[str, Any] = {}
-    missing = object()
-    for name in sections:
-        value: Any = p
-        for part in name.split("."):
-            value = getattr(value, part, missing)
-            if value is missing:
-                raise ParamsError(f"dvc.yaml: params key {name!r} is not a params.yaml key")
-        if dataclasses.is_dataclass(value):
-            value = dataclasses.asdict(value)
-        if isinstance(value, dict):
-            out.update(_flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def _dataset_entity(path: Path, name: str, digest: str | None):
@@ -523,108 +369,3 @@ def _dataset_entity(path: Path, name: str, digest: str | None):
     return Dataset(name=e.name, digest=e.digest, source_type=e.source_type, source=e.source,
                    schema=e.schema, profile=json.dumps(profile) if profile else None)
 
-
-@contextmanager
-def stage_run(stage: str, p: Any = None, *, task: str | None = None, set: str | None = None,
-              sections: tuple[str, ...] | list[str] = (), inputs: list[str | os.PathLike] = (),
-              outputs: list[str | os.PathLike] = (), datasets: dict[str, str] | None = None,
-              tags: dict[str, Any] | None = None, name: str | None = None,
-              tracker: Tracker | None = None) -> Iterator[TrackedRun]:
-    """One MLflow run for one execution of a pipeline stage, named ``stage@task-set``.
-
-    Tags: ``stage``, ``task``, ``set``, student/teacher (``p.base``), git commit / DVC revision,
-    ``input.<path>.md5`` (or ``.stat``, see :func:`path_hash`) for every input and, when the
-    block ends without error, ``output.<path>.md5`` for every output. Params: the ``sections`` of
-    ``p`` (:func:`stage_params`). Dataset inputs: ``datasets`` ``{path: context}``; by default
-    every ``.jsonl`` input, context ``input``. Tracking off or broken: a no-op run, no hashing."""
-    if tracker is None:
-        tracker = Tracker(p.tracking.experiment, p.tracking.tracking_uri) if p is not None else Tracker()
-    label = "-".join(str(x) for x in (task, set) if x is not None)
-    name = name or (f"{stage}@{label}" if label else stage)
-    base = getattr(p, "base", None)
-    all_tags = run_tags(task=task, set=set, student=getattr(base, "student", None),
-                        teacher=getattr(base, "teacher", None), stage=stage, **(tags or {}))
-    with tracker.run(name, tags=all_tags, params=stage_params(p, sections) if p is not None else None) as run:
-        if run.active:
-            hashes: dict[str, tuple[str, str]] = {}
-            run.set_tags(hash_tags("input", list(inputs), hashes))
-            chosen = datasets if datasets is not None else {str(x): "input" for x in inputs if str(x).endswith(".jsonl")}
-            for path, context in chosen.items():
-                h = hashes.get(str(path))
-                run.log_dataset(path, context, digest=h[1] if h else None)
-        yield run
-        if run.active:
-            run.set_tags(hash_tags("output", list(outputs)))
-
-
-def begin_stage(stage: str, p: Any = None, **kw: Any) -> TrackedRun:
-    """Start :func:`stage_run` for a stage script without indenting its body; ``stage_main``
-    (or :func:`end_stage_runs`) ends it: FINISHED, or FAILED when the stage raised."""
-    cm = stage_run(stage, p, **kw)
-    run = cm.__enter__()
-    _STAGE_RUNS.append(cm)
-    return run
-
-
-def end_stage_runs(error: BaseException | None = None) -> None:
-    """End the runs :func:`begin_stage` started, newest first (FAILED when ``error`` is given)."""
-    while _STAGE_RUNS:
-        cm = _STAGE_RUNS.pop()
-        try:
-            if error is None:
-                cm.__exit__(None, None, None)
-            else:
-                cm.__exit__(type(error), error, error.__traceback__)
-        except BaseException as e:  # the same error re-raised by the generator, or tracking broke
-            if e is not error:
-                warnings.warn(f"ending the MLflow run failed: {type(e).__name__}: {e}", RuntimeWarning, stacklevel=2)
-
-
-def write_run_file(folder: str | os.PathLike, run: TrackedRun, tracker_uri: str | None = None) -> Path | None:
-    """Record ``run`` in ``folder/mlflow_run.json`` (atomically), so that a later stage reading
-    the folder (evaluate scoring an SFT output) can link its run to this one. Nothing without a run.
-
-    The file is local MLflow state, not a result: ``.dvcignore`` keeps it out of the folder's DVC
-    hash (so a retrained model with identical weights keeps its hash) and out of the cache and
-    remotes. It records the folder's own hash (:func:`path_hash`, the run file left out), so
-    that :func:`read_run_file` ignores it once the folder holds another model (a ``dvc checkout``
-    of another experiment leaves an ignored file in place)."""
-    if run.run_id is None or not Path(folder).is_dir():
-        return None
-    path = Path(folder) / SFT_RUN_FILE
-    write_text(path, json.dumps({"run_id": run.run_id, "run_name": run.name,
-                                 "tracking_uri": tracker_uri or run._tracker.uri,
-                                 "experiment": run._tracker.experiment,
-                                 "folder_hash": list(path_hash(folder) or ())}, indent=2) + "\n", mode=0o644)
-    return path
-
-
-def read_run_file(folder: str | os.PathLike) -> dict[str, Any] | None:
-    """The run recorded by :func:`write_run_file` in ``folder``, or None: no file, an unreadable
-    one, or one written for other contents of the folder (stale)."""
-    path = Path(folder) / SFT_RUN_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not (isinstance(data, dict) and data.get("run_id")):
-        return None
-    return data if data.get("folder_hash") == list(path_hash(folder) or ()) else None
-
-
-def head_jsonl(path: str | os.PathLike, n: int = GENERATIONS_N) -> list[dict[str, Any]]:
-    """The first ``n`` records of a JSONL file (for :meth:`TrackedRun.log_generations`); [] when
-    the file is missing or unreadable (tracking never fails a stage)."""
-    out: list[dict[str, Any]] = []
-    try:
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                if len(out) >= n:
-                    break
-                if line.strip():
-                    rec = json.loads(line)
-                    if isinstance(rec, dict):
-                        out.append(rec)
-    except (OSError, ValueError):
-        pass
-    return out
