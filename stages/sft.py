@@ -7,7 +7,10 @@ not R stage starts. The metrics file holds every run (``per_run``) and their mea
 one curve per run (column ``run``); each run is one MLflow run tagged ``run``.
 
 Runs under ``accelerate launch`` when ``sft.launcher`` is not ``none`` (the stage re-executes
-itself through :func:`cotshape.sft.train.launch_command`). An empty training set (e.g. no correct
+itself through :func:`cotshape.sft.train.launch_command`); a launcher this machine cannot run
+(fsdp or deepspeed without CUDA, deepspeed not installed) is refused first, in one line
+(:func:`cotshape.sft.train.check_launcher`). When a training process dies, the stage fails with one
+line and removes its half-written output folder. An empty training set (e.g. no correct
 teacher CoT at all for G) is not an error of the pipeline: the stage records it as skipped, and
 evaluate/report show the set as "n/a" instead of silently evaluating the untrained student.
 """
@@ -23,6 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from cotshape.core.errors import StageError
 from cotshape.core.records import read_ids, read_jsonl, restrict_to_ids, write_json, write_text
 from cotshape.pipeline.stage import SKIPPED, dvc_params, params, stage_main
 
@@ -60,8 +64,9 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = params()
     from cotshape.sft.params import SFTParams
-    from cotshape.sft.train import launch_command, train_sft
+    from cotshape.sft.train import check_launcher, launch_command, train_sft
     sft: SFTParams = p.sft
+    check_launcher(sft)  # before anything heavy: one line, not a traceback from inside torch
     records = read_jsonl(args.data, required=("prompt", "completion"))
     if args.ids:
         records = restrict_to_ids(records, read_ids(args.ids))
@@ -81,7 +86,17 @@ def main(argv: list[str] | None = None) -> None:
     if sft.launcher != "none" and "ACCELERATE_MIXED_PRECISION" not in os.environ and "LOCAL_RANK" not in os.environ:
         cmd = launch_command(sft, [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
         print("launching:", " ".join(cmd), file=sys.stderr)
-        raise SystemExit(subprocess.call(cmd))
+        try:
+            code = subprocess.call(cmd)
+        except FileNotFoundError:
+            raise StageError(f"sft.launcher: {sft.launcher} runs `accelerate launch`, but {cmd[0]!r} is not "
+                             "on PATH: install accelerate in this environment") from None
+        if code != 0:  # a rank died (killed, out of memory, an error): no half-written model stays
+            shutil.rmtree(out, ignore_errors=True)
+            raise StageError(f"sft.launcher: {sft.launcher}: `accelerate launch` of {sft.num_processes} processes "
+                             f"failed (exit code {code}; the failing process's output is above); "
+                             f"removed the unfinished {out}")
+        return
 
     first_seed = p.base.seed_of("sft")  # base.sft_seed, else base.seed
     seeds = [first_seed + r for r in range(sft.runs)]
@@ -92,6 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0 and out.exists():  # DVC removes its outs before a stage runs; a manual run starts clean too
         shutil.rmtree(out)
+    if sft.launcher != "none":  # the other ranks go on once rank 0 has cleared the folder
+        from accelerate import PartialState
+
+        PartialState().wait_for_everyone()
     # under accelerate every rank trains; only the main one writes metrics and talks to MLflow
     if rank != 0:
         for seed, r in zip(seeds, range(sft.runs), strict=True):

@@ -128,7 +128,8 @@ def test_gpu_check_cpu_smoke_mode_runs_every_step_and_prints_the_table(tmp_path)
 
 # ---- two processes for real: DDP over gloo on CPU ----------------------------------------------
 
-def _sft_stage(workdir: Path, out: str, sft: dict, model: Path, data: Path) -> subprocess.CompletedProcess:
+def _stage_command(workdir: Path, out: str, sft: dict, model: Path, data: Path) -> tuple[list[str], dict]:
+    """The sft stage's command line and environment in ``workdir``, with its own params.yaml."""
     import yaml
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -140,9 +141,141 @@ def _sft_stage(workdir: Path, out: str, sft: dict, model: Path, data: Path) -> s
                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
     cmd = [sys.executable, "stages/sft.py", "--task", "countdown", "--set", "H", "--data", str(data),
            "--student", str(model), "--out", out, "--metrics", f"{out}.json", "--loss-plot", f"{out}.csv"]
+    return cmd, env
+
+
+def _sft_stage(workdir: Path, out: str, sft: dict, model: Path, data: Path) -> subprocess.CompletedProcess:
+    cmd, env = _stage_command(workdir, out, sft, model, data)
     proc = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
+
+
+def _stage_workdir(workdir: Path) -> Path:
+    """``workdir`` with the stage scripts and accelerate configs; returns its training set (8 rows)."""
+    import json
+
+    shutil.copytree(ROOT / "stages", workdir / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "configs", workdir / "configs")
+    data = workdir / "H.jsonl"
+    rows = [{"id": f"p{i}", "problem_id": f"p{i}", "task": "countdown", "set": "H",
+             "prompt": [{"role": "user", "content": f"Make {i + 10} from [{i}, 10]."}],
+             "completion": f"{i} + 10 = {i + 10}. <answer>{i} + 10</answer>"} for i in range(8)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return data
+
+
+@pytest.mark.parametrize("launcher, line", [
+    ("fsdp", "error: sft.launcher: fsdp needs CUDA (torch FSDP cannot initialise its parameters on CPU: "
+             "sync_module_states is not supported there); use sft.launcher: ddp on CPU"),
+    ("deepspeed", "error: sft.launcher: deepspeed needs CUDA"),
+])
+def test_the_stage_refuses_a_launcher_cpu_cannot_run_in_one_line_before_loading(tmp_path, launcher, line):
+    """On CPU the sft stage refuses fsdp and deepspeed with one line and exit code 2, before it
+    reads its training set (here: none at all) or loads a model (none either): no traceback, no
+    `accelerate launch`, no output folder."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: fsdp/deepspeed are not refused here")
+    shutil.copytree(ROOT / "stages", tmp_path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    cmd, env = _stage_command(tmp_path, "out", {"launcher": launcher, "num_processes": 2},
+                              tmp_path / "no-model", tmp_path / "no-data.jsonl")
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-4000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(line), proc.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.json").exists()
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def _rank_pid(root: int, rank: int) -> int | None:
+    """The process below ``root`` whose environment says ``RANK=<rank>`` (a torchrun worker)."""
+    for pid in _descendants(root):
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in env and b"LOCAL_RANK=" + str(rank).encode() in env:
+            return pid
+    return None
+
+
+@pytest.mark.slow  # about 40 s: one two-process SFT stage, killed after its first logged step
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the rank's process in /proc")
+def test_a_killed_rank_fails_the_stage_with_one_line_and_no_model_folder(tmp_path, tiny_model_dir):
+    """SIGKILL of rank 1 of a 2-process DDP stage after its first logged step: accelerate's
+    launcher stops rank 0, and the stage exits non-zero with one ``error:`` line naming the
+    launcher, leaving no model folder (nor its temp folder), no metrics and no loss CSV."""
+    import signal
+    import threading
+    import time
+
+    data = _stage_workdir(tmp_path)
+    # 8 examples x 100 epochs / 4 per optimizer step: 200 steps, far more than the kill needs
+    cmd, env = _stage_command(tmp_path, "two", {
+        "runs": 1, "epochs": 100, "batch_size": 2, "grad_accum": 1, "learning_rate": 1e-2, "warmup_ratio": 0.0,
+        "save_steps": [], "max_length": 128, "logging_steps": 1, "launcher": "ddp", "num_processes": 2,
+    }, tiny_model_dir, data)
+    env["PYTHONUNBUFFERED"] = "1"  # rank 0's step log reaches the pipe as it is written
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    out_lines: list[str] = []
+    err_lines: list[str] = []
+    logged = threading.Event()
+
+    def drain(stream, lines):
+        for line in stream:
+            lines.append(line)
+            if "'loss'" in line:
+                logged.set()
+
+    readers = [threading.Thread(target=drain, args=(s, lines), daemon=True)
+               for s, lines in ((proc.stdout, out_lines), (proc.stderr, err_lines))]
+    for t in readers:
+        t.start()
+    try:
+        assert logged.wait(300), "".join(err_lines)[-4000:]
+        rank1 = None
+        for _ in range(50):
+            rank1 = _rank_pid(proc.pid, 1)
+            if rank1 is not None:
+                break
+            time.sleep(0.1)
+        assert rank1 is not None, "no process with RANK=1 below the stage"
+        os.kill(rank1, signal.SIGKILL)
+        code = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    for t in readers:
+        t.join(timeout=10)
+    stderr = "".join(err_lines)
+    assert code != 0, stderr[-4000:]
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, stderr[-4000:]
+    assert errors[0].startswith("error: sft.launcher: ddp: `accelerate launch` of 2 processes failed (exit code ")
+    assert "removed the unfinished two" in errors[0]
+    assert not (tmp_path / "two").exists(), sorted(p.name for p in (tmp_path / "two").rglob("*"))
+    assert not (tmp_path / "two.json").exists() and not (tmp_path / "two.csv").exists()
+    assert sum("countdown-H run 0" in line for line in out_lines) == 0  # rank 0 never finished a run
 
 
 @pytest.mark.slow  # about 40 s: two SFT stages on the tiny model, one of them two processes
@@ -158,16 +291,10 @@ def test_ddp_two_cpu_processes_train_like_one_with_the_same_effective_batch(tmp_
     from mlflow.tracking import MlflowClient
     from safetensors.torch import load_file
 
-    shutil.copytree(ROOT / "stages", tmp_path / "stages", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(ROOT / "configs", tmp_path / "configs")
-    data = tmp_path / "H.jsonl"
-    rows = [{"id": f"p{i}", "problem_id": f"p{i}", "task": "countdown", "set": "H",
-             "prompt": [{"role": "user", "content": f"Make {i + 10} from [{i}, 10]."}],
-             "completion": f"{i} + 10 = {i + 10}. <answer>{i} + 10</answer>"} for i in range(8)]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = _stage_workdir(tmp_path)
     common = {"runs": 1, "epochs": 3, "batch_size": 2, "learning_rate": 1e-2, "warmup_ratio": 0.0,
               "save_steps": [], "max_length": 128}
-    one = _sft_stage(tmp_path, "one", {**common, "grad_accum": 2}, tiny_model_dir, data)
+    _sft_stage(tmp_path, "one", {**common, "grad_accum": 2}, tiny_model_dir, data)
     two = _sft_stage(tmp_path, "two", {**common, "launcher": "ddp", "num_processes": 2, "grad_accum": 1},
                      tiny_model_dir, data)
     assert "accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2" in two.stderr
