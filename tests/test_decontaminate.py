@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import REPO_ROOT
 from rapidfuzz import fuzz
 
 from cotshape.cli import main
@@ -113,7 +114,7 @@ def test_fuzzy_matches_equal_all_pairs_loop(monkeypatch, dense, workers):
     block scored whole by cdist (dense 0), only the filter's pairs scored (dense 1), or either."""
     import cotshape.data.decontaminate as dc
 
-    monkeypatch.setattr(dc, "_DENSE", dense)
+    monkeypatch.setattr(dc, "DENSE_SHARE", dense)
     rng = random.Random(1)
     words = "the a of apples bought sold each more than twice half 12 7 café ünï".split()
 
@@ -285,7 +286,6 @@ def _stage_dir(tmp_path, action):
     import yaml
 
     from cotshape.core.records import write_json, write_jsonl
-    from tests.conftest import REPO_ROOT
 
     d = tmp_path / "data"
     write_jsonl(d / "train.jsonl", TRAIN_PROBLEMS)
@@ -305,7 +305,6 @@ def _stage_dir(tmp_path, action):
 
 @pytest.mark.parametrize("action", ["report", "drop"])
 def test_stage_writes_train_ids_and_metrics(tmp_path, action):
-    from tests.conftest import REPO_ROOT
 
     d = _stage_dir(tmp_path, action)
     env = dict(__import__("os").environ, COTSHAPE_PARAMS=str(tmp_path / "params.yaml"))
@@ -328,10 +327,10 @@ def test_stage_writes_train_ids_and_metrics(tmp_path, action):
 
 
 def test_stage_bad_action_is_one_error_naming_the_key(tmp_path):
+    import yaml
+
     from cotshape.core.config import validate_params
     from cotshape.core.errors import ParamsError
-    from tests.conftest import REPO_ROOT
-    import yaml
 
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["decontaminate"]["action"] = "delete"

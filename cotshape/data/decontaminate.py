@@ -61,7 +61,7 @@ DEFAULT_FUZZY_THRESHOLD = 95.0
 #: training questions per block of :func:`fuzzy_matches` (a block x its test window of int32 distances)
 _BLOCK = 64
 #: a block whose character-count filter leaves more than this share of its pairs is scored whole by cdist
-_DENSE = 0.05
+DENSE_SHARE = 0.05
 #: the characters :func:`fuzzy_matches` counts one by one (all others share one count)
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 "
 
@@ -184,7 +184,7 @@ def fuzzy_matches(train: list[str], tests: list[str], threshold: float = DEFAULT
         row_len = np.array([n for n, _ in block], dtype=np.float64)
         bound = (100.0 - t) / 100.0 * (row_len[:, None] + te_len_arr[None, a:b]) + 1e-6
         r, c = np.nonzero(dist <= bound)
-        if len(r) > _DENSE * dist.size:
+        if len(r) > DENSE_SHARE * dist.size:
             scores = process.cdist([train[i] for i in rows], [tests[j] for j in cols.tolist()], scorer=fuzz.ratio,
                                    score_cutoff=t, dtype=np.float32, workers=1)
             r, c = np.nonzero(scores >= t)
