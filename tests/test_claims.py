@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from cotshape.core.errors import RecordError
+from cotshape.core.records import write_json, write_jsonl
 from cotshape.evaluation.claims import (
     correctness,
     correctness_by_run,
@@ -184,13 +183,13 @@ def test_judge_run_reads_the_pipeline_layout(tmp_path):
         d.mkdir(parents=True)
     for name, ks in {"base": [10], "H": [60, 64], "G": [120, 118]}.items():
         recs = [{"run": r, "problem_id": pid, "correct": ok} for r, k in enumerate(ks) for pid, ok in acc(k).items()]
-        (ev / f"t-{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+        write_jsonl(ev / f"t-{name}.jsonl", recs)
         per_run = [{"accuracy": k / N, "ci95": [k / N - 0.06, k / N + 0.06], "n": N} for k in ks]
-        (met / "eval" / f"t-{name}.json").write_text(json.dumps({"accuracy": ks[0] / N, "ci95": [0, 1], "n": N,
-                                                                 "runs": len(ks), "per_run": per_run}))
-    (sets / "t" / "G.jsonl").write_text(json.dumps({"problem_id": "p000", "completion": "3 + 4 = 8\n2 * 2 = 4"}) + "\n"
-                                        + json.dumps({"problem_id": "p001", "completion": "1 + 1 = 2"}) + "\n")
-    (sets / "t" / "ids.json").write_text(json.dumps({"problem_ids": ["p000"]}))
+        write_json(met / "eval" / f"t-{name}.json", {"accuracy": ks[0] / N, "ci95": [0, 1], "n": N,
+                                                     "runs": len(ks), "per_run": per_run})
+    write_jsonl(sets / "t" / "G.jsonl", [{"problem_id": "p000", "completion": "3 + 4 = 8\n2 * 2 = 4"},
+                                         {"problem_id": "p001", "completion": "1 + 1 = 2"}])
+    write_json(sets / "t" / "ids.json", {"problem_ids": ["p000"]})
     claims, summary, cmp = judge_run(["t"], ["H", "G", "W", "P", "step"], [0.25], "G", ev, met, sets, margin=0.1,
                                      n_boot=1000)
     c2 = by_id(claims["claims"], "C2")

@@ -7,6 +7,7 @@ import json
 import pytest
 
 from cotshape.core.errors import RecordError, StageError
+from cotshape.core.records import write_jsonl
 from cotshape.data.select import read_verified, select_gw
 
 
@@ -100,7 +101,7 @@ def test_bad_finish_reason_is_refused():
 
 
 def write_lines(path, lines):
-    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    write_jsonl(path, lines)
     return path
 
 
@@ -158,7 +159,7 @@ def test_select_stage_reads_allow_truncated(tmp_path, allow):
 
     import yaml
 
-    from cotshape.core.records import read_jsonl, write_jsonl
+    from cotshape.core.records import read_jsonl
 
     root = Path(__file__).resolve().parents[1]
     problems = [{"id": pid, "task": "gsm8k", "question": f"q {pid}", "answer": "1", "solution": "", "tests": [],
