@@ -150,7 +150,7 @@ def main() -> None:
         print(f"data: {len(records)} examples, tokens/example mean {sum(lengths) / len(lengths):.0f} "
               f"(min {min(lengths)}, max {max(lengths)}); batch {args.batch}, {args.steps} steps each")
         # the ceiling twice: with glibc's default allocator (before any run) and with the setting
-        # train_sft makes (cotshape.sft.train.reuse_freed_memory, after the runs); the higher counts
+        # train_sft makes (cotshape.sft.cpu_kernels.reuse_freed_memory, after the runs); the higher counts
         ceilings = {"default allocator": training_ceiling(model_path)}
         results = {}
         for name in args.only:

@@ -182,7 +182,7 @@ def check_sft(args, model_dir: str, workdir: Path, n_params: int) -> dict:
 
 
 def torch_loop_sft(args, model_dir: str, records: list[dict], params) -> dict:
-    """Fallback without TRL: the same examples (cotshape.sft.train.tokenize_records), completion-only
+    """Fallback without TRL: the same examples (cotshape.sft.tokenize.tokenize_records), completion-only
     loss, AdamW, bf16 autocast over fp32 weights, padded batches; timing excludes step 1."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

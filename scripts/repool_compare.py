@@ -5,7 +5,7 @@ Each claim's per-seed difference is rebuilt from the per-seed numbers the compar
 accuracy of every set, the closeness loss of H, G and W): C2-C4 set - H, C5 mix-0.25 minus the
 mixtures' base set, C6 the OLS slope of accuracy over the flawed fraction, C1 loss(H) - loss(set).
 The per-seed intervals were not kept, so the run-level interval is the t-interval over the seeds
-(cotshape.core.stats.random_effects_difference without standard errors: tau and I^2 unknown); the
+(cotshape.core.random_effects.random_effects_difference without standard errors: tau and I^2 unknown); the
 interval the comparison had (fixed effect, test-problem noise only) becomes the secondary column.
 New comparisons keep every seed's interval (``per_seed_ci95``) and need no such step.
 

@@ -1,7 +1,7 @@
 """The variance of the default's numbers by source: data draw, SFT seed, test problems (issue #23).
 
 Two measurements of the same configuration are combined by the method of moments
-(cotshape.core.stats.variance_components, extended to a second stage):
+(cotshape.core.random_effects.variance_components, extended to a second stage):
 
 * ``--claims`` (``metrics/claims.json`` of a run with ``sft.runs: R``): R training runs on one data
   draw, scored on the same test problems: their spread is the SFT seed's part; each run's own

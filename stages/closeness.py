@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from cotshape.core.artifacts import trained_ids_file, training_set_files
+from cotshape.core.artifacts import IDS_FILE, training_set_files
 from cotshape.core.records import read_ids, read_json, read_jsonl, restrict_to_ids, write_json
 from cotshape.pipeline.stage import dvc_params, params, stage_main
 
@@ -17,6 +17,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--task", required=True)
     ap.add_argument("--student", required=True)
     ap.add_argument("--sets-dir", required=True)
+    ap.add_argument("--ids", help="decontaminate's data/train_ids/TASK.json: score every set on the problems SFT trains "
+                    "it on (default: the sets folder's ids.json)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--problems", help="the task's prepared training problems: the plain-text prompt of each "
                     "record (base.prompt_format: plain) is built from its problem")
@@ -39,9 +41,9 @@ def main(argv: list[str] | None = None) -> None:
     prompt_kw = prompt_format_kwargs(p.base.prompt_format, args.task, args.problems)
     # H, G, W, P; the step-degraded sets (step/step-K.jsonl, K in order) and the mixtures
     files = training_set_files(sets_dir)
-    # score every set on the problems SFT trains it on (decontaminate's train_ids.json, else select's ids.json)
-    ids_file = trained_ids_file(sets_dir)
-    ids = read_ids(ids_file) if ids_file is not None else None
+    # score every set on the problems SFT trains it on (decontaminate's data/train_ids/TASK.json, else select's ids.json)
+    ids_file = Path(args.ids) if args.ids else sets_dir / IDS_FILE
+    ids = read_ids(ids_file) if ids_file.exists() else None
     result, empty = {}, {}
     for path in files:
         records = read_jsonl(path, required=("prompt", "completion"))

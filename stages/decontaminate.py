@@ -4,7 +4,7 @@ or nearly copy a test problem, and the problems SFT trains on.
 Checks (cotshape.data.decontaminate.check_sets): the question against every test question (exact,
 word n-gram, fuzzy), the completion against every test question and solution (n-gram, exact), and
 the task's structure (Countdown: numbers and target; MBPP: the tests). ``decontaminate.action``:
-``report`` writes every problem of select's ids.json to train_ids.json; ``drop`` leaves out every
+``report`` writes every problem of select's ids.json to data/train_ids/TASK.json; ``drop`` leaves out every
 problem flagged in any set, so all sets stay trained on the same problems.
 """
 
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--test", required=True, help="the task's prepared test problems")
     ap.add_argument("--sets-dir", required=True)
     ap.add_argument("--ids", required=True, help="select's ids.json: the problems every set is compared on")
-    ap.add_argument("--ids-out", required=True, help="train_ids.json: the problems SFT trains every set on")
+    ap.add_argument("--ids-out", required=True, help="data/train_ids/TASK.json: the problems SFT trains every set on")
     ap.add_argument("--metrics", required=True)
     args = ap.parse_args(argv)
     p = params()
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     ids = read_ids(args.ids)
     sets = {f.stem: restrict_to_ids(read_jsonl(f, required=("problem_id", "completion")), ids) for f in files}
     found = check_sets(problems, sets, tests, structure_key=task.structure_key, ngram=c.ngram,
-                       fuzzy_threshold=c.fuzzy_threshold, examples=c.examples)
+                       fuzzy_threshold=c.fuzzy_threshold)
     flagged = set(found["flagged_problems"])
     keep = [i for i in ids if i not in flagged] if c.action == "drop" else list(ids)
     policy = (f"select's ids.json less the {len(ids) - len(keep)} problems decontaminate flagged (action: drop)"

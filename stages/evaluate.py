@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     # every run answered the same problems in the same order: the runs x problems table
     table = [[rec["correct"] for rec in all_records if rec["run"] == r] for r in range(len(models))]
     metrics = summarize_runs(per_run, table)
+    metrics["provenance"] = _provenance(p, per_run[0]["backend"])
     write_jsonl(args.out, all_records)
     write_json(args.metrics, metrics)
     run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
@@ -119,9 +120,20 @@ def _base_models(models: list[Path]) -> list[str]:
     return found
 
 
+def _provenance(p, backend: str) -> dict:
+    """What produced these numbers (cotshape.core.provenance): commit, versions, hardware, batch."""
+    from cotshape.core.models import resolve_device, resolve_dtype
+    from cotshape.core.provenance import provenance
+
+    device = resolve_device(p.base.device)
+    return provenance(backend=backend, dtype=str(resolve_dtype(p.base.dtype, device)).removeprefix("torch."),
+                      device=device, batch_size={"evaluate": p.evaluate.batch_size},
+                      tensor_parallel_size=p.sample.tensor_parallel_size)
+
+
 def _backend(p, model_dir: Path):
     """The generation backend of one model folder; an SFT folder (LoRA or full) is loaded with
-    :func:`cotshape.sft.train.load_trained` (an adapter merged onto its base, in memory; for vllm,
+    :func:`cotshape.sft.checkpoints.load_trained` (an adapter merged onto its base, in memory; for vllm,
     load_backend merges it into a temporary folder)."""
     kw = {}
     if p.base.backend == "transformers" and (model_dir / SFT_MARKER).exists():

@@ -66,6 +66,27 @@ def run_notes(p) -> list[str]:
     return notes
 
 
+def run_provenance(p, metrics_dir) -> dict:
+    """metrics/provenance.json: the evaluation files' provenance blocks merged (a field they
+    disagree on is listed under ``mixed``), with every generating and training stage's batch size."""
+    from pathlib import Path
+
+    from cotshape.core.provenance import merge
+    from cotshape.core.records import read_json
+
+    blocks = {}
+    for f in sorted((Path(metrics_dir) / "eval").rglob("*.json")):
+        doc = read_json(f)
+        if isinstance(doc, dict) and isinstance(doc.get("provenance"), dict):
+            blocks[f.relative_to(Path(metrics_dir)).as_posix()] = doc["provenance"]
+    out = merge(blocks)
+    out["batch_size"] = {**(out.get("batch_size") or {}), "sample": p.sample.batch_size,
+                         "paraphrase": p.sample.batch_size, "sft": p.sft.batch_size,
+                         "closeness": p.closeness.batch_size}
+    out["evaluation_files"] = len(blocks)
+    return out
+
+
 @stage_main
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
@@ -76,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sets-dir", required=True, help="training sets (step-level correctness)")
     ap.add_argument("--claims-out", required=True)
     ap.add_argument("--summary-out", required=True)
+    ap.add_argument("--provenance-out", help="metrics/provenance.json: what produced the numbers (cotshape compare reads it)")
     args = ap.parse_args(argv)
     p = params()
     from cotshape.evaluation.claims import judge_run
@@ -85,13 +107,15 @@ def main(argv: list[str] | None = None) -> None:
     sets = trained_sets(p)
     run = begin_stage("report", p, sections=dvc_params("report"),
                       inputs=[args.metrics_dir, f"{args.plots_dir}/loss", args.eval_dir, args.sets_dir],
-                      outputs=[args.out_dir, args.claims_out, args.summary_out])
+                      outputs=[x for x in (args.out_dir, args.claims_out, args.summary_out, args.provenance_out) if x])
 
     claims, summary, comparisons = judge_run(
         p.base.tasks, sets, p.degrade.flawed_fractions, p.degrade.base_set, args.eval_dir, args.metrics_dir,
         args.sets_dir, margin=p.report.margin, seed=p.base.seed_of("eval"), n_boot=p.report.n_boot)
     write_json(args.claims_out, claims)
     write_json(args.summary_out, summary)
+    if args.provenance_out:
+        write_json(args.provenance_out, run_provenance(p, args.metrics_dir))
     path = build_report(args.metrics_dir, args.plots_dir, args.out_dir, tasks=p.base.tasks, sets=sets,
                         fractions=p.degrade.flawed_fractions, base_set=p.degrade.base_set,
                         context={"teacher": p.base.teacher, "student": p.base.student},

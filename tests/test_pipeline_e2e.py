@@ -141,6 +141,20 @@ def test_repro_builds_everything(repo):
     samples = [json.loads(x) for x in (repo / "data" / "samples" / "countdown.jsonl").read_text().splitlines()]
     assert len(samples) == 6 * 2 and len({s["id"] for s in samples}) == 12
 
+    # decontaminate@T: every set against the test problems; action report trains on every problem
+    decon = json.loads((repo / "metrics" / "stages" / "decontaminate" / "countdown.json").read_text())
+    assert "Running stage 'decontaminate@countdown'" in proc.stdout
+    assert decon["action"] == "report" and decon["compared"] == 6 and decon["test_problems"] == 4
+    assert {"H", "G", "W", "P", "mix-1.0", "step-1", "step-2"} <= set(decon["sets"])
+    trained_ids = json.loads((repo / "data" / "train_ids" / "countdown.json").read_text())
+    assert trained_ids["problem_ids"] == ids["problem_ids"]
+    assert "## Test-set overlap" in summary and "against 4 test problems" in summary
+    # what produced the numbers: one block per evaluation file, merged by the report
+    assert ev_h["provenance"]["backend"] == "transformers" and ev_h["provenance"]["device"] == "cpu"
+    prov = json.loads((repo / "metrics" / "provenance.json").read_text())
+    assert prov["versions"]["torch"] and prov["versions"]["transformers"] and prov["dtype"] == "float32"
+    assert prov["evaluation_files"] >= 8 and prov["batch_size"]["evaluate"] == 8 and "mixed" not in prov
+
     claims = json.loads((repo / "metrics" / "claims.json").read_text())
     assert claims["margin"] == 0.1
     assert [c["id"] for c in claims["claims"]] == CLAIM_IDS  # 6 claims per task, one task

@@ -30,7 +30,7 @@ def make_lora_sft_dir(base_dir: Path, out: Path) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from cotshape.sft.train import MARKER
+    from cotshape.sft.checkpoints import MARKER
 
     model = AutoModelForCausalLM.from_pretrained(base_dir)
     peft = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
@@ -138,7 +138,7 @@ def test_lora_student_merged_into_a_folder_for_vllm(stage_inputs, tiny_model_dir
     from transformers import AutoModelForCausalLM
 
     from cotshape.generation.vllm_backend import SFT_MARKER, merged_lora_folder
-    from cotshape.sft.train import MARKER, load_trained
+    from cotshape.sft.checkpoints import MARKER, load_trained
 
     assert SFT_MARKER == MARKER
     sft = stage_inputs / "sft-lora"

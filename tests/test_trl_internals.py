@@ -40,19 +40,19 @@ def _moved(what: str, where: str) -> str:
 
 
 def test_trl_fused_lm_head_internals():
-    """cotshape/sft/train.py (use_cpu_label_head) and cotshape/sft/closeness.py replace TRL's fused LM head
+    """cotshape/sft/cpu_kernels.py (use_cpu_label_head) and cotshape/sft/closeness.py replace TRL's fused LM head
     forward and return its output type."""
     utils = pytest.importorskip("trl.trainer.utils")
     assert hasattr(utils, "add_fused_lm_head"), _moved("trl.trainer.utils.add_fused_lm_head", "cotshape/sft/closeness.py")
     assert "model" in inspect.signature(utils.add_fused_lm_head).parameters
     out = getattr(utils, "FusedCausalLMOutput", None)
-    assert out is not None, _moved("trl.trainer.utils.FusedCausalLMOutput", "cotshape/sft/train.py use_cpu_label_head")
+    assert out is not None, _moved("trl.trainer.utils.FusedCausalLMOutput", "cotshape/sft/cpu_kernels.py use_cpu_label_head")
     fields = set(getattr(out, "__dataclass_fields__", {}))
     missing = {"loss", "log_probs", "entropy", "is_top1", "label_mask"} - fields
-    assert not missing, _moved(f"FusedCausalLMOutput fields {sorted(missing)}", "cotshape/sft/train.py use_cpu_label_head")
+    assert not missing, _moved(f"FusedCausalLMOutput fields {sorted(missing)}", "cotshape/sft/cpu_kernels.py use_cpu_label_head")
     src = inspect.getsource(utils.add_fused_lm_head)
     for kw in ("fused_lm_head", "shift_labels", "num_items_in_batch"):
-        assert kw in src, _moved(f"the fused forward's keyword {kw!r}", "cotshape/sft/train.py use_cpu_label_head")
+        assert kw in src, _moved(f"the fused forward's keyword {kw!r}", "cotshape/sft/cpu_kernels.py use_cpu_label_head")
 
 
 def test_trl_sft_trainer_internals():
@@ -63,7 +63,7 @@ def test_trl_sft_trainer_internals():
     assert "_total_train_tokens" in src, _moved("SFTTrainer._total_train_tokens", "cotshape/sft/train.py (train_tokens)")
     fields = set(SFTConfig.__dataclass_fields__)
     for key in ("padding_free", "completion_only_loss", "max_length", "bf16", "use_cpu"):
-        assert key in fields, _moved(f"SFTConfig.{key}", "cotshape/sft/train.py build_sft_config")
+        assert key in fields, _moved(f"SFTConfig.{key}", "cotshape/sft/config.py build_sft_config")
 
 
 def test_transformers_generation_internals():

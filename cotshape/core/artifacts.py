@@ -117,8 +117,6 @@ def set_sort_key(name: str, order: tuple[str, ...] | list[str]) -> tuple[int, fl
 
 #: in a task's sets folder (``data/sets/TASK``): the problems every set is compared on (select)
 IDS_FILE = "ids.json"
-#: ... and those of them SFT trains on, after decontaminate@TASK (every one with ``action: report``)
-TRAIN_IDS_FILE = "train_ids.json"
 
 
 def training_set_files(sets_dir) -> list:
@@ -134,13 +132,3 @@ def training_set_files(sets_dir) -> list:
     return (sorted(root.glob("*.jsonl")) + sorted((root / "step").glob(f"{STEP_PREFIX}*.jsonl"), key=by_set)
             + sorted((root / "mix").glob(f"{MIX_PREFIX}*.jsonl"), key=by_set))
 
-
-def trained_ids_file(sets_dir):
-    """The ids file the sets are scored on like SFT trains them: ``train_ids.json`` when
-    decontaminate wrote it, else select's ``ids.json``; None when neither exists."""
-    from pathlib import Path
-
-    for name in (TRAIN_IDS_FILE, IDS_FILE):
-        if (Path(sets_dir) / name).exists():
-            return Path(sets_dir) / name
-    return None

@@ -144,7 +144,6 @@ class DecontaminateParams:
                                 min=0, max=100)
     action: str = _f("report", "report (count what is flagged, train on every set as it is) or drop (remove every flagged problem from every set of the task, so the sets stay equal; the report says how many).",
                      choices=("report", "drop"))
-    examples: int = _f(5, "Flagged (training id, test id, method) examples kept per set in the metrics.", min=0, max=1000)
 
 
 @dataclass

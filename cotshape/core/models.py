@@ -211,7 +211,7 @@ def resolve_dtype(dtype: str = "auto", device: str = "cpu"):
     """The torch dtype for ``dtype`` on ``device``.
 
     ``auto``: bf16 on CUDA GPUs that support it (else fp16: fine for inference, unlike training,
-    see :func:`cotshape.sft.train.training_dtype`), bf16 on CPUs with fast bf16
+    see :func:`cotshape.sft.config.training_dtype`), bf16 on CPUs with fast bf16
     (:func:`cpu_has_fast_bf16`), fp32 otherwise.
     """
     import torch

@@ -337,6 +337,37 @@ def summary_entry(
     return out
 
 
+def claim_sets(claim: Mapping[str, Any], base_set: str) -> list[str]:
+    """The training sets a claim's numbers come from: its two arms, C1's parts and H, or C6's mixtures."""
+    ev = claim.get("evidence") or {}
+    if "fractions" in ev:
+        return [name for p, name in mixture_sets(ev["fractions"], base_set)]
+    names = [ev[k] for k in ("a", "b") if isinstance(ev.get(k), str)]
+    if isinstance(ev.get("parts"), dict):
+        names += [*ev["parts"], "H"]
+    return [n for n in dict.fromkeys(names) if n != BASE]
+
+
+def contamination(claim: Mapping[str, Any], doc: Mapping[str, Any] | None, base_set: str) -> dict[str, Any] | None:
+    """What decontaminate@T (``doc``: its metrics) found in the sets of ``claim``, or None when they
+    are clean: with ``action: report`` the flagged count of each set (the claim is computed on
+    contaminated sets), with ``action: drop`` how many problems every set lost before SFT."""
+    if not doc:
+        return None
+    if doc.get("action") == "drop":
+        if not doc.get("dropped"):
+            return None
+        return {"action": "drop", "dropped": doc["dropped"], "trained": doc.get("trained"),
+                "note": f"{doc['dropped']} problems flagged by decontaminate were left out of every set before SFT"}
+    per_set = doc.get("sets") or {}
+    flagged = {s: per_set[s]["flagged"] for s in claim_sets(claim, base_set) if per_set.get(s, {}).get("flagged")}
+    if not flagged:
+        return None
+    where = ", ".join(f"{s} {n}/{per_set[s]['records']}" for s, n in flagged.items())
+    return {"action": "report", "flagged": flagged,
+            "note": f"computed on sets that overlap the test problems (decontaminate, flagged records: {where})"}
+
+
 def judge_run(
     tasks: Sequence[str],
     sets: Sequence[str],
@@ -358,6 +389,7 @@ def judge_run(
     holds (the claims, and per task the :func:`variance_breakdown` with the :func:`power`), ``summary_doc`` what ``metrics/summary.json`` holds, ``comparisons[task][set]`` the
     paired comparisons against the base student and H.
     """
+    from cotshape.core.artifacts import IDS_FILE
     from cotshape.core.records import read_ids, read_json, read_jsonl, restrict_to_ids
     from cotshape.data.steps import step_stats
 
@@ -380,10 +412,15 @@ def judge_run(
                         if m is not None and not m.get("skipped") and path.exists() else None)
         closeness = optional_json(metrics_dir / "closeness" / f"{t}.json")
         task_claims, cmp = judge_task(t, evals, closeness, fractions, base_set, margin, seed=seed, n_boot=n_boot)
+        decon = optional_json(metrics_dir / "decontaminate" / f"{t}.json")
+        for c in task_claims:
+            found = contamination(c, decon, base_set)
+            if found:
+                c["contamination"] = found
         claims += task_claims
         comparisons[t] = cmp
         variance[t] = {**variance_breakdown(t, ev_metrics, task_claims), "power": power(task_claims, t)}
-        ids_path = sets_dir / t / "ids.json"
+        ids_path = sets_dir / t / IDS_FILE
         ids = read_ids(ids_path) if ids_path.exists() else None
         steps = {}
         for s in STEP_SETS:

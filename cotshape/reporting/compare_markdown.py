@@ -150,7 +150,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                       "sd in points (share of the variance): *data draw* between the seeds' mean differences "
                       "beyond what their runs' spread explains, *SFT seed* between the runs of one seed beyond "
                       "their test-problem noise, *test problems* each run's own Newcombe se "
-                      "(cotshape.core.stats.variance_components; each part truncated at 0).", "",
+                      "(cotshape.core.random_effects.variance_components; each part truncated at 0).", "",
                       _table(["claim", "task", "data draws", "runs per draw", "data draw", "SFT seed",
                               "test problems"], vrows)]
     parts += render_students(result.get("students") or {})

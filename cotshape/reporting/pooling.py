@@ -47,7 +47,7 @@ POOLING_NOTE = (
     "per-seed differences are combined as a random effect (DerSimonian-Laird tau, each "
     "seed's se = its CI half-width / 1.96; truncated Hartung-Knapp-Sidik-Jonkman interval on k - 1 "
     "degrees of freedom, hulled with the t-interval over the k per-seed differences, so it is never "
-    "narrower than their spread; cotshape.core.stats.random_effects_difference). tau is the sd of "
+    "narrower than their spread; cotshape.core.random_effects.random_effects_difference). tau is the sd of "
     "the true difference between runs, I² the share of the spread between seeds that their own "
     "test-problem noise does not explain. One seed gives no run-level interval (inconclusive). The "
     "claim's rule is applied to that interval: greater — the interval lies above 0; less — below 0; "

@@ -46,6 +46,7 @@ from cotshape.reporting.sections import (
     accuracy_section,
     checkpoint_section,
     closeness_section,
+    contamination_section,
     data_section,
     intro_section,
     mixture_section,
@@ -99,6 +100,7 @@ def build_report(
         closeness_section(m, tasks, trained),
         training_section(m, tasks, trained),
         data_section(m, tasks),
+        contamination_section(m, tasks),
         steps_section(tasks, comparisons),
         HOW_TO_READ,
     ]

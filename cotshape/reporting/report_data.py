@@ -75,6 +75,7 @@ class Metrics:
         self.paraphrase = {t: read_optional(metrics_dir / "paraphrase" / f"{t}.json") for t in tasks}
         self.verify = {t: read_optional(metrics_dir / "verify" / f"{t}.json") for t in tasks}
         self.degrade = {t: read_optional(metrics_dir / "degrade" / f"{t}.json") for t in tasks}
+        self.decontaminate = {t: read_optional(metrics_dir / "decontaminate" / f"{t}.json") for t in tasks}
 
     def checkpoint_eval(self, task: str, set_: str, step: int) -> dict[str, Any] | None:
         """The evaluation of the checkpoint saved after ``step`` optimizer steps

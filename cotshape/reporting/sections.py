@@ -217,7 +217,8 @@ def _evidence_text(c: dict[str, Any]) -> str:
 
 def claims_section(claims: dict[str, Any]) -> str:
     """The paper's claims with their verdicts and evidence (:func:`cotshape.evaluation.claims.judge_run`)."""
-    rows = [[c["id"], c["task"], c["statement"], _VERDICT_MARK.get(c["verdict"], c["verdict"]), _evidence_text(c)]
+    rows = [[c["id"], c["task"], c["statement"], _VERDICT_MARK.get(c["verdict"], c["verdict"]),
+             _evidence_text(c) + (f"; {c['contamination']['note']}" if c.get("contamination") else "")]
             for c in claims.get("claims", [])]
     return "\n".join([
         "## The paper's claims on this run",
@@ -265,7 +266,7 @@ def variance_section(claims: dict[str, Any] | None) -> str:
         "## Where the variance comes from",
         "",
         "Each number's variance from one run to another, by source (method of moments, "
-        "`cotshape.core.stats.variance_components`): the SFT seed (the spread of this run's training runs, "
+        "`cotshape.core.random_effects.variance_components`): the SFT seed (the spread of this run's training runs, "
         "which all answered the same test problems) and the test problems (the mean squared Wilson or "
         "Newcombe se of one run: what another draw of test problems would move it). All runs share one "
         "data draw, so the data seed's part is not in these numbers: `cotshape compare` over "
@@ -420,6 +421,46 @@ def data_section(m: Metrics, tasks: Sequence[str]) -> str:
             *([*notes, ""] if notes else []),
         ]
     )
+
+
+def contamination_section(m: Metrics, tasks: Sequence[str]) -> str:
+    """What decontaminate@T flagged per task and set, by check, with a few examples; empty when
+    the stage has not run."""
+    from cotshape.data.decontaminate import SET_METHODS
+
+    parts = []
+    for t in tasks:
+        doc = m.decontaminate.get(t)
+        if not doc:
+            continue
+        rows = [[name, count(s.get("records")), f"{count(s.get('flagged'))} ({pct(s.get('share'))})",
+                 *(count((s.get("by_method") or {}).get(k)) for k in SET_METHODS)]
+                for name, s in (doc.get("sets") or {}).items()]
+        dropped = (f"`decontaminate.action: drop`: {doc.get('dropped')} of {doc.get('compared')} problems left out "
+                   f"of every set, SFT trained on {doc.get('trained')}." if doc.get("action") == "drop" else
+                   "`decontaminate.action: report`: nothing was dropped; every claim computed on a flagged set "
+                   "says so in `metrics/claims.json` (`contamination`).")
+        examples = [f"`{e['problem_id']}` ~ test `{e['test_id']}` ({e['method']})"
+                    for s in (doc.get("sets") or {}).values() for e in s.get("examples") or []][:5]
+        parts += [f"**{t}**: {count(doc.get('flagged_problems'))} of {count(doc.get('compared'))} training problems "
+                  f"flagged in some set against {count(doc.get('test_problems'))} test problems "
+                  f"(word {doc.get('ngram')}-grams, fuzz.ratio >= {doc.get('fuzzy_threshold'):g}). {dropped}", "",
+                  markdown_table(["set", "records", "flagged", *SET_METHODS], rows, "l" + "r" * (2 + len(SET_METHODS))),
+                  ""]
+        if examples:
+            parts += ["Examples: " + "; ".join(examples) + ".", ""]
+    if not parts:
+        return ""
+    return "\n".join([
+        "## Test-set overlap",
+        "",
+        "Every training set against the task's test problems (decontaminate@T): the question by exact "
+        "match, shared word n-gram and fuzzy ratio; the completion by a word n-gram shared with a test "
+        "question or solution, and exact match with a solution; the task's structure (Countdown: numbers "
+        "and target; MBPP: the tests). A record is flagged when any check flags it.",
+        "",
+        *parts,
+    ])
 
 
 def _headlines(m: Metrics, tasks: Sequence[str], sets: Sequence[str],

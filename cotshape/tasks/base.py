@@ -327,7 +327,7 @@ def special_prefix(tokenizer) -> str:
 
 def student_prompt(task: Task, problem: Problem, prompt_format: str, tokenizer=None) -> str:
     """The exact text a student model reads before its completion, for every stage that prompts
-    a student: SFT tokenization and closeness (:func:`cotshape.sft.train.tokenize_records`),
+    a student: SFT tokenization and closeness (:func:`cotshape.sft.tokenize.tokenize_records`),
     evaluation, and the student side of paraphrase. Tokenize it with ``add_special_tokens=False``.
 
     ``chat``: :meth:`Task.chat_messages` rendered with the tokenizer's chat template and the
