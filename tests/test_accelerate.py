@@ -315,6 +315,8 @@ def test_ddp_two_cpu_processes_train_like_one_with_the_same_effective_batch(tmp_
     assert sorted(p.name for p in (tmp_path / "two" / "run-0").iterdir()) == \
         sorted(p.name for p in (tmp_path / "one" / "run-0").iterdir())
     assert (tmp_path / "two.csv").is_file() and two.stdout.count("countdown-H run 0") == 1
+    logs = [json.loads((tmp_path / n / "run-0" / "train_log.json").read_text()) for n in ("one", "two")]
+    assert [(g["distributed_type"], g["num_processes"]) for g in logs] == [("NO", 1), ("MULTI_CPU", 2)]
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path}/mlflow.db")
     runs = client.search_runs([client.get_experiment_by_name("cotshape").experiment_id])
     assert sorted(r.info.run_name for r in runs) == ["sft@countdown-H-run-0"] * 2  # one per stage

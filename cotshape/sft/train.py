@@ -91,9 +91,11 @@ def check_launcher(params: SFTParams, cuda: bool | None = None, deepspeed_instal
     """Refuse a launcher this machine cannot run, before anything heavy loads: one line naming
     ``sft.launcher``, why, and what to use instead (a :class:`~cotshape.core.errors.StageError`).
 
-    ``fsdp`` needs CUDA: torch FSDP, as configs/accelerate/fsdp.yaml sets it up
+    ``fsdp`` needs CUDA: torch FSDP1, as configs/accelerate/fsdp.yaml sets it up
     (``sync_module_states`` for CPU-RAM-efficient loading), cannot initialise its parameters on
-    CPU. ``deepspeed`` needs the ``deepspeed`` package and CUDA (ZeRO-3 over NCCL). ``ddp`` runs
+    CPU, and accelerate does not shard on CPU at all (tried with FSDP2 and CPU-RAM-efficient
+    loading off: accelerate's state makes FSDP only for GPU-like devices, so its CPU processes
+    run as MULTI_CPU, plain data parallel — which is what ``ddp`` already is). ``deepspeed`` needs the ``deepspeed`` package and CUDA (ZeRO-3 over NCCL). ``ddp`` runs
     anywhere (gloo on CPU). ``cuda`` and ``deepspeed_installed`` default to what this machine has."""
     if params.launcher not in ("fsdp", "deepspeed"):
         return
@@ -263,6 +265,9 @@ def train_sft(model_path: str | os.PathLike, records: list[dict[str, Any]], out_
         "checkpoints_not_reached": saver.not_reached,
         "records": len(records),
         "dropped_by_max_length": len(records) - len(examples),
+        # how the run was spread: NO (one process), MULTI_CPU / MULTI_GPU (ddp), FSDP, DEEPSPEED
+        "distributed_type": str(trainer.accelerator.distributed_type).rsplit(".", 1)[-1],
+        "num_processes": int(trainer.accelerator.num_processes),
         "params": asdict(params),
         "log": recorder.entries,
     }
