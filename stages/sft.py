@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--metrics", required=True)
     ap.add_argument("--loss-plot", required=True)
-    ap.add_argument("--ids", help="select's ids.json: train only on the problems every set is compared on")
+    ap.add_argument("--ids", help="decontaminate's data/train_ids/TASK.json (or select's ids.json): train only "
+                    "on these problems, the same for every set")
     ap.add_argument("--problems", help="the task's prepared training problems: the plain-text prompt of each "
                     "record (base.prompt_format: plain) is built from its problem")
     args = ap.parse_args(argv)

@@ -8,8 +8,10 @@ metrics of :func:`score`.
 Two accuracy definitions are reported side by side, because users compare with both:
 
 * ``accuracy`` = correct / all problems (an answer that could not be parsed counts as wrong);
-* ``accuracy_parsed`` = correct / answers that parsed. This is the definition the paper's
-  released evaluation scripts use: they drop unparsed answers from the denominator. When no
+* ``accuracy_parsed`` = correct / answers that parsed: what the authors' released scripts
+  compute for MATH, GSM8K (eval_math_gsm8k.py drops unparsed answers from the denominator) and
+  Countdown (eval_countdown.py leaves out answers with no equation); their MBPP pass@1 divides
+  by all problems, i.e. ``accuracy`` (README, "Accuracy, two ways"). When no
   answer parsed at all it is 0.0 and ``no_parsed_answers`` is true, so a reader can tell
   "0 of 0" from "0 of 24".
 
