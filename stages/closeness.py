@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     from cotshape.tracking.stage_run import begin_stage
 
     run = begin_stage("closeness", p, task=args.task, sections=dvc_params("closeness"),
-                      inputs=[args.student, args.sets_dir], outputs=[args.out])
+                      inputs=[x for x in (args.student, args.sets_dir, args.ids) if x], outputs=[args.out])
     # load the base student once for every set
     from cotshape.core.models import resolve_device
     from cotshape.sft.closeness import load_scorer
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     files = training_set_files(sets_dir)
     # score every set on the problems SFT trains it on (decontaminate's data/train_ids/TASK.json, else select's ids.json)
     ids_file = Path(args.ids) if args.ids else sets_dir / IDS_FILE
-    ids = read_ids(ids_file) if ids_file.exists() else None
+    ids = read_ids(ids_file) if args.ids or ids_file.exists() else None  # an explicit --ids must exist
     result, empty = {}, {}
     for path in files:
         records = read_jsonl(path, required=("prompt", "completion"))

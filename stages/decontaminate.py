@@ -3,7 +3,9 @@ or nearly copy a test problem, and the problems SFT trains on.
 
 Checks (cotshape.data.decontaminate.check_sets): the question against every test question (exact,
 word n-gram, fuzzy), the completion against every test question and solution (n-gram, exact), and
-the task's structure (Countdown: numbers and target; MBPP: the tests). ``decontaminate.action``:
+the task's structure (Countdown: numbers and target, its only check; MBPP: the tests).
+A completion's n-gram counts only when it is distinctive (held by at most 1 % of the test items):
+boilerplate such as "The answer is" is no copy. ``decontaminate.action``:
 ``report`` writes every problem of select's ids.json to data/train_ids/TASK.json; ``drop`` leaves out every
 problem flagged in any set, so all sets stay trained on the same problems.
 """
@@ -44,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     tests = read_problems(args.test)
     ids = read_ids(args.ids)
     sets = {f.stem: restrict_to_ids(read_jsonl(f, required=("problem_id", "completion")), ids) for f in files}
-    found = check_sets(problems, sets, tests, structure_key=task.structure_key, ngram=c.ngram,
+    found = check_sets(problems, sets, tests, structure_key=task.structure_key,
+                       text=task.decontaminate_text, ngram=c.ngram,
                        fuzzy_threshold=c.fuzzy_threshold)
     flagged = set(found["flagged_problems"])
     keep = [i for i in ids if i not in flagged] if c.action == "drop" else list(ids)
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     metrics = {
         "action": c.action, "ngram": c.ngram, "fuzzy_threshold": c.fuzzy_threshold,
         "test_problems": len(tests), "compared": len(ids), "flagged_problems": len(flagged),
-        "dropped": len(ids) - len(keep), "trained": len(keep), "sets": found["sets"],
+        "dropped": len(ids) - len(keep), "trained": len(keep), "checks": found["checks"], "sets": found["sets"],
     }
     write_json(args.metrics, metrics)
     write_json(args.ids_out, {"problem_ids": keep, "n": len(keep), "policy": policy})

@@ -94,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
                              "on PATH: install accelerate in this environment") from None
         if code != 0:  # a rank died (killed, out of memory, an error): no half-written model stays
             shutil.rmtree(out, ignore_errors=True)
+            for path in (args.metrics, args.loss_plot):  # nor what rank 0 wrote before the launcher failed
+                Path(path).unlink(missing_ok=True)
             raise StageError(f"sft.launcher: {sft.launcher}: `accelerate launch` of {sft.num_processes} processes "
                              f"failed (exit code {code}; the failing process's output is above); "
                              f"removed the unfinished {out}")

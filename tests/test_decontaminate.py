@@ -243,7 +243,9 @@ def test_check_sets_flags_each_record_by_what_it_copies():
     g, w = found["sets"]["G"], found["sets"]["W"]
     assert g["records"] == 4 and g["flagged"] == 3 and g["share"] == 0.75
     assert g["by_method"] == {"question_exact": 1, "question_ngram": 3, "question_fuzzy": 2,
-                              "completion_ngram": 0, "completion_exact": 0, "structure": 0}
+                              "completion_ngram": 0, "completion_exact": 0}
+    assert found["checks"] == ["question_exact", "question_ngram", "question_fuzzy", "completion_ngram",
+                               "completion_exact"]
     assert {"problem_id": "a_exact", "test_id": "t1", "method": "question_exact"} in g["examples"]
     assert {"problem_id": "c_reworded", "test_id": "t3", "method": "question_ngram"} in g["examples"]
     assert w["flagged"] == 1 and w["by_method"]["completion_ngram"] == 1 and w["by_method"]["completion_exact"] == 1
@@ -251,6 +253,22 @@ def test_check_sets_flags_each_record_by_what_it_copies():
     assert found["flagged_problems"] == ["a_exact", "b_number", "c_reworded", "d_unrelated"]
     # examples are capped
     assert len(check_sets(TRAIN_PROBLEMS, sets, TEST_PROBLEMS, examples=2)["sets"]["G"]["examples"]) == 2
+
+
+def test_completion_boilerplate_is_not_a_copy():
+    """An n-gram most test solutions share ("... so the final answer is N") flags nothing; one
+    only a single test solution holds does."""
+    from cotshape.data.decontaminate import check_sets
+
+    tail = "so the final answer is the number we found above"
+    tests = [problem(f"t{i}", f"Question number {i} about apples and pears.", f"Work {i} here, {tail} {i}.")
+             for i in range(200)]
+    tests[7]["solution"] = "Seven crates of twelve pears make eighty four pears in all at the market."
+    sets = {"G": [rec("p1", f"We work it out, {tail} 999."),
+                  rec("p2", "Seven crates of twelve pears make eighty four pears in all today.")]}
+    found = check_sets([problem("p1", "Alpha?"), problem("p2", "Beta?")], sets, tests)
+    assert found["sets"]["G"]["by_method"]["completion_ngram"] == 1
+    assert found["sets"]["G"]["examples"] == [{"problem_id": "p2", "test_id": "t7", "method": "completion_ngram"}]
 
 
 def test_check_sets_structure_countdown_same_numbers_and_target():
@@ -265,8 +283,10 @@ def test_check_sets_structure_countdown_same_numbers_and_target():
     tests = [cd("t", [3, 5, 7], 22, "Using 3, 5 and 7 once each, make 22.")]
     train = [cd("same", [7, 3, 5], 22, "Reach the target twenty-two from seven, three and five."),
              cd("other", [7, 3, 5], 23, "Reach the target twenty-three from seven, three and five.")]
-    found = check_sets(train, {"G": [rec("same", "x"), rec("other", "x")]}, tests, structure_key=task.structure_key)
-    assert found["sets"]["G"]["by_method"]["structure"] == 1
+    found = check_sets(train, {"G": [rec("same", "x"), rec("other", "x")]}, tests, structure_key=task.structure_key,
+                       text=task.decontaminate_text)
+    assert found["sets"]["G"]["by_method"] == {"structure": 1}
+    assert found["checks"] == ["structure"]
     assert found["flagged_problems"] == ["same"]
     # without the task's key no structure check runs
     assert check_sets(train, {"G": [rec("same", "x")]}, tests)["flagged_problems"] == []
@@ -316,7 +336,7 @@ def test_stage_writes_train_ids_and_metrics(tmp_path, action):
     assert proc.returncode == 0, proc.stderr[-2000:]
     m = json.loads((tmp_path / "m.json").read_text())
     kept = json.loads((d / "sets" / "train_ids.json").read_text())["problem_ids"]
-    assert list(m["sets"]) == ["G", "H", "P", "W", "mix-0.5"]
+    assert list(m["sets"]) == ["G", "H", "P", "W", "mix-0.5"]  # sorted keys (write_json); the report orders them
     assert all(s["flagged"] == 3 for s in m["sets"].values())  # the questions: a, b, c
     assert m["flagged_problems"] == 3 and m["compared"] == 4
     if action == "report":

@@ -98,7 +98,7 @@ def merge(blocks: dict[str, dict[str, Any]]) -> dict[str, Any]:
         keys = sorted({k for v in values.values() if isinstance(v, dict) for k in v})
         for k in keys:
             sub = {n: (v.get(k) if isinstance(v, dict) else None) for n, v in values.items()}
-            if any(isinstance(x, dict) for x in sub.values()):
+            if all(isinstance(x, dict) for x in sub.values()):
                 into[k] = {}
                 walk(f"{prefix}{k}.", sub, into[k])
             elif len({repr(x) for x in sub.values()}) == 1:

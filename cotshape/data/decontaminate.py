@@ -334,8 +334,21 @@ def _index_pairs(pairs) -> list[tuple[int, int]]:
     return sorted(pairs)
 
 
+#: a word n-gram held by more than this share of the test items (questions and solutions) is
+#: boilerplate, not a copy ("The answer is ...", "This uses every number once and gives ..."):
+#: the completion check ignores it (at least one item may always hold it)
+COMMON_SHARE = 0.01
+
+
+def distinctive_index(items: list[list[str]], n: int, share: float = COMMON_SHARE) -> dict[tuple[str, ...], list[int]]:
+    """:func:`build_ngram_index` of ``items`` without the n-grams that more than ``share`` of them
+    hold (at least one item may hold an n-gram)."""
+    limit = max(1, math.floor(share * len(items)))
+    return {g: js for g, js in build_ngram_index(items, n).items() if len(set(js)) <= limit}
+
+
 def check_sets(problems: list[dict], sets: dict[str, list[dict]], tests: list[dict], *,
-               structure_key=None, ngram: int = DEFAULT_NGRAM,
+               structure_key=None, text: bool = True, ngram: int = DEFAULT_NGRAM,
                fuzzy_threshold: float = DEFAULT_FUZZY_THRESHOLD, examples: int = 5,
                workers: int = -1) -> dict[str, Any]:
     """What the decontaminate@T stage checks: for every training set (name -> training records
@@ -344,31 +357,39 @@ def check_sets(problems: list[dict], sets: dict[str, list[dict]], tests: list[di
     - ``question_exact`` / ``question_ngram`` / ``question_fuzzy``: the set's problem (its
       ``question`` in ``problems``) against every test question, by the three methods of
       :func:`decontaminate` (so every set trained on the same problems gets the same counts);
-    - ``completion_ngram``: the set's completion shares a word n-gram with a test question or a
-      test solution (a CoT that writes out a test problem or its worked solution);
+    - ``completion_ngram``: the set's completion shares a *distinctive* word n-gram with a test
+      question or solution (one held by at most :data:`COMMON_SHARE` of them: a CoT that writes
+      out a test problem or its worked solution, not the task's boilerplate);
     - ``completion_exact``: the completion equals a test solution (normalised);
     - ``structure``: ``structure_key(problem)`` equals a test problem's (Countdown: the same numbers
-      and target; MBPP: the same tests); skipped when ``structure_key`` is None or returns None.
+      and target; MBPP: the same tests); not run when ``structure_key`` is None.
 
-    Returns ``{"sets": {name: {"records", "flagged", "share", "by_method", "examples"}},
-    "flagged_problems": [ids flagged by any check in any set, sorted]}``; a record is flagged
-    when any check flags it; ``examples``: the first few ``{problem_id, test_id, method}``."""
+    ``text``: false runs none of the text checks (question and completion), only ``structure``: a
+    task whose problem and derivation are generated from its structure (Countdown,
+    :attr:`cotshape.tasks.base.Task.decontaminate_text`).
+
+    Returns ``{"checks": [the checks run], "sets": {name: {"records", "flagged", "share",
+    "by_method", "examples"}}, "flagged_problems": [ids flagged by any check in any set, sorted]}``;
+    a record is flagged when any check flags it; ``examples``: the first few ``{problem_id,
+    test_id, method}``."""
     _check_options(ngram, fuzzy_threshold)
     by_id = {p["id"]: p for p in problems}
     test_ids = [t["id"] for t in tests]
     test_q = [normalize(t["question"]) for t in tests]
     test_s = [normalize(t.get("solution") or "") for t in tests]
+    checks = [m for m in SET_METHODS if (m == "structure" and structure_key is not None) or (m != "structure" and text)]
     # the questions of every problem any set uses, checked once
     used = sorted({r["problem_id"] for recs in sets.values() for r in recs if r["problem_id"] in by_id})
-    q_words = [normalize(by_id[i]["question"]) for i in used]
-    q_text = [" ".join(w) for w in q_words]
-    t_text = [" ".join(w) for w in test_q]
     question_hits: dict[str, list[tuple[str, str]]] = defaultdict(list)  # problem id -> [(method, test id)]
-    for method, pairs in (("question_exact", exact_matches(q_text, t_text)),
-                          ("question_ngram", _ngram_pairs(q_words, test_q, ngram)),
-                          ("question_fuzzy", fuzzy_matches(q_text, t_text, fuzzy_threshold, workers=workers))):
-        for i, j in _index_pairs(pairs):
-            question_hits[used[i]].append((method, test_ids[j]))
+    if text:
+        q_words = [normalize(by_id[i]["question"]) for i in used]
+        q_text = [" ".join(w) for w in q_words]
+        t_text = [" ".join(w) for w in test_q]
+        for method, pairs in (("question_exact", exact_matches(q_text, t_text)),
+                              ("question_ngram", _ngram_pairs(q_words, test_q, ngram)),
+                              ("question_fuzzy", fuzzy_matches(q_text, t_text, fuzzy_threshold, workers=workers))):
+            for i, j in _index_pairs(pairs):
+                question_hits[used[i]].append((method, test_ids[j]))
     structure: dict[str, list[str]] = defaultdict(list)
     if structure_key is not None:
         test_keys: dict[Any, list[str]] = defaultdict(list)
@@ -381,16 +402,19 @@ def check_sets(problems: list[dict], sets: dict[str, list[dict]], tests: list[di
             if key is not None:
                 structure[pid] = test_keys.get(key, [])
     n_test = len(tests)
+    index = distinctive_index(test_q + test_s, ngram)  # item j: question j, then solution j - n_test
+    test_solution_text = [" ".join(w) for w in test_s]
     out_sets: dict[str, Any] = {}
     flagged_problems: set[str] = set()
     for name, recs in sets.items():
         c_words = [normalize(r.get("completion") or "") for r in recs]
         c_hits: dict[int, list[tuple[str, str]]] = defaultdict(list)
-        for i, j in _index_pairs(_ngram_pairs(c_words, test_q + test_s, ngram)):
-            c_hits[i].append(("completion_ngram", test_ids[j % n_test]))
-        for i, j in _index_pairs(exact_matches([" ".join(w) for w in c_words], [" ".join(w) for w in test_s])):
+        for i, words in enumerate(c_words if text else ()):
+            found = sorted({j % n_test for g in word_ngrams(words, ngram) for j in index.get(g, ())})
+            c_hits[i] += [("completion_ngram", test_ids[j]) for j in found]
+        for i, j in _index_pairs(exact_matches([" ".join(w) for w in c_words], test_solution_text) if text else ()):
             c_hits[i].append(("completion_exact", test_ids[j]))
-        by_method = dict.fromkeys(SET_METHODS, 0)
+        by_method = dict.fromkeys(checks, 0)
         flagged = 0
         shown: list[dict[str, str]] = []
         for k, rec in enumerate(recs):
@@ -411,4 +435,4 @@ def check_sets(problems: list[dict], sets: dict[str, list[dict]], tests: list[di
         out_sets[name] = {"records": len(recs), "flagged": flagged,
                           "share": flagged / len(recs) if recs else 0.0,
                           "by_method": by_method, "examples": shown}
-    return {"sets": out_sets, "flagged_problems": sorted(flagged_problems)}
+    return {"checks": checks, "sets": out_sets, "flagged_problems": sorted(flagged_problems)}

@@ -340,6 +340,8 @@ def summary_entry(
 def claim_sets(claim: Mapping[str, Any], base_set: str) -> list[str]:
     """The training sets a claim's numbers come from: its two arms, C1's parts and H, or C6's mixtures."""
     ev = claim.get("evidence") or {}
+    if isinstance(ev.get("sets"), list):  # C6: the sets of the curve
+        return [n for n in ev["sets"] if n != BASE]
     if "fractions" in ev:
         return [name for p, name in mixture_sets(ev["fractions"], base_set)]
     names = [ev[k] for k in ("a", "b") if isinstance(ev.get(k), str)]

@@ -32,7 +32,8 @@ rows (the workspace only when asked); queued, running and failed experiments, an
                                                                 {"parts": {name: {"diff", "ci95", "n"}}}}]}
 
     metrics/provenance.json  {"cotshape_commit", "versions": {package: version}, "backend", "dtype",
-                              "device", "cpu", "gpu", "batch_size": {stage: n}, "tensor_parallel_size"}
+                              "device", "cpu", "gpu", "batch_size": {stage: n}, "tensor_parallel_size",
+                              "evaluation_files", "mixed": {field: {file: value}} where they differ}
                           (optional: commits from before it existed have none; any JSON object is
                           read, nested keys compared as dotted fields)
 

@@ -94,11 +94,14 @@ def features():
     })
 
 
-def trained_ids(sets_dir: Path) -> list[str] | None:
-    """The problems every set was trained on (``ids.json``, written when ``select.balance`` is
-    true), or None when each set was used whole."""
-    path = sets_dir / "ids.json"
-    return read_ids(path) if path.exists() else None
+def trained_ids(sets_dir: Path, train_ids: Path | None = None) -> list[str] | None:
+    """The problems every set was trained on: decontaminate's ``train_ids`` file
+    (``data/train_ids/TASK.json``) when it exists, else select's ``ids.json``; None when neither
+    exists (each set used whole)."""
+    for path in (train_ids, sets_dir / "ids.json"):
+        if path is not None and path.exists():
+            return read_ids(path)
+    return None
 
 
 def build(sets_dir: str | os.PathLike, ids: list[str] | None = None):
@@ -149,8 +152,9 @@ def card(task: str, dd, params, repo: Path, sets_dir: Path, ids: list[str] | Non
     s, sel, deg = params.sample, params.select, params.degrade
     splits_yaml = "\n".join(f"    - split: {split_name(n)}\n      path: data/{split_name(n)}-*" for n in set_files(sets_dir))
     configs = f"configs:\n  - config_name: {task}\n    data_files:\n{splits_yaml}\n" if with_configs else ""
-    balanced = ("the problems that have both a right and a wrong teacher sample (`ids.json`, "
-                f"{len(ids)} problems): the rows each set was trained on" if ids is not None else "each set whole")
+    balanced = ("the problems SFT trained every set on (select's `ids.json`: both a right and a wrong "
+                f"teacher sample; less any that `decontaminate.action: drop` left out; {len(ids)} problems)"
+                if ids is not None else "each set whole")
     return f"""---
 {configs}tags:
   - chain-of-thought
@@ -209,7 +213,7 @@ def export(repo: str | os.PathLike = ".", out: str | os.PathLike = "export", fmt
     written: dict[str, Path] = {}
     for task in params.base.tasks:
         sets_dir = repo / "data" / "sets" / task
-        ids = trained_ids(sets_dir)
+        ids = trained_ids(sets_dir, repo / "data" / "train_ids" / f"{task}.json")
         dd = build(sets_dir, ids)
         text = card(task, dd, params, repo, sets_dir, ids, with_configs=fmt == "parquet")
         target = out / task

@@ -426,6 +426,7 @@ def data_section(m: Metrics, tasks: Sequence[str]) -> str:
 def contamination_section(m: Metrics, tasks: Sequence[str]) -> str:
     """What decontaminate@T flagged per task and set, by check, with a few examples; empty when
     the stage has not run."""
+    from cotshape.core.artifacts import set_sort_key
     from cotshape.data.decontaminate import SET_METHODS
 
     parts = []
@@ -433,19 +434,21 @@ def contamination_section(m: Metrics, tasks: Sequence[str]) -> str:
         doc = m.decontaminate.get(t)
         if not doc:
             continue
+        checks = doc.get("checks") or list(SET_METHODS)
+        per_set = sorted((doc.get("sets") or {}).items(), key=lambda kv: set_sort_key(kv[0], ("H", "G", "W", "P")))
         rows = [[name, count(s.get("records")), f"{count(s.get('flagged'))} ({pct(s.get('share'))})",
-                 *(count((s.get("by_method") or {}).get(k)) for k in SET_METHODS)]
-                for name, s in (doc.get("sets") or {}).items()]
+                 *(count((s.get("by_method") or {}).get(k)) for k in checks)]
+                for name, s in per_set]
         dropped = (f"`decontaminate.action: drop`: {doc.get('dropped')} of {doc.get('compared')} problems left out "
                    f"of every set, SFT trained on {doc.get('trained')}." if doc.get("action") == "drop" else
                    "`decontaminate.action: report`: nothing was dropped; every claim computed on a flagged set "
                    "says so in `metrics/claims.json` (`contamination`).")
         examples = [f"`{e['problem_id']}` ~ test `{e['test_id']}` ({e['method']})"
-                    for s in (doc.get("sets") or {}).values() for e in s.get("examples") or []][:5]
+                    for _, s in per_set for e in s.get("examples") or []][:5]
         parts += [f"**{t}**: {count(doc.get('flagged_problems'))} of {count(doc.get('compared'))} training problems "
                   f"flagged in some set against {count(doc.get('test_problems'))} test problems "
                   f"(word {doc.get('ngram')}-grams, fuzz.ratio >= {doc.get('fuzzy_threshold'):g}). {dropped}", "",
-                  markdown_table(["set", "records", "flagged", *SET_METHODS], rows, "l" + "r" * (2 + len(SET_METHODS))),
+                  markdown_table(["set", "records", "flagged", *checks], rows, "l" + "r" * (2 + len(checks))),
                   ""]
         if examples:
             parts += ["Examples: " + "; ".join(examples) + ".", ""]
@@ -455,9 +458,11 @@ def contamination_section(m: Metrics, tasks: Sequence[str]) -> str:
         "## Test-set overlap",
         "",
         "Every training set against the task's test problems (decontaminate@T): the question by exact "
-        "match, shared word n-gram and fuzzy ratio; the completion by a word n-gram shared with a test "
-        "question or solution, and exact match with a solution; the task's structure (Countdown: numbers "
-        "and target; MBPP: the tests). A record is flagged when any check flags it.",
+        "match, shared word n-gram and fuzzy ratio; the completion by a distinctive word n-gram (held by "
+        "at most 1 % of the test items, so not boilerplate) shared with a test question or solution, and "
+        "exact match with a solution; the task's structure (Countdown: numbers and target, its only "
+        "check, since its question and derivation are generated from them; MBPP: the tests). A record is "
+        "flagged when any check flags it.",
         "",
         *parts,
     ])

@@ -250,6 +250,13 @@ class Task:
         that :meth:`extract_answer` reads."""
         return problem["solution"]
 
+    #: whether decontamination compares texts (questions: exact, n-gram, fuzzy; completions:
+    #: n-gram, exact); False for a task whose problem and derivation are generated from its
+    #: structure (Countdown: "make T from a, b, c" and "Step 1: 7 * 1 = 7": one changed number is
+    #: another problem, yet a text 96 % alike, and 8-grams of a few digits and template words are
+    #: shared by chance), where :meth:`structure_key` is the exact check
+    decontaminate_text: ClassVar[bool] = True
+
     def structure_key(self, problem: Problem) -> Any:
         """What makes two problems the same problem whatever their wording, for decontamination
         (:func:`cotshape.data.decontaminate.check_sets`, method ``structure``): None (the default)

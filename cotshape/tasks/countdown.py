@@ -267,6 +267,8 @@ class Countdown(Task):
 
     eval_max_new_tokens = 4096  # eval_countdown.py: MAX_TOKENS = 4096
 
+    decontaminate_text = False  # question and derivation are generated from numbers and target
+
     def structure_key(self, problem: Problem) -> tuple:
         """The same numbers (as a multiset) and target: one problem, however it is worded."""
         m = problem["meta"]
