@@ -188,17 +188,34 @@ def test_misspelt_sandbox_mode_stops_the_stage_with_one_line(tmp_path):
     assert not (tmp_path / "v.jsonl").exists() and not (tmp_path / "m.json").exists()
 
 
-def test_sandbox_failing_its_self_test_stops_verify(tmp_path, monkeypatch):
-    import cotshape.execution.sandbox.api as sb
-    from cotshape.core.errors import SandboxError
+def test_sandbox_failing_its_self_test_stops_verify(tmp_path):
+    """In a fresh interpreter (no sandbox mode self-tested yet), a sandbox whose every program
+    fails to start stops verify at the self-test, with the sandbox's own reason."""
+    import subprocess
+    import sys
 
-    problems, samples = mbpp_files(tmp_path)
-    broken = sb.ExecutionResult(False, "sandbox_error", "sandbox server (rlimit) failed to start", "", "", None,
-                                0.0, False, False, False, "rlimit")
-    monkeypatch.setattr(sb, "_self_tested", set())
-    monkeypatch.setattr(sb, "run_program", lambda *a, **k: broken)
-    with pytest.raises(SandboxError, match=r"sandbox self-test failed: sandbox_error: sandbox server"):
-        verify_records(get_task("mbpp"), {p["id"]: p for p in problems}, samples, progress=False)
+    mbpp_files(tmp_path)
+    script = """
+import sys
+import cotshape.execution.sandbox.api as sb
+from cotshape.core.errors import SandboxError
+from cotshape.core.records import read_jsonl, read_problems
+from cotshape.data.verify import verify_records
+from cotshape.tasks import get_task
+
+broken = sb.ExecutionResult(False, "sandbox_error", "sandbox server (rlimit) failed to start", "", "", None,
+                            0.0, False, False, False, "rlimit")
+sb.run_program = lambda *a, **k: broken
+problems = read_problems(sys.argv[1])
+try:
+    verify_records(get_task("mbpp"), {p["id"]: p for p in problems}, read_jsonl(sys.argv[2]), progress=False)
+except SandboxError as e:
+    print("SandboxError:", e)
+"""
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path / "train.jsonl"), str(tmp_path / "samples.jsonl")],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SandboxError: sandbox self-test failed: sandbox_error: sandbox server" in proc.stdout, proc.stdout
 
 
 def test_verifier_errors_are_counted():
