@@ -685,3 +685,22 @@ def test_variance_breakdown_script_splits_data_sft_and_test_problems(tmp_path):
 def statistics_variance(xs):
     m = sum(xs) / len(xs)
     return sum((x - m) ** 2 for x in xs) / (len(xs) - 1)
+
+
+def test_markdown_orders_set_rows_as_pooling_does_also_from_saved_json():
+    """A compare.json read back has its sets in key order (G, H, P, W, ...); the table still lists
+    base, H, G, W, P, step-K, then the mixtures by fraction."""
+    import json
+
+    from conftest import REPO_ROOT
+
+    from cotshape.reporting.compare_markdown import render_markdown
+
+    result = json.loads((REPO_ROOT / "compare" / "compare.json").read_text())
+    for g in result["groups"]:
+        for t in g["tasks"].values():
+            t["sets"] = dict(sorted(t["sets"].items()))
+    lines = render_markdown(result).splitlines()
+    start = lines.index("### gsm8k: accuracy (%) per set")
+    rows = [ln.split("|")[1].strip() for ln in lines[start + 4:] if ln.startswith("| ")][:10]
+    assert rows == ["base", "H", "G", "W", "P", "step-1", "mix-0.25", "mix-0.5", "mix-0.75", "mix-1.0"]

@@ -11,6 +11,7 @@ from cotshape.core.records import write_json, write_text
 from cotshape.core.stats import CONTRADICTED, HOLDS, INCONCLUSIVE
 from cotshape.reporting.compare import format_param
 from cotshape.reporting.formatting import DASH, markdown_table, pct_value
+from cotshape.reporting.pooling import set_order
 
 #: the per-seed verdict counts' order
 VERDICTS = (HOLDS, CONTRADICTED, INCONCLUSIVE)
@@ -91,7 +92,8 @@ def render_markdown(result: dict[str, Any]) -> str:
             header = ["set", "accuracy mean ± sd", "min – max", "k"] + cols
             header += (["Δ vs base (pp)"] if has_d else []) + (["loss"] if has_loss else [])
             rows = []
-            for s, agg in t["sets"].items():
+            # pooling's order (base, H, G, W, P, step-K, mixtures), also for a compare.json read back
+            for s, agg in sorted(t["sets"].items(), key=lambda kv: set_order(kv[0])):
                 acc = agg.get("acc")
                 if acc is None:
                     row = [s, DASH, DASH, "0"] + [DASH] * len(cols)
