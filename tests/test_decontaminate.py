@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -327,7 +328,7 @@ def _stage_dir(tmp_path, action):
 def test_stage_writes_train_ids_and_metrics(tmp_path, action):
 
     d = _stage_dir(tmp_path, action)
-    env = dict(__import__("os").environ, COTSHAPE_PARAMS=str(tmp_path / "params.yaml"))
+    env = dict(os.environ, COTSHAPE_PARAMS=str(tmp_path / "params.yaml"))
     proc = subprocess.run([sys.executable, str(REPO_ROOT / "stages" / "decontaminate.py"), "--task", "gsm8k",
                            "--problems", str(d / "train.jsonl"), "--test", str(d / "test.jsonl"),
                            "--sets-dir", str(d / "sets"), "--ids", str(d / "sets" / "ids.json"),
