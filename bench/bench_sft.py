@@ -77,7 +77,7 @@ def run_stock(model_path: str, records: list[dict], steps: int, batch: int, out:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from cotshape.sft.train import _loss_recorder
+    from cotshape.sft.train import loss_recorder
 
     data = Dataset.from_list([
         {"prompt": r["prompt"], "completion": [{"role": "assistant", "content": r["completion"]}]}
@@ -87,7 +87,7 @@ def run_stock(model_path: str, records: list[dict], steps: int, batch: int, out:
                        learning_rate=1e-5, logging_steps=1, save_strategy="no", report_to="none", seed=0,
                        warmup_steps=0.1)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    rec = _loss_recorder()
+    rec = loss_recorder()
     trainer = SFTTrainer(model=model, args=config, train_dataset=data,
                          processing_class=AutoTokenizer.from_pretrained(model_path), callbacks=[rec])
     start = time.perf_counter()

@@ -66,22 +66,23 @@ def main(argv: list[str] | None = None) -> None:
                             "cotshape.sft_run_id": ",".join(filter(None, ((read_run_file(d) or {}).get("run_id")
                                                                           for d in runs))) or None,
                             "checkpoint": args.checkpoint})
-    all_records, per_run = [], []
+    # every run answers the same problems in the same order: table is the runs x problems table
+    all_records, per_run, table = [], [], []
     for r, model_dir in enumerate(models):
         backend = _backend(p, model_dir)
         # all prompts in one call: the backend batches (and refills) internally
         records, metrics = evaluate(task, problems, backend, max_new_tokens=p.evaluate.max_new_tokens,
                                     prompt_format=p.base.prompt_format, scoring=p.evaluate.scoring)
         metrics["backend"] = backend.name
+        metrics["dtype"] = backend.dtype
         del backend
         all_records += [{"run": r, **rec} for rec in records]
+        table.append([rec["correct"] for rec in records])
         per_run.append(metrics)
         if len(models) > 1:
             print(f"{args.task}-{args.set} run {r}: accuracy {metrics['accuracy']:.3f} (n={metrics['n']})")
-    # every run answered the same problems in the same order: the runs x problems table
-    table = [[rec["correct"] for rec in all_records if rec["run"] == r] for r in range(len(models))]
     metrics = summarize_runs(per_run, table)
-    metrics["provenance"] = _provenance(p, per_run[0]["backend"])
+    metrics["provenance"] = _provenance(p, per_run[0]["backend"], per_run[0]["dtype"])
     write_jsonl(args.out, all_records)
     write_json(args.metrics, metrics)
     run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
@@ -120,13 +121,15 @@ def _base_models(models: list[Path]) -> list[str]:
     return found
 
 
-def _provenance(p, backend: str) -> dict:
-    """What produced these numbers (cotshape.core.provenance): commit, versions, hardware, batch."""
+def _provenance(p, backend: str, dtype: str | None) -> dict:
+    """What produced these numbers (cotshape.core.provenance): commit, versions, hardware, batch.
+    ``dtype``: what the backend loaded (None: resolved from base.dtype as the backends do)."""
     from cotshape.core.models import resolve_device, resolve_dtype
     from cotshape.core.provenance import provenance
 
     device = resolve_device(p.base.device)
-    return provenance(backend=backend, dtype=str(resolve_dtype(p.base.dtype, device)).removeprefix("torch."),
+    dtype = dtype or str(resolve_dtype(p.base.dtype, device)).removeprefix("torch.")
+    return provenance(backend=backend, dtype=dtype,
                       device=device, batch_size={"evaluate": p.evaluate.batch_size},
                       tensor_parallel_size=p.sample.tensor_parallel_size)
 

@@ -26,7 +26,7 @@ def with_change(path: str, value):
 def test_default_params_validate():
     p = load_params(REPO_ROOT / "params.yaml")
     assert p.base.tasks == ["gsm8k"]
-    assert p.degrade.flawed_fractions == [0.25, 0.5, 0.75, 1.0]
+    assert p.degrade.flawed_fractions == [0.25, 1.0] and p.degrade.step_k == []  # C5 and C6 need these (README: Time)
     assert p.sample.k >= 1
 
 
@@ -49,7 +49,6 @@ def test_default_params_validate():
         ("sft.method", "qlora", r"sft\.method"),
         ("base.backend", "llama.cpp", r"base\.backend: must be one of transformers, vllm"),
         ("sample.backend", "vllm", r"sample\.backend: moved to base\.backend .*write `backend: vllm` under base:"),
-        ("degrade.step_k", [], r"degrade\.step_k: must list at least one step count"),
         ("degrade.step_k", [1, 2, 1], r"degrade\.step_k: lists a step count twice"),
         ("degrade.step_k", [0], r"degrade\.step_k\[0\]: must be >= 1"),
         ("degrade.step_k", "2", r"degrade\.step_k: must be a list"),
@@ -68,7 +67,8 @@ def test_step_k_bare_int_is_one_set_and_backend_is_one_key():
     assert validate_params(with_change("degrade.step_k", [1, 4])).degrade.step_k == [1, 4]
     d = validate_params(DEFAULT)
     assert d.base.backend == "transformers" and not hasattr(d.sample, "backend")
-    assert d.select.allow_truncated is False and d.degrade.step_k == [1]
+    assert d.select.allow_truncated is False and d.degrade.step_k == []
+    assert validate_params(with_change("degrade.step_k", [])).degrade.step_k == []  # no step-degraded set
 
 
 def test_unknown_section():

@@ -80,3 +80,5 @@ def test_every_run_is_evaluated(trained):
     assert m["runs"] == 2 and len(m["per_run"]) == 2 and m["n"] == 3
     assert m["accuracy"] == pytest.approx(sum(r["accuracy"] for r in m["per_run"]) / 2)
     assert m["ci95_is"].startswith("training runs (2")
+    # provenance names the dtype the backend loaded (float32 here, as base.dtype asks)
+    assert [r["dtype"] for r in m["per_run"]] == ["float32", "float32"] and m["provenance"]["dtype"] == "float32"

@@ -118,11 +118,11 @@ class ParaphraseParams:
 @dataclass
 class DegradeParams:
     flawed_fractions: list[float] = _f(None, "Fractions p of completely flawed CoTs in the mixtures (each in (0, 1]); p = 0 is the base set itself (base_set), trained once and always the first point of the mixture curve.",
-                                       default_factory=lambda: [0.25, 0.5, 0.75, 1.0])
+                                       default_factory=lambda: [0.25, 1.0])
     flawed_source: str = _f("corrupt", "Flawed CoTs: corrupt (every step programmatically perturbed) or model (teacher prompted to reason wrongly, verified wrong).",
                             choices=("corrupt", "model"))
-    step_k: list[int] = _f(None, "Steps corrupted per CoT, one step-degraded set per value (a sweep: set step-K, file step/step-K.jsonl); a bare integer is read as a one-element list.",
-                           default_factory=lambda: [1], min=1, max=1000)
+    step_k: list[int] = _f(None, "Steps corrupted per CoT, one step-degraded set per value (a sweep: set step-K, file step/step-K.jsonl); a bare integer is read as a one-element list; [] trains no step-degraded set (no claim uses one).",
+                           default_factory=list, min=1, max=1000)
     base_set: str = _f("G", "The correct CoTs that mixtures and the step-degraded set are built from: G (teacher CoTs, as in the paper), H or P.",
                        choices=("G", "H", "P"))
 
@@ -315,8 +315,6 @@ def _cross_checks(p: Params, where: str) -> None:
         raise ParamsError(f"{where}: degrade.flawed_fractions: must list at least one fraction, e.g. [1.0]")
     if len(set(p.degrade.flawed_fractions)) != len(p.degrade.flawed_fractions):
         raise ParamsError(f"{where}: degrade.flawed_fractions: lists a fraction twice")
-    if not p.degrade.step_k:
-        raise ParamsError(f"{where}: degrade.step_k: must list at least one step count, e.g. [1]")
     if len(set(p.degrade.step_k)) != len(p.degrade.step_k):
         raise ParamsError(f"{where}: degrade.step_k: lists a step count twice: {p.degrade.step_k}")
     if not p.sample.shards:

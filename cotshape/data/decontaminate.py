@@ -327,13 +327,6 @@ SET_METHODS = ("question_exact", "question_ngram", "question_fuzzy", "completion
 ACTIONS = ("report", "drop")
 
 
-def _index_pairs(pairs) -> list[tuple[int, int]]:
-    """(train index, test index) pairs from a set of pairs or from two lists."""
-    if isinstance(pairs, tuple):
-        return list(zip(*pairs, strict=True))
-    return sorted(pairs)
-
-
 #: a word n-gram held by more than this share of the test items (questions and solutions) is
 #: boilerplate, not a copy ("The answer is ...", "This uses every number once and gives ..."):
 #: the completion check ignores it (at least one item may always hold it)
@@ -342,9 +335,9 @@ COMMON_SHARE = 0.01
 
 def distinctive_index(items: list[list[str]], n: int, share: float = COMMON_SHARE) -> dict[tuple[str, ...], list[int]]:
     """:func:`build_ngram_index` of ``items`` without the n-grams that more than ``share`` of them
-    hold (at least one item may hold an n-gram)."""
+    hold (at least one item may hold an n-gram; the index lists each item once per n-gram)."""
     limit = max(1, math.floor(share * len(items)))
-    return {g: js for g, js in build_ngram_index(items, n).items() if len(set(js)) <= limit}
+    return {g: js for g, js in build_ngram_index(items, n).items() if len(js) <= limit}
 
 
 def check_sets(problems: list[dict], sets: dict[str, list[dict]], tests: list[dict], *,
@@ -386,9 +379,9 @@ def check_sets(problems: list[dict], sets: dict[str, list[dict]], tests: list[di
         q_text = [" ".join(w) for w in q_words]
         t_text = [" ".join(w) for w in test_q]
         for method, pairs in (("question_exact", exact_matches(q_text, t_text)),
-                              ("question_ngram", _ngram_pairs(q_words, test_q, ngram)),
+                              ("question_ngram", ngram_matches(q_words, test_q, ngram)),
                               ("question_fuzzy", fuzzy_matches(q_text, t_text, fuzzy_threshold, workers=workers))):
-            for i, j in _index_pairs(pairs):
+            for i, j in sorted(pairs):
                 question_hits[used[i]].append((method, test_ids[j]))
     structure: dict[str, list[str]] = defaultdict(list)
     if structure_key is not None:
@@ -412,7 +405,7 @@ def check_sets(problems: list[dict], sets: dict[str, list[dict]], tests: list[di
         for i, words in enumerate(c_words if text else ()):
             found = sorted({j % n_test for g in word_ngrams(words, ngram) for j in index.get(g, ())})
             c_hits[i] += [("completion_ngram", test_ids[j]) for j in found]
-        for i, j in _index_pairs(exact_matches([" ".join(w) for w in c_words], test_solution_text) if text else ()):
+        for i, j in sorted(exact_matches([" ".join(w) for w in c_words], test_solution_text) if text else ()):
             c_hits[i].append(("completion_exact", test_ids[j]))
         by_method = dict.fromkeys(checks, 0)
         flagged = 0

@@ -112,6 +112,11 @@ class Backend:
     name: str = ""
     tokenizer = None  # set by backends that tokenize prompts themselves
 
+    @property
+    def dtype(self) -> str | None:
+        """The dtype the loaded weights compute in (``bfloat16``, ...); None when the backend cannot say."""
+        return None
+
     def encode(self, prompt: Prompt) -> list[int]:
         """Token ids of a prompt: chat messages through the chat template (with the generation
         prompt), text as is."""

@@ -253,6 +253,10 @@ class TransformersBackend(Backend):
 
     name = "transformers"
 
+    @property
+    def dtype(self) -> str | None:
+        return str(self.model.dtype).removeprefix("torch.")
+
     def __init__(
         self,
         model_path: str | os.PathLike,

@@ -87,6 +87,13 @@ class VLLMBackend(Backend):
 
     name = "vllm"
 
+    @property
+    def dtype(self) -> str | None:
+        """The dtype vLLM resolved (``dtype: auto`` follows the model's config)."""
+        config = getattr(getattr(self.llm, "llm_engine", None), "model_config", None)
+        found = getattr(config, "dtype", None)
+        return None if found is None else str(found).removeprefix("torch.")
+
     def __init__(
         self,
         model_path: str | os.PathLike,
