@@ -6,6 +6,7 @@ from them, and ``cotshape compare`` warns when the experiments it pools differ i
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -31,19 +32,28 @@ def package_versions(packages=PACKAGES) -> dict[str, str | None]:
     return out
 
 
-def cotshape_commit(repo: str | Path = _REPO) -> str | None:
-    """The git commit of the cotshape checkout (``+dirty`` when tracked files have uncommitted
-    changes); None outside a git checkout (an installed wheel)."""
+def git_head(repo: str | os.PathLike | None = None) -> str | None:
+    """``git rev-parse HEAD`` in ``repo`` (the working directory when None); None outside a git
+    checkout or without git. The one place that asks git for a commit (the tracker's tags too)."""
     try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
-        if head.returncode != 0:
-            return None
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() if head.returncode == 0 and head.stdout.strip() else None
+
+
+def cotshape_commit(repo: str | Path = _REPO) -> str | None:
+    """The git commit of the cotshape checkout (``+dirty`` when tracked files under cotshape/ or
+    stages/ have uncommitted changes); None outside a git checkout (an installed wheel)."""
+    head = git_head(repo)
+    if head is None:
+        return None
+    try:
         dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no", "--",
                                 "cotshape", "stages"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.SubprocessError):
-        return None
-    return head.stdout.strip() + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+        return head
+    return head + ("+dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
 
 
 def cpu_model() -> str | None:

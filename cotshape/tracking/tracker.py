@@ -32,7 +32,6 @@ import math
 import os
 import re
 import socket
-import subprocess
 import time
 import warnings
 from collections.abc import Iterator
@@ -40,6 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cotshape.core.provenance import git_head
 from cotshape.tracking.connection import (
     CONNECT_TIMEOUT,
     bound_http_retries,
@@ -58,11 +58,7 @@ _WARNED: set[str] = set()  # URIs already warned about in this process
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str:
     """``git rev-parse HEAD``, or ``unknown`` outside a repository (or without git)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 and out.stdout.strip() else "unknown"
+    return git_head(cwd) or "unknown"
 
 
 def run_tags(task: str | None = None, set: str | None = None, student: str | None = None,
