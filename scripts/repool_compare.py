@@ -9,7 +9,14 @@ The per-seed intervals were not kept, so the run-level interval is the t-interva
 interval the comparison had (fixed effect, test-problem noise only) becomes the secondary column.
 New comparisons keep every seed's interval (``per_seed_ci95``) and need no such step.
 
+With ``--claims``, one metrics/claims.json per experiment of the group (in the group's order:
+kept beside the comparison, or ``git show REV:metrics/claims.json``), the claims are pooled again
+from that full evidence by ``cotshape compare``'s own code (:func:`cotshape.reporting.pooling.claims_table`):
+draws that share their test problems (the same ``base.seed``, from each experiment's seed label)
+are pooled as draws x problems.
+
     python scripts/repool_compare.py compare/compare.json --base-set G --fractions 0.25 0.5 0.75 1.0
+    python scripts/repool_compare.py compare/compare.json --claims compare/seed-0-claims.json compare/data-seed-1/claims.json
 """
 
 from __future__ import annotations
@@ -87,15 +94,47 @@ def repool(result: dict, base_set: str, fractions: list[float]) -> dict:
     return result
 
 
+def repool_from_claims(result: dict, claims_files: list[Path]) -> dict:
+    """The comparison with its claims pooled again from each experiment's claims.json."""
+    from cotshape.reporting.compare import SEED_PARAM, Experiment
+    from cotshape.reporting.pooling import POOLING_NOTE, claims_table
+
+    if len(result["groups"]) != 1:
+        raise InputError(f"--claims re-pools one group; the comparison has {len(result['groups'])}")
+    g = result["groups"][0]
+    if len(claims_files) != len(g["experiments"]):
+        raise InputError(f"--claims: {len(claims_files)} files for {len(g['experiments'])} experiments "
+                         f"({', '.join(e['name'] for e in g['experiments'])}), one each in that order")
+    members = []
+    for e, path in zip(g["experiments"], claims_files, strict=True):
+        try:
+            claims = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as err:
+            raise InputError(f"{path}: {err}") from err
+        base_seed = str(e["seed"]).split()[0]  # "0 (data 1)": base.seed 0, data seed 1
+        members.append(Experiment(name=e["name"], rev=e["rev"], kind=e["kind"], summary={},
+                                  params={SEED_PARAM: base_seed}, claims=claims))
+    g["claims"] = claims_table(members)
+    for t in g["tasks"].values():
+        t["sets"] = dict(sorted(t["sets"].items(), key=lambda kv: set_order(kv[0])))
+    result["pooling"] = POOLING_NOTE + (
+        " Re-pooled by scripts/repool_compare.py --claims from each experiment's metrics/claims.json.")
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("compare_json", type=Path)
     ap.add_argument("--base-set", default="G", help="degrade.base_set of the compared runs")
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.25, 0.5, 0.75, 1.0],
                     help="degrade.flawed_fractions of the compared runs")
+    ap.add_argument("--claims", type=Path, nargs="+",
+                    help="one metrics/claims.json per experiment of the group, in its order: pool from them")
     args = ap.parse_args(argv)
     try:
-        result = repool(json.loads(args.compare_json.read_text(encoding="utf-8")), args.base_set, args.fractions)
+        result = json.loads(args.compare_json.read_text(encoding="utf-8"))
+        result = (repool_from_claims(result, args.claims) if args.claims
+                  else repool(result, args.base_set, args.fractions))
     except (InputError, json.JSONDecodeError, KeyError) as e:
         print(f"error: {args.compare_json}: {e}", file=sys.stderr)
         return 2

@@ -195,6 +195,45 @@ def _claims_over(kind, cid, diffs, half, **kw):
     return [_exp(f"e{i}", i, 0.4, claims={"claims": [_claim(cid, kind, d, half)], **kw}) for i, d in enumerate(diffs)]
 
 
+def _draws_of_one_problem_set(diffs, half, se_test):
+    """Experiments that differ only in base.data_seed: the same base.seed, so the same test problems."""
+    out = []
+    for i, d in enumerate(diffs):
+        e = _exp(f"d{i}", 0, 0.4, claims={"claims": [_claim("C2", "greater", d, half, se_test=se_test)]})
+        e.params["base.data_seed"] = i
+        out.append(e)
+    return out
+
+
+def test_draws_sharing_test_problems_keep_that_noise_whole():
+    """Five data draws scored on the same 200 problems, each G - H +0.05 with a test-problem se of
+    0.03: the problems' noise is common to the draws, so pooling must not shrink it by 1/5 (HKSJ,
+    which takes each draw's se as independent, would say holds)."""
+    diffs = [0.05, 0.06, 0.04, 0.05, 0.05]
+    members = _draws_of_one_problem_set(diffs, 0.0588, 0.03)
+    assert pooling.shares_test_problems(members)
+    (c,) = pooling.compare(cmp.group(members))["groups"][0]["claims"]
+    p = c["pooled"]
+    # by hand: var = 0.03^2 + var(diffs) / 5 = 0.0009 + 0.00005 / 5; Satterthwaite df ~ 202
+    var = 0.0009 + 0.00005 / 5
+    df = var ** 2 / (0.0009 ** 2 / 199 + (0.00005 / 5) ** 2 / 4)
+    half = stats.t975(math.floor(df)) * math.sqrt(var)
+    assert p["method"] == pooling.SHARED_METHOD and p["df"] == pytest.approx(df)
+    assert p["ci95"] == pytest.approx([0.05 - half, 0.05 + half]) and half > 0.058
+    assert p["se_test"] == pytest.approx(0.03) and p["verdict"] == "inconclusive"
+    # the same numbers from five whole-pipeline seeds (their own test problems): independent draws
+    independent = _claims_over("greater", "C2", diffs, 0.0588)
+    assert not pooling.shares_test_problems(independent)
+    q = pooling.compare(cmp.group(independent))["groups"][0]["claims"][0]["pooled"]
+    assert q["method"] == pooling.HKSJ_METHOD and q["verdict"] == "holds" and q["ci95"][1] - q["ci95"][0] < 2 * half
+    assert "shared problems: se 3.0 test" in compare_markdown.render_markdown(pooling.compare(cmp.group(members)))
+
+
+def test_one_draw_of_shared_problems_gives_no_interval():
+    (c,) = pooling.compare(cmp.group(_draws_of_one_problem_set([0.05], 0.0588, 0.03)))["groups"][0]["claims"]
+    assert c["pooled"]["ci95"] is None and c["pooled"]["verdict"] == "inconclusive"
+
+
 def test_pooled_verdict_holds_where_every_seed_was_inconclusive():
     diffs = [0.05, 0.06, 0.04, 0.05, 0.05]  # five runs, each ± 0.065: inconclusive one by one
     (c,) = pooling.compare(cmp.group(_claims_over("greater", "C2", diffs, 0.065)))["groups"][0]["claims"]
@@ -605,6 +644,28 @@ def test_repool_script_rebuilds_per_seed_differences_from_a_committed_comparison
     assert "Re-pooled by scripts/repool_compare.py" in (tmp_path / "compare.md").read_text()
     path.write_text("{}")
     assert repool.main([str(path)]) == 2
+
+
+def test_repool_script_pools_again_from_each_experiments_claims(tmp_path):
+    """--claims: the claims are pooled from each experiment's claims.json by compare's own code;
+    two draws of one base.seed share their problems (draws x problems); a missing file: exit 2."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("repool", Path(__file__).resolve().parents[1] / "scripts/repool_compare.py")
+    repool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(repool)
+    members = _draws_of_one_problem_set([0.05, 0.06], 0.0588, 0.03)
+    res = pooling.compare(cmp.group(members))
+    path = tmp_path / "compare.json"
+    path.write_text(json.dumps(res))
+    files = []
+    for m in members:
+        files.append(tmp_path / f"{m.name}.json")
+        files[-1].write_text(json.dumps(m.claims))
+    assert repool.main([str(path), "--claims", *map(str, files)]) == 0
+    (c,) = json.loads(path.read_text())["groups"][0]["claims"]
+    assert c["pooled"]["method"] == pooling.SHARED_METHOD and c["pooled"]["per_seed"] == pytest.approx([0.05, 0.06])
+    assert repool.main([str(path), "--claims", str(files[0])]) == 2  # one file for two experiments
 
 
 def test_seeds_with_several_runs_pool_their_run_level_intervals_and_split_the_variance():

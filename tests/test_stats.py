@@ -402,3 +402,14 @@ def test_runs_by_problems_interval_counts_shared_test_problems_once_and_the_runs
     assert one["ci95"] is None and "one training run" in one["reason"]
     with pytest.raises(ValueError, match="runs x problems"):
         runs_by_problems_interval([1.0, 0.0])
+
+
+def test_draws_sharing_problems_keep_the_test_part_and_need_two_draws():
+    from cotshape.core.random_effects import draws_sharing_problems_interval
+
+    agree = draws_sharing_problems_interval([0.10, 0.10, 0.10, 0.10], [0.03] * 4, 200)
+    assert agree["se_draws"] == 0.0 and agree["se"] == pytest.approx(0.03)  # not 0.03 / 2
+    one = draws_sharing_problems_interval([0.10], [0.03], 200)
+    assert one["ci95"] is None and "one data draw" in one["reason"]
+    with pytest.raises(ValueError, match="one se_test per draw"):
+        draws_sharing_problems_interval([0.1, 0.2], [0.03], 200)

@@ -1,7 +1,8 @@
 """One difference (or accuracy) over several training runs, the run being the unit: the
 random-effects combination (truncated HKSJ, never narrower than the t-interval over runs), its
 fixed-effect counterpart (test-problem noise only, secondary), the split of a run-level number's
-variance into data draw, SFT seed and test problems, and the runs x problems interval.
+variance into data draw, SFT seed and test problems, the runs x problems interval, and its
+analogue for data draws that share their test problems.
 """
 
 from __future__ import annotations
@@ -189,4 +190,46 @@ def runs_by_problems_interval(table: Sequence[Sequence[float]]) -> dict:
     t_ci = t_interval(run_means)
     out.update(se=math.sqrt(var), se_runs=math.sqrt(var_runs), df=df, sd=float(run_means.std(ddof=1)),
                t_ci95=t_ci, ci95=[min(mean - h, t_ci[0]), max(mean + h, t_ci[1])])
+    return out
+
+
+def draws_sharing_problems_interval(diffs: Sequence[float], ses_test: Sequence[float], n: int) -> dict:
+    """One difference over ``k`` data draws that were all scored on the *same* ``n`` test
+    problems (only ``base.data_seed`` differs), the draw being the unit.
+
+    ``diffs[d]`` is draw d's run-level difference (the mean over its training runs and the test
+    problems) and ``ses_test[d]`` the test-problem part of its standard error (``se_test`` of
+    :func:`runs_by_problems_interval`). The draws share their test problems, so that noise is in
+    none of the spread between them and does not shrink with more draws: ``var(mean) =
+    mean(se_test^2) + var(draw diffs) / k``, the draws x problems analogue of
+    :func:`runs_by_problems_interval` (the mean of the draws' test variances bounds the variance of
+    their mean, so this is conservative). Treating each draw's whole se as independent (HKSJ)
+    would shrink the problems' part by 1/k. Satterthwaite's degrees of freedom (rounded down) set
+    the t quantile; ``ci95`` is hulled with the t-interval over the draws. One draw: ``ci95`` None
+    and ``reason``.
+
+    Returns ``diff`` (the mean), ``ci95``, ``k``, ``se``, ``se_test``, ``se_draws``, ``df``, ``sd``
+    and ``t_ci95``."""
+    k = len(diffs)
+    if k == 0 or len(ses_test) != k:
+        raise ValueError(f"draws_sharing_problems_interval needs one se_test per draw, got {k} diffs and {len(ses_test)}")
+    if n < 2:
+        raise ValueError(f"draws_sharing_problems_interval needs at least 2 test problems, got n={n}")
+    d = [float(x) for x in diffs]
+    mean = math.fsum(d) / k
+    var_test = math.fsum(float(s) ** 2 for s in ses_test) / k
+    out: dict = {"diff": mean, "k": k, "se_test": math.sqrt(var_test)}
+    if k == 1:
+        out.update(ci95=None, se=None, se_draws=None, df=None, sd=None, t_ci95=None,
+                   reason="one data draw: no draw-level interval (the spread of draws is unknown)")
+        return out
+    sd = math.sqrt(math.fsum((x - mean) ** 2 for x in d) / (k - 1))
+    var_draws = sd ** 2 / k
+    var = var_test + var_draws
+    parts = var_test ** 2 / (n - 1) + var_draws ** 2 / (k - 1)
+    df = var ** 2 / parts if parts > 0 else float(k - 1)
+    h = t975(max(1, math.floor(df))) * math.sqrt(var)
+    t_ci = t_interval(d)
+    out.update(se=math.sqrt(var), se_draws=math.sqrt(var_draws), df=df, sd=sd, t_ci95=t_ci,
+               ci95=[min(mean - h, t_ci[0]), max(mean + h, t_ci[1])])
     return out

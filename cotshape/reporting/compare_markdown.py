@@ -40,6 +40,8 @@ def _pooled_cell(p: dict[str, Any]) -> str:
     cell = f"{_signed(p['diff'])} [{_signed(lo)}, {_signed(hi)}] (k {p['k']}"
     if p.get("tau") is not None:
         cell += f", τ {p['tau']:.3f}, I² {100 * p['i2']:.0f} %"
+    if p.get("se_draws") is not None:  # draws sharing their test problems (pooling.SHARED_METHOD)
+        cell += f", shared problems: se {100 * p['se_test']:.1f} test + {100 * p['se_draws']:.1f} draws, pts"
     return cell + ")"
 
 

@@ -5,7 +5,10 @@ the unit.
 **Pooling.** Per claim and task, the per-seed differences are combined with the seed (one run
 of the pipeline) as the unit: :func:`cotshape.core.random_effects.random_effects_difference` (truncated
 HKSJ random effects, never narrower than the t-interval over seeds; tau and I² reported); the
-fixed-effect :func:`~cotshape.core.random_effects.pooled_difference` stays as a secondary column. The
+fixed-effect :func:`~cotshape.core.random_effects.pooled_difference` stays as a secondary column.
+Seeds that answered the same test problems (the same ``base.seed``: :func:`shares_test_problems`)
+share that noise; their accuracy claims are pooled as draws x problems instead
+(:func:`cotshape.core.random_effects.draws_sharing_problems_interval`). The
 claim's rule is applied to the run-level interval (:func:`~cotshape.core.stats.verdict_greater`, ``verdict_less``, ``verdict_equivalent``). A
 claim made of parts holds when every part holds, is contradicted when any part is contradicted
 and is inconclusive otherwise.
@@ -25,6 +28,7 @@ from typing import Any
 from cotshape.core.artifacts import set_sort_key
 from cotshape.reporting.compare import (
     PROVENANCE_PATH,
+    SEED_PARAM,
     SET_FIELDS,
     CompareError,
     Experiment,
@@ -55,8 +59,11 @@ POOLING_NOTE = (
     "contradicted when any part is, and is inconclusive otherwise. The fixed-effect column (an "
     "n-weighted mean, test-problem noise only: what the same students would score on other test "
     "problems, not what another training run would) is secondary. Seeds that share their test "
-    "problems (only base.data_seed differs) share that noise, which the pooling treats as "
-    "independent; with two seeds the t quantile on 1 degree of freedom (12.7) dominates it."
+    "problems (the same base.seed; only base.data_seed and the like differ) share that noise: "
+    "their accuracy claims are pooled as draws x problems instead (var = mean of the seeds' "
+    "test-problem se² + var of the seed differences / k, Satterthwaite df, hulled with the t-interval "
+    "over the seeds; cotshape.core.random_effects.draws_sharing_problems_interval), so the shared "
+    "problems' noise is not shrunk by 1/k; the cell then shows both se parts."
 )
 
 # ---- comparing -------------------------------------------------------------------------------
@@ -186,12 +193,17 @@ def pool_runs(diffs: Sequence[float], ses: Sequence[float] | None, kind: str, ma
     return p
 
 
-def _pool(evidences: Sequence[Any], kind: str, margin: float | None) -> dict[str, Any]:
+def _pool(evidences: Sequence[Any], kind: str, margin: float | None, shared_problems: bool = False) -> dict[str, Any]:
     """Pool one difference over the seeds that measured it, the seed (a draw of the pipeline's
-    data, with its SFT runs) being the unit (:func:`cotshape.core.random_effects.random_effects_difference`
-    over :func:`_seed_evidence`); verdict by the claim's kind on that interval. The fixed-effect combination
-    (test-problem noise only, :func:`~cotshape.core.random_effects.pooled_difference`) is kept as the
-    secondary ``fixed`` entry."""
+    data, with its SFT runs) being the unit; verdict by the claim's kind on that interval.
+
+    Seeds with their own test problems (``base.seed`` differs): :func:`cotshape.core.random_effects.random_effects_difference`
+    over :func:`_seed_evidence` (truncated HKSJ). Seeds that share their test problems
+    (``shared_problems``: only ``base.data_seed`` and the like differ) and whose evidence has
+    ``se_test``: :func:`cotshape.core.random_effects.draws_sharing_problems_interval`, which keeps
+    the shared problems' noise whole instead of shrinking it by 1/k. ``method`` says which. The
+    fixed-effect combination (test-problem noise only, :func:`~cotshape.core.random_effects.pooled_difference`)
+    is kept as the secondary ``fixed`` entry."""
     from cotshape.core import random_effects, stats
 
     ok = [ev for ev in map(_seed_evidence, evidences) if _evidence_ok(ev)]
@@ -199,10 +211,35 @@ def _pool(evidences: Sequence[Any], kind: str, margin: float | None) -> dict[str
         return {"diff": None, "ci95": None, "k": 0, "n": 0, "verdict": NA}
     diffs = [float(ev["diff"]) for ev in ok]
     fe = random_effects.pooled_difference(diffs, [ev["ci95"] for ev in ok], [int(ev["n"]) for ev in ok])
-    p = pool_runs(diffs, [stats.ci_se(ev["ci95"]) for ev in ok], kind, margin)
+    if shared_problems and all(is_number(ev.get("se_test")) for ev in ok):
+        iv = random_effects.draws_sharing_problems_interval(diffs, [float(ev["se_test"]) for ev in ok],
+                                                            min(int(ev["n"]) for ev in ok))
+        p = {"diff": iv["diff"], "ci95": iv["ci95"], "k": iv["k"], "tau": None, "i2": None, "sd": iv["sd"],
+             "per_seed": diffs, "se_test": iv["se_test"], "se_draws": iv["se_draws"], "df": iv["df"],
+             "method": SHARED_METHOD}
+        if iv["ci95"] is None:
+            p["verdict"], p["reason"] = stats.INCONCLUSIVE, iv["reason"]
+        else:
+            p["verdict"] = _verdict(kind, iv["ci95"], margin)
+    else:
+        p = pool_runs(diffs, [stats.ci_se(ev["ci95"]) for ev in ok], kind, margin)
+        p["method"] = HKSJ_METHOD
     p.update(n=fe["n"], per_seed_ci95=[list(ev["ci95"]) for ev in ok],
              fixed={**fe, "verdict": _verdict(kind, fe["ci95"], margin)})
     return p
+
+
+#: how :func:`_pool` combined the seeds (compare.json's ``method`` of a pooled entry)
+HKSJ_METHOD = "random effects over independent draws (truncated HKSJ)"
+SHARED_METHOD = "draws sharing their test problems (draws x problems: the problems' noise kept whole)"
+
+
+def shares_test_problems(members: Sequence[Experiment]) -> bool:
+    """Whether a group's experiments answered the same test problems: ``prepare`` draws them from
+    ``base.seed`` (and the prepare params, which define the group), so they do when every member
+    has the same ``base.seed`` (the seeds differ only in ``base.data_seed`` / ``sft_seed`` /
+    ``eval_seed``)."""
+    return len(members) > 1 and len({param_key(m.params.get(SEED_PARAM)) for m in members}) == 1
 
 
 def _variance(evidences: Sequence[Any]) -> dict[str, Any] | None:
@@ -230,7 +267,9 @@ def combine_parts(verdicts: Sequence[str]) -> str:
     return "inconclusive"
 
 
-def _claims_table(members: Sequence[Experiment]) -> list[dict[str, Any]]:
+def claims_table(members: Sequence[Experiment]) -> list[dict[str, Any]]:
+    """Per claim and task of a group: the per-seed verdicts, their counts and the pooled verdict
+    (:func:`_pool`; claims made of parts pooled part by part), from each member's claims.json."""
     by_key: dict[tuple[str, str | None], list[dict[str, Any] | None]] = {}
     margins: list[float | None] = []
     for i, m in enumerate(members):
@@ -240,6 +279,7 @@ def _claims_table(members: Sequence[Experiment]) -> list[dict[str, Any]]:
             key = (str(c["id"]), c.get("task"))
             by_key.setdefault(key, [None] * len(members))[i] = c
     out = []
+    shared = shares_test_problems(members)
     for (cid, task), per in by_key.items():
         first = next(c for c in per if c is not None)
         kind = first["kind"]
@@ -259,13 +299,15 @@ def _claims_table(members: Sequence[Experiment]) -> list[dict[str, Any]]:
         }
         part_names = sorted({p for ev in evs for p in (ev.get("parts") or {})})
         if part_names:
+            # parts (C1: the loss of G and of W against H) are scored on each draw's own training
+            # data, not on shared test problems: independent draws
             parts = {name: _pool([(ev.get("parts") or {}).get(name) for ev in evs], kind, margin)
                      for name in part_names}
             row["parts"] = parts
             row["pooled"] = {"verdict": combine_parts([p["verdict"] for p in parts.values()]),
                              "k": max(p["k"] for p in parts.values())}
         else:
-            row["pooled"] = _pool(evs, kind, margin)
+            row["pooled"] = _pool(evs, kind, margin, shared_problems=shared)
             row["variance"] = _variance(evs)
         out.append(row)
     out.sort(key=lambda r: (str(r["task"]), _claim_sort_key(r["id"])))
@@ -300,7 +342,7 @@ def compare(groups: Sequence[Group], skipped: Sequence[str] = ()) -> dict[str, A
             "experiments": [{"name": m.name, "rev": m.rev, "kind": m.kind, "seed": m.seed,
                              "baseline": m.baseline} for m in g.members],
             "tasks": {t: _task_table(g.members, t) for t in tasks},
-            "claims": _claims_table(g.members),
+            "claims": claims_table(g.members),
             "warnings": warnings,
         })
     return {

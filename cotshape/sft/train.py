@@ -127,7 +127,8 @@ def check_launcher(params: SFTParams, cuda: bool | None = None, deepspeed_instal
 # training
 
 
-def _loss_recorder():
+def loss_recorder():
+    """A TrainerCallback that keeps every training log entry (the benchmark uses it too)."""
     from transformers import TrainerCallback
 
     class LossRecorder(TrainerCallback):
@@ -211,7 +212,7 @@ def train_sft(model_path: str | os.PathLike, records: list[dict[str, Any]], out_
             target_modules=LORA_TARGET_MODULES, task_type="CAUSAL_LM", bias="none",
         )
 
-    recorder = _loss_recorder()
+    recorder = loss_recorder()
     cbs = [recorder, *callbacks]
     if tracker is not None:
         cbs.append(tracker.callback())
