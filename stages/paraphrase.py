@@ -1,4 +1,7 @@
-"""paraphrase@TASK: a model rewrites each human solution in its own words (the P set)."""
+"""paraphrase@TASK: a model rewrites each human solution in its own words (the P set), and the
+stage checks what that did: the untrained student's loss on the paraphrases against its loss on
+the human solutions of the same problems (``closeness_to_student`` in the metrics), next to the
+share of P that fell back to H (``fallback_share``)."""
 
 from __future__ import annotations
 
@@ -57,11 +60,44 @@ def main(argv: list[str] | None = None) -> None:
                                       on_failure=pp.on_failure, seed=p.base.seed_of("data"), prompt_format=fmt,
                                       tokenizer=backend.tokenizer, max_new_tokens=pp.max_new_tokens)
     metrics["backend"] = backend.name
+    backend.close()
+    metrics["closeness_to_student"] = closeness_to_student(p, task, problems, records, args.student, args.problems)
     write_jsonl(args.out, records)
     write_json(args.metrics, metrics)
     run.log_metrics(metrics)
     run.log_generations(records, set="P")
     print(f"{args.task}: paraphrase success rate {metrics['success_rate']:.2f} ({metrics['paraphrased']}/{metrics['problems']})")
+    c = metrics["closeness_to_student"]
+    if c.get("loss_P") is not None:
+        print(f"{args.task}: the student's loss per token on the paraphrased problems: P {c['loss_P']:.3f}, "
+              f"their H {c['loss_H']:.3f} (H - P {c['H_minus_P']:+.3f}); {100 * metrics['fallback_share']:.0f} % of P is H")
+
+
+def closeness_to_student(p, task, problems, records, student, problems_path) -> dict:
+    """Whether the paraphrase moved H towards the student (issue #24): the untrained student's
+    per-token loss (cotshape.sft.closeness, as the closeness stage scores every set) on the
+    paraphrased records of P and on the human solutions of the same problems, with the bootstrap
+    interval of ``H_minus_P`` (> 0: P sits closer to the student than H). Records that fell back
+    to H are left out of both (they are H); ``fallback_share`` of the stage's metrics counts them."""
+    from cotshape.core.models import resolve_device
+    from cotshape.sft.closeness import completion_loss, load_scorer, loss_intervals
+    from cotshape.sft.tokenize import prompt_format_kwargs
+
+    paraphrased = [r for r in records if r["paraphrased"]]
+    out: dict = {"paraphraser": p.paraphrase.model, "problems": len(paraphrased)}
+    if not paraphrased:
+        return {**out, "loss_P": None, "loss_H": None, "H_minus_P": None, "reason": "no paraphrase kept its answer"}
+    by_id = {x["id"]: x for x in problems}
+    human = [dict(r, completion=task.human_completion(by_id[r["problem_id"]])) for r in paraphrased]
+    device = resolve_device(p.base.device)
+    model, tokenizer = load_scorer(student, device, p.base.dtype, None)
+    kw = prompt_format_kwargs(p.base.prompt_format, task.name, problems_path)
+    scored = {name: completion_loss(model, recs, batch_size=p.closeness.batch_size, max_length=p.sft.max_length,
+                                    device=device, dtype=p.base.dtype, tokenizer=tokenizer, per_example=True, **kw)
+              for name, recs in (("H", human), ("P", paraphrased))}
+    res = loss_intervals(scored, reference="H", seed=p.base.seed_of("eval"), n_boot=p.report.n_boot)
+    return {**out, "loss_P": res["P"]["mean_loss"], "loss_H": res["H"]["mean_loss"],
+            "H_minus_P": res["P"]["minus_ref"], "H_minus_P_ci95": res["P"]["minus_ref_ci95"]}
 
 
 if __name__ == "__main__":

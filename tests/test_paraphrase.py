@@ -73,3 +73,43 @@ def test_seeds_follow_the_problem_not_its_position():
     paraphrase_set(TASK, PROBLEMS[1:], generate, retries=1)
     # two attempts per problem, each with its own seed, the same in every call
     assert all(len(s) == 2 for s in seen.values()) and len(set().union(*seen.values())) == 4
+
+
+def _paraphrase_stage():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "stages" / "paraphrase.py"
+    spec = importlib.util.spec_from_file_location("_stage_paraphrase", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_stage_scores_the_paraphrases_against_their_human_solutions(tiny_model_dir):
+    """closeness_to_student: the student's loss on the paraphrased records and on H of the same
+    problems; a "paraphrase" that copies H sits exactly as close (H - P = 0), another text does not;
+    records that fell back to H are left out."""
+    from pathlib import Path
+
+    from cotshape.core.config import load_params
+
+    p = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    p.base.device, p.base.dtype, p.report.n_boot = "cpu", "float32", 200
+    stage = _paraphrase_stage()
+    copy, _ = scripted({("2+2?", 0): TASK.human_completion(PROBLEMS[0]), ("3+3?", 0): TASK.human_completion(PROBLEMS[1])})
+    recs, _ = paraphrase_set(TASK, PROBLEMS, copy, retries=0, seed=0)
+    c = stage.closeness_to_student(p, TASK, PROBLEMS, recs, str(tiny_model_dir), None)
+    assert c["problems"] == 2 and c["paraphraser"] == "student"
+    assert c["loss_P"] == pytest.approx(c["loss_H"]) and c["H_minus_P"] == pytest.approx(0.0, abs=1e-9)
+    other, _ = scripted({("2+2?", 0): "Two and two make four. The answer is 4.", ("3+3?", 0): "no idea"})
+    recs, m = paraphrase_set(TASK, PROBLEMS, other, retries=0, seed=0)
+    assert m["fallback_share"] == 0.5
+    c = stage.closeness_to_student(p, TASK, PROBLEMS, recs, str(tiny_model_dir), None)
+    assert c["problems"] == 1 and c["loss_P"] != pytest.approx(c["loss_H"])
+    assert c["H_minus_P"] == pytest.approx(c["loss_H"] - c["loss_P"])
+    lo, hi = c["H_minus_P_ci95"]
+    assert lo <= c["H_minus_P"] <= hi
+    none, _ = scripted({("2+2?", 0): "no", ("3+3?", 0): "no"})
+    recs, _ = paraphrase_set(TASK, PROBLEMS, none, retries=0, seed=0)
+    assert stage.closeness_to_student(p, TASK, PROBLEMS, recs, str(tiny_model_dir), None)["loss_P"] is None

@@ -108,7 +108,9 @@ def make_tree(root):
                 "P": {"mean_loss": 1.2, "perplexity": 3.32, "n_tokens": 2800, "n_examples": 24},
             },
         )
-        _write(metrics / "paraphrase" / f"{t}.json", {"success_rate": 0.75, "n": 24})
+        _write(metrics / "paraphrase" / f"{t}.json", {"success_rate": 0.75, "n": 24, **({"closeness_to_student": {
+            "paraphraser": "student", "problems": 18, "loss_P": 0.951, "loss_H": 0.796, "H_minus_P": -0.155,
+            "H_minus_P_ci95": [-0.21, -0.1]}} if t == "gsm8k" else {})})
         _write(metrics / "verify" / f"{t}.json", {"teacher_accuracy": 0.125, "samples": 96})
     _write(
         metrics / "select" / "gsm8k.json",
@@ -271,6 +273,8 @@ def test_select_counts_and_paraphrase_success(text):
     data = _section(text, "## Training data")
     assert "| gsm8k | 24 | 9 | 23 | 8 | 9 | 23 | 12.5 % | 75.0 % |" in data
     assert "| countdown | — | — | — | — | — | — | 12.5 % | 75.0 % |" in data
+    # the paraphrase stage's check: P farther from the student than H here (H - P < 0)
+    assert "| 0.951 / 0.796 (-0.155 [-0.210, -0.100], 18 problems) |" in data
 
 
 def test_how_to_read_note_and_embedded_plots(text):

@@ -362,6 +362,14 @@ def training_section(m: Metrics, tasks: Sequence[str], trained: Sequence[str]) -
     return "\n".join(parts)
 
 
+def _paraphrase_closeness(c: dict | None) -> str:
+    """The paraphrase stage's ``closeness_to_student`` as one cell."""
+    if not c or c.get("loss_P") is None:
+        return NA
+    lo, hi = c["H_minus_P_ci95"]
+    return f"{c['loss_P']:.3f} / {c['loss_H']:.3f} ({c['H_minus_P']:+.3f} [{lo:+.3f}, {hi:+.3f}], {c['problems']} problems)"
+
+
 def data_section(m: Metrics, tasks: Sequence[str]) -> str:
     """The training data per task: the selection counts, the teacher's accuracy, the paraphrase
     success; a note for a step set that repeats a smaller k."""
@@ -376,6 +384,7 @@ def data_section(m: Metrics, tasks: Sequence[str]) -> str:
         "teacher accuracy",
         "paraphrase success",
         "P fell back to H",
+        "student's loss: paraphrases / their H (H − P [95 % CI])",
     ]
     rows = []
     for t in tasks:
@@ -394,6 +403,7 @@ def data_section(m: Metrics, tasks: Sequence[str]) -> str:
                 pct(ver.get("teacher_accuracy", ver.get("accuracy"))),
                 pct(par.get("success_rate")),
                 pct(par.get("fallback_share")) if par.get("fallback_share") is not None else NA,
+                _paraphrase_closeness(par.get("closeness_to_student")),
             ]
         )
     notes = []
@@ -414,7 +424,9 @@ def data_section(m: Metrics, tasks: Sequence[str]) -> str:
             "Teacher samples per training problem, split by the verifier into correct (G) and wrong (W); "
             "the paraphrase success rate is the share of paraphrases that kept the final answer; where a "
             "paraphrase failed, P holds the human solution instead (`paraphrase.on_failure: keep_original`): "
-            "the share of P that fell back to H.",
+            "the share of P that fell back to H. The last column is the untrained student's loss per token "
+            "on the paraphrases that kept their answer and on the human solutions of the same problems "
+            "(H − P > 0: the paraphrase moved H towards the student, what P is for).",
             "",
             markdown_table(header, rows),
             "",
