@@ -67,15 +67,27 @@ def run_notes(p) -> list[str]:
 
 
 def run_provenance(p, metrics_dir) -> dict:
-    """metrics/provenance.json: the evaluation files' provenance blocks merged (a field they
-    disagree on is listed under ``mixed``), with every generating and training stage's batch size."""
+    """metrics/provenance.json: the provenance blocks of this run's evaluation files (the sets its
+    params train, the untrained student, the checkpoints) merged (a field they disagree on is
+    listed under ``mixed``), with every generating and training stage's batch size."""
     from pathlib import Path
 
     from cotshape.core.provenance import merge
     from cotshape.core.records import read_json
 
+    from cotshape.core.artifacts import mix_set_name
+
+    # the evaluation files of this run's params only: a metrics folder may still hold files of sets
+    # an earlier params trained (a git checkout keeps them), which are no provenance of these numbers
+    sets = ["base", *trained_sets(p), *(mix_set_name(f) for f in p.degrade.flawed_fractions)]
+    names = [f"eval/{t}-{s}.json" for t in p.base.tasks for s in sets]
+    names += [f"eval/checkpoints/{t}-{s}-step-{n}.json"  # evaluate_ckpt: H, G, W, P at sft.save_steps
+              for t in p.base.tasks for s in BASE_SETS for n in p.sft.save_steps]
     blocks = {}
-    for f in sorted((Path(metrics_dir) / "eval").rglob("*.json")):
+    for name in names:
+        f = Path(metrics_dir) / name
+        if not f.exists():
+            continue
         doc = read_json(f)
         if isinstance(doc, dict) and isinstance(doc.get("provenance"), dict):
             blocks[f.relative_to(Path(metrics_dir)).as_posix()] = doc["provenance"]

@@ -3,6 +3,7 @@ the merged metrics/provenance.json of the report stage."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 
@@ -51,3 +52,23 @@ def test_merge_keeps_agreement_and_lists_disagreement():
     assert out[MIXED] == {"versions.trl": {"eval/x.json": "1.16", "eval/y.json": "1.15"},
                           "batch_size.evaluate": {"eval/x.json": 128, "eval/y.json": 64}}
     assert merge({"one": a}) == a and merge({}) == {}
+
+
+def test_report_merges_only_the_evaluation_files_of_this_runs_params(tmp_path):
+    """A metrics folder may keep evaluation files of sets an earlier params trained (a git
+    checkout keeps them): they are no provenance of this run's numbers and must not be merged."""
+    import importlib.util
+
+    from cotshape.core.config import load_params
+
+    root = REPO_ROOT
+    spec = importlib.util.spec_from_file_location("_stage_report", root / "stages" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+    p = load_params(root / "params.yaml")  # the default: no step set, mixtures 0.25 and 1.0
+    assert p.degrade.step_k == [] and p.degrade.flawed_fractions == [0.25, 1.0]
+    (tmp_path / "eval").mkdir()
+    for name, commit in (("gsm8k-H", "new"), ("gsm8k-mix-1.0", "new"), ("gsm8k-step-1", "old"), ("gsm8k-mix-0.5", "old")):
+        (tmp_path / "eval" / f"{name}.json").write_text(json.dumps({"provenance": {"cotshape_commit": commit}}))
+    out = report.run_provenance(p, tmp_path)
+    assert out["evaluation_files"] == 2 and out["cotshape_commit"] == "new" and MIXED not in out
