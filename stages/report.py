@@ -72,10 +72,9 @@ def run_provenance(p, metrics_dir) -> dict:
     listed under ``mixed``), with every generating and training stage's batch size."""
     from pathlib import Path
 
+    from cotshape.core.artifacts import mix_set_name
     from cotshape.core.provenance import merge
     from cotshape.core.records import read_json
-
-    from cotshape.core.artifacts import mix_set_name
 
     # the evaluation files of this run's params only: a metrics folder may still hold files of sets
     # an earlier params trained (a git checkout keeps them), which are no provenance of these numbers
