@@ -228,7 +228,6 @@ def main(argv: list[str] | None = None) -> int:
                                texts, ids, args, f"{weights} weights"))
     if "vllm" in want:
         add(run_worker("vLLM-CPU", "vllm", "vllm_worker.py", [str(cache)], texts, ids, args, "bfloat16"))
-    ref = rows[0]["tokens"] / rows[0]["seconds"]
     progress("all engines done")
     print(f"SmolLM2-135M-Instruct, {len(prompts)} prompts x k={args.k} ({len(prompts) * args.k} sequences), "
           f"{args.shots}-shot prompts, at most {args.max_new_tokens} new tokens, T {args.temperature}, top-p "
@@ -240,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {r['engine']} | {r['precision']} | not run: {r['error']} | - | - | - |")
         else:
             rate = r["tokens"] / r["seconds"]
-            print(f"| {r['engine']} | {r['precision']} | {rate:.1f} | {rate / ref:.2f}x | {r['tokens']} | {r['load']:.1f} |")
+            print(f"| {r['engine']} | {r['precision']} | {rate:.1f} | {rate / args.ref_rate:.2f}x | {r['tokens']} | {r['load']:.1f} |")
     return 0
 
 
