@@ -266,6 +266,29 @@ def test_unsupported_models_use_the_stock_forward(tiny_model_dir):
     assert get_backend("transformers", tiny_model_dir, device="cpu", dtype="float32", fused=False).fused_reason == "fused=False"
 
 
+def test_stock_forward_gives_the_head_a_contiguous_input_with_frozen_weights(tiny_model_dir):
+    """A merged LoRA model has frozen weights; the stock forward's ``logits_to_keep=1`` slice
+    ``hidden[:, -1:]`` is then a strided view that ``matmul`` cannot fold into one 2-D product
+    (it expands the head's weight per row: 40 GiB for Gemma-3's head at 128 rows). The backend
+    makes the head's input contiguous; the samples are those of the fused path."""
+    from cotshape.core.models import load_model
+
+    model = load_model(tiny_model_dir, dtype="float32").double().requires_grad_(False)
+    stock = get_backend("transformers", tiny_model_dir, device="cpu", batch_size=4, fused=False, model=model)
+    seen = []
+    head = model.get_output_embeddings()
+    head.register_forward_pre_hook(lambda _m, args: seen.append(args[0].is_contiguous()))  # runs after the backend's
+    get_backend("transformers", tiny_model_dir, device="cpu", fused=False, model=model)  # registered once only
+    assert len(head._forward_pre_hooks) == 2
+    chats = [[{"role": "user", "content": f"Problem {i}: what is {i} + {i * 7}?" + " more" * i}] for i in range(5)]
+    p = SamplingParams(n=1, temperature=0.0, max_new_tokens=6)
+    out = stock.generate(chats, p)
+    assert seen and all(seen)
+    fast = get_backend("transformers", tiny_model_dir, device="cpu", batch_size=4,
+                       model=load_model(tiny_model_dir, dtype="float32").double())
+    assert fast.generate(chats, p) == out
+
+
 def test_fused_and_stock_backends_sample_the_same(tiny_model_dir):
     """The whole decode loop (prefill, refills, shared prefix, compaction) through the fused
     forward and through the stock forward: the same samples (float64, see above)."""
