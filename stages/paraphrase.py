@@ -54,11 +54,12 @@ def main(argv: list[str] | None = None) -> None:
     def generate(prompts, seeds, max_new_tokens=None):
         spp = sp if max_new_tokens is None else dataclasses.replace(sp, max_new_tokens=max_new_tokens)
         outs = generate_with_progress(backend, prompts, spp, f"paraphrase {task.name}", seeds=seeds)
-        return [o[0].text for o in outs]
+        return [o[0] for o in outs]  # Completion: text and finish_reason (a cut paraphrase fails)
 
     records, metrics = paraphrase_set(task, problems, generate, retries=pp.retries,
                                       on_failure=pp.on_failure, seed=p.base.seed_of("data"), prompt_format=fmt,
-                                      tokenizer=backend.tokenizer, max_new_tokens=pp.max_new_tokens)
+                                      tokenizer=backend.tokenizer, max_new_tokens=pp.max_new_tokens,
+                                      allow_truncated=pp.allow_truncated)
     metrics["backend"] = backend.name
     backend.close()
     metrics["closeness_to_student"] = closeness_to_student(p, task, problems, records, args.student, args.problems)
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     write_json(args.metrics, metrics)
     run.log_metrics(metrics)
     run.log_generations(records, set="P")
-    print(f"{args.task}: paraphrase success rate {metrics['success_rate']:.2f} ({metrics['paraphrased']}/{metrics['problems']})")
+    print(f"{args.task}: paraphrase success rate {metrics['success_rate']:.2f} ({metrics['paraphrased']}/{metrics['problems']}; "
+          f"{metrics['truncated']} attempts cut at max_new_tokens)")
     c = metrics["closeness_to_student"]
     if c.get("loss_P") is not None:
         print(f"{args.task}: the student's loss per token on the paraphrased problems: P {c['loss_P']:.3f}, "

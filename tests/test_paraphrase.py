@@ -55,6 +55,24 @@ def test_drop_policy():
     assert recs[0]["set"] == "P" and recs[0]["prompt"] == TASK.chat_messages(PROBLEMS[1])
 
 
+def test_a_paraphrase_cut_at_the_budget_fails_unless_allowed():
+    """A base model's paraphrase that loops until max_new_tokens passes the verifier on its first
+    answer line; with allow_truncated false (the default) it fails and is retried like a wrong one."""
+    from cotshape.generation.base import Completion
+
+    loop = "It is 4. The answer is 4.\nSolution: It is 4. The answer is 4.\nSolution: It is"
+    replies = {("2+2?", 0): Completion(loop, 32, "length"), ("2+2?", 1): Completion("Two and two: The answer is 4.", 9, "stop"),
+               ("3+3?", 0): Completion(loop.replace("4", "6"), 32, "length"), ("3+3?", 1): Completion(loop.replace("4", "6"), 32, "length")}
+    gen, calls = scripted(replies)
+    recs, m = paraphrase_set(TASK, PROBLEMS, gen, retries=1, seed=0)
+    assert calls == [[0], [1]]  # both cut at attempt 0: both retried
+    assert [(r["problem_id"], r["paraphrased"]) for r in recs] == [("a", True), ("b", False)]
+    assert recs[0]["completion"] == "Two and two: The answer is 4." and m["truncated"] == 3 and m["success_rate"] == 0.5
+    gen, _ = scripted(replies)
+    recs, m = paraphrase_set(TASK, PROBLEMS, gen, retries=1, seed=0, allow_truncated=True)
+    assert [r["paraphrased"] for r in recs] == [True, True] and m["truncated"] == 0 and recs[0]["completion"] == loop
+
+
 def test_bad_policy():
     with pytest.raises(ValueError, match="on_failure"):
         paraphrase_set(TASK, PROBLEMS, lambda p, s: [], on_failure="ignore")
@@ -96,6 +114,7 @@ def test_stage_scores_the_paraphrases_against_their_human_solutions(tiny_model_d
 
     p = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
     p.base.device, p.base.dtype, p.report.n_boot = "cpu", "float32", 200
+    p.base.prompt_format = "chat"  # no problems file here (plain prompts are built from it)
     stage = _paraphrase_stage()
     copy, _ = scripted({("2+2?", 0): TASK.human_completion(PROBLEMS[0]), ("3+3?", 0): TASK.human_completion(PROBLEMS[1])})
     recs, _ = paraphrase_set(TASK, PROBLEMS, copy, retries=0, seed=0)

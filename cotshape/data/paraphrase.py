@@ -11,8 +11,13 @@ fails, ``on_failure`` decides:
   so P has the same problems as H;
 * ``drop`` — the problem is left out of P.
 
+A paraphrase cut at its token budget (``finish_reason: length``) fails too unless
+``allow_truncated``: a base model asked to rewrite a solution often restates it in a loop until
+the budget runs out, and the loop's first answer line would pass the verifier.
+
 The success rate (problems whose paraphrase verified) and ``fallback_share`` (the share of P
-that is H because every attempt failed) go to ``metrics/paraphrase/TASK.json``.
+that is H because every attempt failed) go to ``metrics/paraphrase/TASK.json``, with
+``truncated`` (attempts cut at the budget and failed for that).
 
 Length: ``max_new_tokens: auto`` gives each problem a budget that follows its human solution
 (:func:`paraphrase_budget`): a fixed 128 tokens cut every long solution, so P silently fell back
@@ -42,7 +47,9 @@ from cotshape.core.records import training_record
 from cotshape.tasks.base import Messages, Problem, Task, check_prompt_format, special_prefix
 
 #: ``generate(prompts, seeds)``: one completion per prompt, prompt ``i`` sampled with ``seeds[i]``;
-#: with ``max_new_tokens: auto`` it is called as ``generate(prompts, seeds, budget)``
+#: with ``max_new_tokens: auto`` it is called as ``generate(prompts, seeds, budget)``. A completion
+#: is a string or an object with ``text`` and ``finish_reason`` (a backend's ``Completion``: then a
+#: paraphrase cut at the budget is recognised)
 GenerateFn = Callable[..., list[str]]
 
 #: ``max_new_tokens: auto``: budget = 2 x the human solution's tokens, rounded up to a power of two,
@@ -112,6 +119,7 @@ def paraphrase_set(
     prompt_format: str = "chat",
     tokenizer=None,
     max_new_tokens: int | str | None = None,
+    allow_truncated: bool = False,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Paraphrase every problem's H; returns (P records, metrics).
 
@@ -120,7 +128,8 @@ def paraphrase_set(
     (:func:`paraphrase_prompt`). ``max_new_tokens="auto"``: each problem's budget is
     :func:`paraphrase_budget` of its human solution's tokens (``tokenizer``), and ``generate``
     is called once per distinct budget as ``generate(prompts, seeds, budget)``; an integer or
-    None leaves the length to ``generate``.
+    None leaves the length to ``generate``. ``allow_truncated=False``: a completion whose
+    ``finish_reason`` is ``length`` fails (counted in ``truncated``).
     """
     if on_failure not in ("keep_original", "drop"):
         raise InputError(f"paraphrase.on_failure must be keep_original or drop, got {on_failure!r}")
@@ -133,7 +142,7 @@ def paraphrase_set(
             budgets[prob["id"]] = paraphrase_budget(n)
     done: dict[str, tuple[str, int]] = {}
     pending = list(problems)
-    attempts = 0
+    attempts = truncated = 0
     for attempt in range(retries + 1):
         if not pending:
             break
@@ -148,8 +157,12 @@ def paraphrase_set(
             outs_by_id.update({p["id"]: t for p, t in zip(group, texts, strict=True)})
         outs = [outs_by_id[p["id"]] for p in pending]
         still = []
-        for prob, text in zip(pending, outs, strict=True):
-            if text.strip() and task.verify(prob, text).correct:
+        for prob, out in zip(pending, outs, strict=True):
+            text = getattr(out, "text", out)
+            if not allow_truncated and getattr(out, "finish_reason", None) == "length":
+                truncated += 1
+                still.append(prob)
+            elif text.strip() and task.verify(prob, text).correct:
                 done[prob["id"]] = (text, attempt)
             else:
                 still.append(prob)
@@ -171,6 +184,7 @@ def paraphrase_set(
         "kept_original": sum(1 for r in records if not r["paraphrased"]),
         "dropped": n - len(records),
         "generations": attempts,
+        "truncated": truncated,
         "size": len(records),
         # the share of P that is H (every attempt failed, on_failure: keep_original)
         "fallback_share": sum(1 for r in records if not r["paraphrased"]) / len(records) if records else 0.0,
