@@ -765,3 +765,34 @@ def test_markdown_orders_set_rows_as_pooling_does_also_from_saved_json():
     start = lines.index("### gsm8k: accuracy (%) per set")
     rows = [ln.split("|")[1].strip() for ln in lines[start + 4:] if ln.startswith("| ")][:10]
     assert rows == ["base", "H", "G", "W", "P", "step-1", "mix-0.25", "mix-0.5", "mix-0.75", "mix-1.0"]
+
+
+def test_across_students_claims_one_experiment_each_keep_their_run_level_verdicts():
+    """Two students, one experiment each (the committed cross-student comparison): each row shows
+    each claim's own verdict and run-level interval, C1 part by part; a student pooled over two
+    seeds gets the pooled verdict with k."""
+    def exp(seed, student, c2, c2_verdict):
+        e = _new_layout(seed, student, 0.5, 0.5 + c2, 0.45, 0.4)
+        c1 = {"id": "C1", "task": "gsm8k", "kind": "greater", "verdict": "holds", "statement": "",
+              "evidence": {"parts": {"G": {"diff": 0.23, "ci95": [0.12, 0.34], "verdict": "holds"},
+                                     "W": {"diff": -0.05, "ci95": [-0.1, 0.01], "verdict": "inconclusive"}}}}
+        e.claims = {"claims": [c1, _claim("C2", "greater", c2, 0.063, verdict=c2_verdict, runs=4)]}
+        return e
+
+    result = pooling.compare(cmp.group([exp(0, "smollm2-135m-instruct", 0.12, "holds"),
+                                        exp(0, "gemma3-270m", -0.2, "contradicted")]))
+    smol, gemma = result["students"]["rows"]
+    assert smol["student"] == "smollm2-135m-instruct" and gemma["student"] == "gemma3-270m"
+    c2 = gemma["claims"]["gsm8k"]["C2"]
+    assert c2["verdict"] == "contradicted" and c2["runs"] == 4 and c2["k"] == 1
+    assert c2["ci95"] == pytest.approx([-0.263, -0.137])
+    assert gemma["claims"]["gsm8k"]["C1"]["parts"]["W"]["verdict"] == "inconclusive"
+    md = compare_markdown.render_markdown(result)
+    assert "### gsm8k: claims by student" in md and "| student | C1 | C2 |" in md
+    assert ("| gemma3-270m | **holds** G +0.230 [+0.120, +0.340]; W -0.050 [-0.100, +0.010] | "
+            "**contradicted** -0.200 [-0.263, -0.137], runs 4 |") in md
+    pooled = pooling.compare(cmp.group([exp(0, "gemma3-270m", -0.2, "contradicted"),
+                                        exp(1, "gemma3-270m", -0.18, "contradicted")]))
+    (row,) = pooled["students"]["rows"]
+    assert row["claims"]["gsm8k"]["C2"]["k"] == 2
+    assert row["claims"]["gsm8k"]["C2"]["verdict"] == pooled["groups"][0]["claims"][1]["pooled"]["verdict"]

@@ -191,7 +191,42 @@ def render_students(students: dict[str, Any]) -> list[str]:
                         + [_mean_sd(cells["P_minus_H"])])
         parts += ["", f"### {task}: accuracy (%) by student", "",
                   _table(["student", "size", "k"] + list(sets) + ["P − H (pp)"], rows)]
+        ids = sorted({cid for r in rows_in for cid in (r.get("claims") or {}).get(task, {})},
+                     key=lambda c: (int("".join(ch for ch in c if ch.isdigit()) or 10**9), c))
+        crows = []
+        for r in rows_in:
+            cl = (r.get("claims") or {}).get(task)
+            if cl:
+                crows.append([_student_label(r)] + [_student_claim_cell(cl.get(cid)) for cid in ids])
+        if crows:
+            parts += ["", f"### {task}: claims by student", "",
+                      "Each claim's verdict and difference [95 % interval] for each student: with one experiment "
+                      "its own (training runs as the unit, `runs` per arm), with several the pooled one (k "
+                      "experiments). C1 is the untrained student's loss on H minus on G and on W (nats per "
+                      "token); accuracy claims are differences of accuracy (fractions); C6 a slope.", "",
+                      _table(["student"] + ids, crows)]
     return parts
+
+
+def _student_claim_cell(c: dict[str, Any] | None) -> str:
+    if not c:
+        return DASH
+    if c.get("parts"):
+        body = "; ".join(f"{name} {_interval(p)}" for name, p in c["parts"].items())
+    else:
+        body = _interval(c)
+    runs = f", runs {c['runs']}" if c.get("runs") is not None else ""
+    k = f", k {c['k']}" if c.get("k", 1) > 1 else ""
+    return f"**{c.get('verdict') or DASH}** {body}{runs}{k}"
+
+
+def _interval(c: dict[str, Any]) -> str:
+    if c.get("diff") is None:
+        return "no evidence"
+    if not c.get("ci95"):
+        return f"{_signed(c['diff'])} (no interval)"
+    lo, hi = c["ci95"]
+    return f"{_signed(c['diff'])} [{_signed(lo)}, {_signed(hi)}]"
 
 
 def write(result: dict[str, Any], out_dir: Path) -> tuple[Path, Path]:

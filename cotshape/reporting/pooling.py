@@ -401,6 +401,7 @@ def across_students(groups: Sequence[Group]) -> dict[str, Any]:
             cells["P_minus_H"] = aggregate(gains)
             table[task] = cells
         rows.append({
+            "claims": student_claims(g.members),
             "student": student if len(students) == 1 else None,
             "size": size,
             "size_params": n_params,
@@ -411,3 +412,30 @@ def across_students(groups: Sequence[Group]) -> dict[str, Any]:
         })
     rows.sort(key=lambda r: (r["size_params"] is None, r["size_params"] or 0.0, str(r["student"])))
     return {"by": STUDENT_PARAM, "sets": list(STUDENT_SETS), "gain": f"{GAIN[0]} - {GAIN[1]}", "rows": rows}
+
+
+def _claim_cell(verdict: Any, k: int, ev: dict[str, Any]) -> dict[str, Any]:
+    cell = {"verdict": verdict, "k": k, "diff": _num_or_none(ev.get("diff")), "ci95": ev.get("ci95"),
+            "runs": ev.get("runs")}
+    if ev.get("parts"):
+        cell["parts"] = {name: {"diff": _num_or_none(pe.get("diff")), "ci95": pe.get("ci95"),
+                                "verdict": pe.get("verdict")} for name, pe in ev["parts"].items()}
+    return cell
+
+
+def student_claims(members: Sequence[Experiment]) -> dict[str, dict[str, Any]]:
+    """Each claim's verdict for one row of the cross-model table, per task and claim id: with one
+    experiment its own verdict, difference and interval from its claims.json (training runs as the
+    unit: ``runs`` of them per arm); with several the pooled ones of :func:`claims_table`."""
+    out: dict[str, dict[str, Any]] = {}
+    if len(members) == 1:
+        for c in (members[0].claims or {}).get("claims", []):
+            ev = c.get("evidence") or {}
+            out.setdefault(str(c.get("task")), {})[str(c["id"])] = _claim_cell(c.get("verdict"), 1, ev)
+        return out
+    for row in claims_table(members):
+        pooled = dict(row["pooled"])
+        if "parts" in row:
+            pooled["parts"] = row["parts"]
+        out.setdefault(str(row["task"]), {})[row["id"]] = _claim_cell(pooled.get("verdict"), pooled.get("k", len(members)), pooled)
+    return out
