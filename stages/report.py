@@ -50,6 +50,18 @@ def run_notes(p) -> list[str]:
             "samples, so C1 (lower loss on G and W than on H) is largely true by construction here; "
             "a teacher other than the student tests it."
         )
+    else:
+        notes.append(
+            f"- **Teacher ≠ student** (teacher {p.base.teacher}, student {p.base.student}). G and W are "
+            "another model's CoTs, so C1 is a measurement: the closeness table gives the untrained "
+            "student's loss on each set, and says whether another model's CoTs sit closer to it than H."
+        )
+    who = {"student": "the untrained student", "teacher": "the teacher"}.get(p.paraphrase.model, p.paraphrase.model)
+    notes.append(
+        f"- **Paraphraser.** P is H rewritten by {who} (`paraphrase.model: {p.paraphrase.model}`; the paper "
+        "does not say which model paraphrases); a paraphrase that lost the answer falls back to H. The "
+        "training-data table gives P's closeness to the student next to H's and the share that fell back."
+    )
     fmt = {"chat": "each student prompt is the student's chat template around the task's question",
            "plain": "each student prompt is the authors' plain-text template (`...Problem:\\n{problem}\\n\\nSolution:`), "
                     "decoded up to their stop strings"}[p.base.prompt_format]

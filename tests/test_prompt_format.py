@@ -80,7 +80,7 @@ def test_params_accept_auto_and_the_new_choices():
                          "paraphrase": {"max_new_tokens": "auto"}})
     assert (p.base.prompt_format, p.evaluate.max_new_tokens, p.evaluate.scoring, p.paraphrase.max_new_tokens) == \
         ("plain", "auto", "paper", "auto")
-    assert validate_params({}).base.prompt_format == "chat" and validate_params({}).evaluate.scoring == "strict"
+    assert validate_params({}).base.prompt_format == "plain" and validate_params({}).evaluate.scoring == "strict"
     with pytest.raises(ParamsError, match=r"evaluate.max_new_tokens: must be an integer or auto, got 'long'"):
         validate_params({"evaluate": {"max_new_tokens": "long"}})
     with pytest.raises(ParamsError, match=r"paraphrase.max_new_tokens: must be >= 1"):

@@ -461,8 +461,14 @@ def test_run_notes_say_which_prompts_and_scorers_a_run_used():
     stage = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(stage)
     default = "\n".join(stage.run_notes(validate_params({})))
-    assert "`base.prompt_format: chat`" in default and "`evaluate.scoring: strict`" in default
+    assert "`base.prompt_format: plain`" in default and "`evaluate.scoring: strict`" in default
     assert "at most 128 new tokens" in default
+    assert "**Teacher ≠ student** (teacher smollm2-135m-instruct, student gemma3-270m)" in default
+    assert "by construction" not in default and "`paraphrase.model: " in default
+    same = "\n".join(stage.run_notes(validate_params({"base": {"student": "smollm2-135m-instruct", "prompt_format": "chat"},
+                                                     "paraphrase": {"model": "teacher"}})))
+    assert "`base.prompt_format: chat`" in same and "**Teacher = student**" in same and "by construction" in same
+    assert "rewritten by the teacher (`paraphrase.model: teacher`" in same
     paper = "\n".join(stage.run_notes(validate_params({"base": {"prompt_format": "plain"},
                                                       "evaluate": {"scoring": "paper", "max_new_tokens": "auto"}})))
     assert "`base.prompt_format: plain`" in paper and "Solution:" in paper

@@ -22,6 +22,7 @@ DEFAULT = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
 
 def _run(script, args, tmp_path, **sections):
     raw = copy.deepcopy(DEFAULT)
+    raw["base"]["prompt_format"] = "chat"  # the stages run here without --problems (plain needs them)
     for section, values in sections.items():
         raw[section].update(values)
     pfile = tmp_path / "params.yaml"

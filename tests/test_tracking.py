@@ -370,7 +370,7 @@ def stage_runs(mlflow_server, tiny_model_dir, tmp_path_factory):
     experiment = f"stages-{work.name}"
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["base"].update(tasks=["gsm8k"], teacher=str(tiny_model_dir), student=str(tiny_model_dir),
-                          device="cpu", dtype="float32")
+                          device="cpu", dtype="float32", prompt_format="chat")
     params["prepare"].update(train_size=4, test_size=3)
     params["paraphrase"].update(max_new_tokens=8, retries=0)
     params["sample"].update(batch_size=8, k=2, max_new_tokens=8, shots=0, shards=[0])

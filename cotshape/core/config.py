@@ -60,12 +60,12 @@ class BaseParams:
                           default_factory=lambda: ["gsm8k"])
     task_modules: list[str] = _f(None, "Importable modules that register more tasks with @register (e.g. mytasks.parity for mytasks/parity.py in the repository); imported before base.tasks is checked.",
                                  default_factory=list)
-    teacher: str = _f("smollm2-135m-instruct", "Teacher model: hub id[@revision], local folder, or an offline alias: smollm2-135m-instruct (SmolLM2-135M-Instruct) or gemma3-270m (Gemma-3-270M base, extra `gemma`; README: Offline models).")
-    student: str = _f("smollm2-135m-instruct", "Student model (fine-tuned and evaluated), same forms as teacher.")
+    teacher: str = _f("smollm2-135m-instruct", "Teacher model: hub id[@revision], local folder, or an offline alias: smollm2-135m-instruct (SmolLM2-135M-Instruct) or gemma3-270m (Gemma-3-270M base; README: Offline models).")
+    student: str = _f("gemma3-270m", "Student model (fine-tuned and evaluated), same forms as teacher. The default, Gemma-3-270M base with plain prompts, learns from another model's CoTs, as the paper's base students do (README: What the offline default shows).")
     device: str = _f("auto", "auto (cuda when available, else cpu), cpu or cuda.", choices=("auto", "cpu", "cuda"))
     dtype: str = _f("auto", "Inference dtype: auto (bf16 where fast, else fp32), float32, bfloat16, float16.",
                     choices=("auto", "float32", "bfloat16", "float16"))
-    prompt_format: str = _f("chat", "How every student prompt is built (SFT, closeness, evaluation, and paraphrase when paraphrase.model is the student): chat (the student's chat template) or plain (the authors' plain-text templates for base students, '...Problem:\\n{problem}\\n\\nSolution:', with their stop strings such as 'Problem:'; a base model without a chat template needs plain). The teacher is always prompted in chat.",
+    prompt_format: str = _f("plain", "How every student prompt is built (SFT, closeness, evaluation, and paraphrase when paraphrase.model is the student): chat (the student's chat template) or plain (the authors' plain-text templates for base students, '...Problem:\\n{problem}\\n\\nSolution:', with their stop strings such as 'Problem:'; a base model without a chat template needs plain). The teacher is always prompted in chat.",
                             choices=("chat", "plain"))
     backend: str = _f("transformers", "Generation backend of every generating stage (sample, evaluate, paraphrase, model-written flawed CoTs in degrade): transformers (CPU/GPU) or vllm (GPU, extra 'gpu'; a LoRA student is merged into its base model in a temporary folder first).",
                       choices=("transformers", "vllm"))
@@ -113,6 +113,7 @@ class ParaphraseParams:
     retries: int = _f(1, "Extra attempts with a new seed when a paraphrase fails the verifier.", min=0, max=100)
     on_failure: str = _f("keep_original", "When every attempt fails: keep_original (use H) or drop (leave the problem out of P).",
                          choices=("keep_original", "drop"))
+    allow_truncated: bool = _f(False, "Accept a paraphrase cut at max_new_tokens (finish_reason: length). false: a cut paraphrase fails like one that lost the answer (retried, then on_failure); a base model's paraphrase that loops until the limit would otherwise pass the verifier on its first answer line. The metrics count them as truncated.")
 
 
 @dataclass

