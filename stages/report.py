@@ -59,7 +59,9 @@ def run_notes(p) -> list[str]:
     who = {"student": "the untrained student", "teacher": "the teacher"}.get(p.paraphrase.model, p.paraphrase.model)
     notes.append(
         f"- **Paraphraser.** P is H rewritten by {who} (`paraphrase.model: {p.paraphrase.model}`; the paper "
-        "does not say which model paraphrases); a paraphrase that lost the answer falls back to H. The "
+        "does not say which model paraphrases); a paraphrase that lost the answer"
+        + ("" if p.paraphrase.allow_truncated else " or was cut at `paraphrase.max_new_tokens`")
+        + " falls back to H. The "
         "training-data table gives P's closeness to the student next to H's and the share that fell back."
     )
     fmt = {"chat": "each student prompt is the student's chat template around the task's question",

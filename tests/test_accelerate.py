@@ -133,7 +133,7 @@ def _stage_command(workdir: Path, out: str, sft: dict, model: Path, data: Path) 
     import yaml
 
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params["base"].update(device="cpu", dtype="float32")
+    params["base"].update(device="cpu", dtype="float32", prompt_format="chat")  # no --problems here (plain needs them)
     params["sft"].update(sft)
     (workdir / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
