@@ -1,6 +1,6 @@
 """models: materialise the teacher and the student as plain Hugging Face folders (DVC outs).
 
-When teacher and student are the same spec (the offline default), the model is converted once
+When teacher and student are the same spec (e.g. SmolLM2 teaching itself), the model is converted once
 and the folder copied: the conversion (GGUF -> safetensors plus a logits check) is the slow part.
 """
 

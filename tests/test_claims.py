@@ -167,12 +167,13 @@ def test_mixture_curve_starts_at_the_base_set():
 
 
 def test_summary_entry_is_one_column_per_number():
-    evm = {"base": {"accuracy": 0.05, "ci95": [0.03, 0.09], "n": 200},
-           "H": {"accuracy": 0.3, "ci95": [0.24, 0.37], "n": 200}, "G": {"n": 0, "skipped": 1}}
+    evm = {"base": {"accuracy": 0.05, "ci95": [0.03, 0.09], "n": 200, "runs": 1},
+           "H": {"accuracy": 0.3, "ci95": [0.24, 0.37], "n": 200, "runs": 4}, "G": {"n": 0, "skipped": 1}}
     cmp = {"H": {"vs_base": {"diff": 0.25}}}
     s = summary_entry(evm, cmp, {"H": {"mean_loss": 1.1}}, {"H": {"step_accuracy": 1.0}},
                       {"teacher_accuracy": 0.2}, {"problems": 100, "with_both": 60, "compared": 60})
-    assert s == {"teacher_acc": 0.2, "both_frac": 0.6, "n_test": 200, "runs": 1,
+    # runs: the training runs per set, not the untrained student's one model listed first
+    assert s == {"teacher_acc": 0.2, "both_frac": 0.6, "n_test": 200, "runs": 4,
                  "base": {"acc": 0.05, "ci": "[0.030, 0.090]"},
                  "H": {"acc": 0.3, "ci": "[0.240, 0.370]", "loss": 1.1, "step_acc": 1.0}}
 

@@ -325,7 +325,8 @@ def summary_entry(
         if not m or m.get("skipped"):
             continue
         out.setdefault("n_test", m.get("n"))
-        out.setdefault("runs", m.get("runs", 1))
+        if s != "base":  # training runs per set (the untrained student is one model)
+            out["runs"] = max(out.get("runs", 0), m.get("runs", 1))
         lo, hi = m["ci95"]
         e: dict[str, Any] = {"acc": m["accuracy"], "ci": f"[{lo:.3f}, {hi:.3f}]"}
         c = close.get(s)

@@ -16,7 +16,7 @@ from cotshape.reporting.pooling import set_order
 #: the per-seed verdict counts' order
 VERDICTS = (HOLDS, CONTRADICTED, INCONCLUSIVE)
 #: task-level summary fields that are counts (the others are fractions, shown in %)
-COUNT_FIELDS = frozenset({"compared"})
+COUNT_FIELDS = frozenset({"compared", "runs"})
 
 # ---- rendering -------------------------------------------------------------------------------
 
