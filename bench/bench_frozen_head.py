@@ -20,22 +20,9 @@ about a minute for gemma3-270m). Weights are frozen as after a LoRA merge; greed
 from __future__ import annotations
 
 import argparse
-import platform
-import re
 import tempfile
 import time
 from pathlib import Path
-
-
-def cpu_name() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        m = re.search(r"model name\s*:\s*(.+)", text)
-        if m:
-            return m.group(1).strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main() -> None:
@@ -49,6 +36,7 @@ def main() -> None:
     import torch
 
     from cotshape.core.models import load_model, materialize
+    from cotshape.core.provenance import cpu_model
     from cotshape.evaluation.evaluate import student_inputs
     from cotshape.generation import SamplingParams, get_backend
     from cotshape.tasks import get_task
@@ -76,7 +64,7 @@ def main() -> None:
             return tokens / dt, tokens
 
         print(f"{args.model}: {args.prompts} prompts, batch {args.batch_size}, greedy, <= {args.max_new_tokens} "
-              f"new tokens, dtype {backend.dtype}, path: {backend.fused_reason or 'fused'}; {cpu_name()}, "
+              f"new tokens, dtype {backend.dtype}, path: {backend.fused_reason or 'fused'}; {cpu_model() or 'unknown CPU'}, "
               f"{torch.get_num_threads()} threads")
         fast, _ = run("contiguous head input")
         hooks = dict(head._forward_pre_hooks)

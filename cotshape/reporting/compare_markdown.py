@@ -11,7 +11,7 @@ from cotshape.core.records import write_json, write_text
 from cotshape.core.stats import CONTRADICTED, HOLDS, INCONCLUSIVE
 from cotshape.reporting.compare import format_param
 from cotshape.reporting.formatting import DASH, markdown_table, pct_value
-from cotshape.reporting.pooling import set_order
+from cotshape.reporting.pooling import claim_sort_key, set_order
 
 #: the per-seed verdict counts' order
 VERDICTS = (HOLDS, CONTRADICTED, INCONCLUSIVE)
@@ -191,8 +191,7 @@ def render_students(students: dict[str, Any]) -> list[str]:
                         + [_mean_sd(cells["P_minus_H"])])
         parts += ["", f"### {task}: accuracy (%) by student", "",
                   _table(["student", "size", "k"] + list(sets) + ["P − H (pp)"], rows)]
-        ids = sorted({cid for r in rows_in for cid in (r.get("claims") or {}).get(task, {})},
-                     key=lambda c: (int("".join(ch for ch in c if ch.isdigit()) or 10**9), c))
+        ids = sorted({cid for r in rows_in for cid in (r.get("claims") or {}).get(task, {})}, key=claim_sort_key)
         crows = []
         for r in rows_in:
             cl = (r.get("claims") or {}).get(task)

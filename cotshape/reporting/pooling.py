@@ -310,11 +310,11 @@ def claims_table(members: Sequence[Experiment]) -> list[dict[str, Any]]:
             row["pooled"] = _pool(evs, kind, margin, shared_problems=shared)
             row["variance"] = _variance(evs)
         out.append(row)
-    out.sort(key=lambda r: (str(r["task"]), _claim_sort_key(r["id"])))
+    out.sort(key=lambda r: (str(r["task"]), claim_sort_key(r["id"])))
     return out
 
 
-def _claim_sort_key(cid: str) -> tuple[int, str]:
+def claim_sort_key(cid: str) -> tuple[int, str]:
     digits = "".join(ch for ch in cid if ch.isdigit())
     return (int(digits) if digits else 10**9, cid)
 
