@@ -2,8 +2,9 @@
 problems, graded by the task verifier; both accuracy definitions.
 
 A set's SFT folder holds one model per training run (``run-R``, ``sft.runs``): every run is
-evaluated in this one process (imports, problems and prompts once; each run's adapter merged
-onto the base model in turn). The records carry their ``run``; the metrics file has each run's
+evaluated in this one process (imports, problems, prompts, the tokenizer and, on CPU, the LoRA
+base model once: each run's adapter is merged onto the base model in turn, its weights restored
+from a copy before each merge). The records carry their ``run``; the metrics file has each run's
 metrics (``per_run``), their mean and the interval with the run as the unit
 (:func:`cotshape.evaluation.evaluate.summarize_runs`)."""
 
@@ -68,8 +69,9 @@ def main(argv: list[str] | None = None) -> None:
                             "checkpoint": args.checkpoint})
     # every run answers the same problems in the same order: table is the runs x problems table
     all_records, per_run, table = [], [], []
+    shared: dict = {}  # what the runs share: the LoRA base model and the tokenizer, loaded once
     for r, model_dir in enumerate(models):
-        backend = _backend(p, model_dir)
+        backend = _backend(p, model_dir, shared)
         # all prompts in one call: the backend batches (and refills) internally
         records, metrics = evaluate(task, problems, backend, max_new_tokens=p.evaluate.max_new_tokens,
                                     prompt_format=p.base.prompt_format, scoring=p.evaluate.scoring)
@@ -134,19 +136,27 @@ def _provenance(p, backend: str, dtype: str | None) -> dict:
                       tensor_parallel_size=p.sample.tensor_parallel_size)
 
 
-def _backend(p, model_dir: Path):
+def _backend(p, model_dir: Path, shared: dict):
     """The generation backend of one model folder; an SFT folder (LoRA or full) is loaded with
     :func:`cotshape.sft.checkpoints.load_trained` (an adapter merged onto its base, in memory; for vllm,
-    load_backend merges it into a temporary folder)."""
+    load_backend merges it into a temporary folder). ``shared`` keeps what the runs of the set
+    share across calls: on CPU the LoRA base model (:class:`~cotshape.sft.checkpoints.LoraBase`:
+    loaded once, its weights restored before each merge) and the tokenizer."""
     kw = {}
     if p.base.backend == "transformers" and (model_dir / SFT_MARKER).exists():
         from cotshape.core.models import load_tokenizer, resolve_device
-        from cotshape.sft.checkpoints import load_trained
+        from cotshape.sft.checkpoints import LoraBase, load_trained
 
         marker = read_json(model_dir / SFT_MARKER)
-        kw["model"] = load_trained(model_dir, device=resolve_device(p.base.device), dtype=p.base.dtype)
+        device = resolve_device(p.base.device)
+        base = marker["base_model"]
+        if not marker.get("merged", True) and device == "cpu" and "base" not in shared:
+            shared["base"] = LoraBase(base, dtype=p.base.dtype)
+        kw["model"] = load_trained(model_dir, device=device, dtype=p.base.dtype, shared_base=shared.get("base"))
         # SFT does not change the tokenizer; a LoRA folder has no config.json, so take the base's
-        kw["tokenizer"] = load_tokenizer(marker["base_model"])
+        if shared.get("tokenizer_of") != base:
+            shared["tokenizer"], shared["tokenizer_of"] = load_tokenizer(base), base
+        kw["tokenizer"] = shared["tokenizer"]
     return load_backend(p, model_dir, p.evaluate.batch_size, **kw)
 
 if __name__ == "__main__":

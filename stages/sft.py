@@ -2,7 +2,7 @@
 times.
 
 Run R trains with SFT seed ``base.sft_seed + R`` (adapter init, data order) into ``OUT/run-R``; all
-runs share one process (imports, tokenizer and the tokenized set once), so R runs cost R trainings,
+runs share one process (imports and the tokenizer once), so R runs cost R trainings,
 not R stage starts. The metrics file holds every run (``per_run``) and their mean; the loss CSV
 one curve per run (column ``run``); each run is one MLflow run tagged ``run``.
 
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     p = params()
     from cotshape.sft.params import SFTParams
-    from cotshape.sft.train import check_launcher, launch_command, train_sft
+    from cotshape.sft.train import check_launcher, launch_command, sft_tokenizer, train_sft
     sft: SFTParams = p.sft
     check_launcher(sft)  # before anything heavy: one line, not a traceback from inside torch
     records = read_jsonl(args.data, required=("prompt", "completion"))
@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     from cotshape.core.artifacts import run_dir
     from cotshape.sft.tokenize import prompt_format_kwargs
 
-    prompt_kw = prompt_format_kwargs(p.base.prompt_format, args.task, args.problems)
+    train_kw = prompt_format_kwargs(p.base.prompt_format, args.task, args.problems)
+    train_kw["tokenizer"] = sft_tokenizer(args.student)  # loaded once for the runs
     rank = int(os.environ.get("RANK", "0"))
     if rank == 0 and out.exists():  # DVC removes its outs before a stage runs; a manual run starts clean too
         shutil.rmtree(out)
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     # under accelerate every rank trains; only the main one writes metrics and talks to MLflow
     if rank != 0:
         for seed, r in zip(seeds, range(sft.runs), strict=True):
-            train_sft(args.student, records, run_dir(out, r), dataclasses.replace(sft, seed=seed), **prompt_kw)
+            train_sft(args.student, records, run_dir(out, r), dataclasses.replace(sft, seed=seed), **train_kw)
         return
 
     from cotshape.tracking.run_file import write_run_file
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
                        name=f"sft@{args.task}-{args.set}-run-{r}", tags={"run": r},
                        sections=dvc_params("sft"), inputs=[x for x in (args.data, args.ids, args.student) if x],
                        outputs=[folder], datasets={args.data: "training"}) as run:
-            metrics = {"run": r, "seed": seed, **train_sft(args.student, records, folder, run_sft, tracker=run, **prompt_kw)}
+            metrics = {"run": r, "seed": seed, **train_sft(args.student, records, folder, run_sft, tracker=run, **train_kw)}
             logs.append(json.loads((folder / "train_log.json").read_text())["log"])
             run.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
             run.log_artifact(folder / "train_log.json")  # the loss per step, and the params it ran with

@@ -363,6 +363,45 @@ def test_lora_sft_saves_adapter_and_load_merges(tiny_model_dir, tmp_path):
     assert torch.equal(merged.state_dict()["model.embed_tokens.weight"], base.state_dict()["model.embed_tokens.weight"])
 
 
+def test_shared_lora_base_gives_each_run_the_weights_of_a_fresh_load(tiny_model_dir, tmp_path):
+    """The evaluate stage merges every run's adapter into one LoraBase: after run 0 was merged
+    (and decoded through the fused backend, which rebinds q/k/v as views), run 1 must get exactly
+    the weights that a fresh load of the base merged with run 1's adapter gives."""
+    import torch
+
+    from cotshape.generation.transformers_backend import TransformersBackend
+    from cotshape.sft.checkpoints import LoraBase
+
+    runs = [tmp_path / f"run-{r}" for r in range(2)]
+    for r, out in enumerate(runs):
+        train_sft(tiny_model_dir, RECORDS, out, SFTParams(method="lora", lora_r=4, lora_alpha=8, **{**FAST, "seed": r}))
+    shared = LoraBase(tiny_model_dir)
+    first = load_trained(runs[0], shared_base=shared)
+    TransformersBackend(tiny_model_dir, device="cpu", dtype="float32", model=first, tokenizer=_tok(tiny_model_dir))
+    first_q = first.state_dict()["model.layers.0.self_attn.q_proj.weight"].clone()
+    second = load_trained(runs[1], shared_base=shared)
+    assert second is shared.model and not hasattr(second, "peft_config")
+    fresh = load_trained(runs[1]).state_dict()
+    got = second.state_dict()
+    assert fresh.keys() == got.keys()
+    for name, t in fresh.items():
+        assert torch.equal(got[name], t), name
+    assert not torch.equal(got["model.layers.0.self_attn.q_proj.weight"], first_q)  # the runs differ
+
+
+def test_runs_sharing_one_tokenizer_train_as_with_their_own(tiny_model_dir, tmp_path):
+    from cotshape.sft.train import sft_tokenizer
+
+    params = SFTParams(method="lora", lora_r=4, lora_alpha=8, **{**FAST, "seed": 1})
+    own = train_sft(tiny_model_dir, RECORDS, tmp_path / "own", params)
+    tok = sft_tokenizer(tiny_model_dir)
+    train_sft(tiny_model_dir, RECORDS, tmp_path / "run-0", SFTParams(method="lora", lora_r=4, lora_alpha=8, **FAST),
+              tokenizer=tok)
+    shared = train_sft(tiny_model_dir, RECORDS, tmp_path / "run-1", params, tokenizer=tok)
+    own.pop("tokens_per_second"), shared.pop("tokens_per_second")  # a timing
+    assert shared == own and own["steps"] > 0
+
+
 def test_one_example_trains_and_rerun_replaces_folder(tiny_model_dir, tmp_path):
     out = tmp_path / "one"
     out.mkdir()

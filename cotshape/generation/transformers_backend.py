@@ -25,6 +25,8 @@ and ``generate`` keeps every finished row in the batch (padding) until the longe
   sample stage: 536 of ~590 tokens with ``sample.shots: 4``) is run once and kept as one shared
   cache that every row attends to, so each row caches and reads only its own tokens (fused path);
 * prompts are queued longest first, so merged rows have similar lengths;
+* on CPU, glibc keeps freed memory for the next step's tensors instead of unmapping it
+  (:func:`cotshape.core.allocator.reuse_freed_memory`: no page faults on every step's logits);
 * each row samples with its own ``torch.Generator`` seeded from (prompt seed, sample index), so
   the random stream of a sample does not depend on which other rows share its batch. (The
   logits themselves can differ in the last bits with batch composition, in bf16 more than in
@@ -316,6 +318,10 @@ class TransformersBackend(Backend):
             _contiguous_head_input(self.model)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(model_path)
         self.device = self.model.device
+        if self.device.type == "cpu":  # decoding frees and reallocates the same large tensors every step
+            from cotshape.core.allocator import reuse_freed_memory
+
+            reuse_freed_memory()
         self.batch_size = batch_size
         self.refill = refill if refill is not None else max(1, batch_size // 8)
         eos = self.model.generation_config.eos_token_id

@@ -68,6 +68,10 @@ def completion_loss(model_path_or_model, records: list[dict[str, Any]], batch_si
     from cotshape.core.models import resolve_device
 
     device = resolve_device(device)  # "auto" -> cuda or cpu
+    if device == "cpu":  # every batch frees and reallocates (positions x vocabulary) log-probabilities
+        from cotshape.core.allocator import reuse_freed_memory
+
+        reuse_freed_memory()
     model, tokenizer = load_scorer(model_path_or_model, device, dtype, tokenizer)
     examples = tokenize_records(tokenizer, records, max_length,
                                 record_prompts(tokenizer, records, prompt_format, task, problems))

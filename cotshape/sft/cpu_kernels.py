@@ -1,12 +1,12 @@
 """CPU kernels of SFT that change no result: padding-free attention one example at a time
 (:func:`use_varlen_sdpa`), the loss head that projects only the labelled positions
 (:func:`use_cpu_label_head`), LoRA's frozen weights and input casts under bf16 autocast, and glibc's
-allocator kept from returning memory (:func:`reuse_freed_memory`). Tests check each against the
-stock path."""
+allocator kept from returning memory (:func:`cotshape.core.allocator.reuse_freed_memory`, re-exported
+here). Tests check each against the stock path."""
 
 from __future__ import annotations
 
-import sys
+from cotshape.core.allocator import reuse_freed_memory  # noqa: F401  (re-exported: train.py, tests)
 
 # --------------------------------------------------------------------------------------------
 # padding-free attention on CPU
@@ -224,26 +224,6 @@ def skip_lora_input_casts(model) -> int:
             module.cast_input_dtype_enabled = False
             count += 1
     return count
-
-
-def reuse_freed_memory() -> bool:
-    """Make glibc serve large allocations from the heap and keep freed memory for reuse (no
-    ``mmap``/``munmap`` per tensor, no trimming), as ``MALLOC_MMAP_MAX_=0`` would from the start.
-    A training step allocates and frees the same large activations every step; by default each
-    one is a fresh mapping whose pages fault in on first touch. Measured on bench_sft (2 cores):
-    full fine-tuning +17 % tokens/s, LoRA +9 %. Returns False where it does not apply (not glibc).
-    The process keeps its peak memory until it exits (a training process exits after training)."""
-    import ctypes
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4  # glibc's malloc.h
-    return bool(mallopt(m_mmap_max, 0) and mallopt(m_trim_threshold, 2**31 - 1) and mallopt(m_top_pad, 1 << 28))
 
 
 def store_frozen_linears_in(model, dtype) -> int:

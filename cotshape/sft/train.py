@@ -148,16 +148,30 @@ def loss_recorder():
     return LossRecorder()
 
 
+def sft_tokenizer(model_path: str | os.PathLike):
+    """The tokenizer SFT trains with: ``model_path``'s, with EOS as its pad token if it has none."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def train_sft(model_path: str | os.PathLike, records: list[dict[str, Any]], out_dir: str | os.PathLike,
               params: SFTParams, seed: int | None = None, callbacks: Iterable = (),
               tracker=None, prompt_format: str = "chat", task=None,
-              problems: dict[str, Any] | None = None) -> dict[str, Any]:
+              problems: dict[str, Any] | None = None, tokenizer=None) -> dict[str, Any]:
     """Fine-tune ``model_path`` on ``records`` (``prompt`` messages + ``completion`` text), loss
     on the completion only, and save the result to ``out_dir`` (replaced atomically).
 
     ``prompt_format`` (``base.prompt_format``): ``chat`` trains on the record's messages in the
     chat template; ``plain`` on the task's plain-text prompt of the record's problem (``task``
     and ``problems``, id -> problem, are then required; :func:`record_prompts`).
+
+    ``tokenizer``: the one of ``model_path`` from :func:`sft_tokenizer`, when the caller trains
+    several runs (the sft stage: one load for ``sft.runs`` runs; Gemma-3's 262k-token tokenizer
+    takes ~3 s to load). TRL sets its pad and EOS tokens to the same values on every run.
 
     ``tracker`` is an active run from :meth:`cotshape.tracking.tracker.Tracker.run` (or anything with a
     ``callback()`` returning a ``TrainerCallback``): the step-wise loss goes to it.
@@ -171,7 +185,7 @@ def train_sft(model_path: str | os.PathLike, records: list[dict[str, Any]], out_
     import torch
     from accelerate import PartialState
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
     from trl import SFTTrainer
 
     if seed is not None:
@@ -181,9 +195,8 @@ def train_sft(model_path: str | os.PathLike, records: list[dict[str, Any]], out_
     out_dir = Path(out_dir)
     model_path = str(model_path)
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer is None:
+        tokenizer = sft_tokenizer(model_path)
     examples = tokenize_records(tokenizer, records, params.max_length,
                                 record_prompts(tokenizer, records, prompt_format, task, problems))
     if not examples:
