@@ -6,7 +6,8 @@ with glibc's default allocator (each step's large tensors are fresh mappings who
 cotshape: one :class:`cotshape.sft.checkpoints.LoraBase` (the base loaded once, its weights restored
 before each merge), one tokenizer, and :func:`cotshape.core.allocator.reuse_freed_memory` (what
 the transformers backend calls on CPU). Each way runs in its own child process (the allocator
-setting is per process), one after the other, on the same runs and prompts; the script prints
+setting is per process), one after the other (stock first, once each: rerun the script to see
+the machine's spread), on the same runs and prompts; the script prints
 both wall times, their ratio, whether the accuracies agree, and the CPU.
 
     python bench/bench_eval_runs.py --sft models/sft/gsm8k-G                  # after dvc repro
@@ -82,13 +83,13 @@ def main() -> None:
     result = {}
     for way in ("stock", "cotshape"):
         cmd = [sys.executable, __file__, "--child", way, *sys.argv[1:]]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout.strip().splitlines()[-1]
         result[way] = json.loads(out)
         r = result[way]
         print(f"{way:9s} {r['seconds']:7.1f} s  {r['tokens']:6d} tokens  accuracy per run {r['accuracies']}", flush=True)
     stock, ours = result["stock"], result["cotshape"]
     print(f"ratio (stock / cotshape wall time): {stock['seconds'] / ours['seconds']:.2f}x; "
-          f"accuracies {'agree' if stock['accuracies'] == ours['accuracies'] else 'differ (bf16 last bits)'}")
+          f"accuracies {'agree' if stock['accuracies'] == ours['accuracies'] else 'differ'}")
 
 
 if __name__ == "__main__":
