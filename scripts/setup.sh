@@ -12,6 +12,19 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+# jemalloc for the CPU stages (cotshape/core/allocator.py: ~15 % faster SFT, ~10 % faster
+# evaluation on 2 cores, the same results): Debian's libjemalloc2 unpacked into .venv/lib/jemalloc,
+# no root needed. Where apt-get is missing or fails, the stages keep glibc's malloc.
+if [ ! -f .venv/lib/jemalloc/libjemalloc.so.2 ] && command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null; then
+  tmp=$(mktemp -d)
+  if (cd "$tmp" && apt-get download -q libjemalloc2 >/dev/null 2>&1) && dpkg-deb -x "$tmp"/libjemalloc2_*.deb "$tmp/x"; then
+    mkdir -p .venv/lib/jemalloc
+    cp "$(find "$tmp/x" -name libjemalloc.so.2 | head -1)" .venv/lib/jemalloc/
+  else
+    echo "note: jemalloc not installed (apt-get download libjemalloc2 failed): the stages use glibc's malloc (slower, same results)" >&2
+  fi
+  rm -rf "$tmp"
+fi
 EXTRAS=${EXTRAS:-}
 stamp=.venv/.cotshape-setup
 want=$( (cat pyproject.toml scripts/setup.sh; echo "$TORCH_SPEC") | sha256sum | cut -d' ' -f1)

@@ -259,6 +259,56 @@ def test_cpu_label_head_equals_trl_fused_head(tiny_model_dir, monkeypatch, chunk
         assert torch.allclose(got_grads[name], g, atol=1e-5, rtol=1e-4), name
 
 
+@pytest.mark.parametrize("frozen", [True, False], ids=["frozen-head", "trained-head"])
+def test_buffered_label_head_gives_the_autograd_bits_under_bf16_autocast(frozen):
+    """The label head with its buffers (one autograd function: product, scores, backward) gives
+    bit for bit what autograd computes for F.linear(...).float() and the scores, under bf16
+    autocast, step after step with a changing number of positions (the buffers grow and are
+    rewritten); the head's weight gradient too when it trains."""
+    import torch
+
+    from cotshape.sft.cpu_kernels import HeadBuffers, _label_head_function
+
+    LabelScores, LabelHead = _label_head_function()
+    buffers = HeadBuffers()
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(1000, 24, generator=gen).requires_grad_(not frozen)
+    for rows in (7, 300, 5, 301):  # grows past HeadBuffers.ROWS, then shrinks, then grows again
+        hidden = torch.randn(rows, 24, generator=gen)
+        labels = torch.randint(0, 1000, (rows,), generator=gen)
+        outs = []
+        for ours in (False, True):
+            h = hidden.clone().requires_grad_()
+            weight.grad = None
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                if ours:
+                    lp, ent, top1 = LabelHead.apply(h, weight, labels, buffers)
+                else:
+                    lp, ent, top1 = LabelScores.apply(torch.nn.functional.linear(h, weight).float(), labels)
+            (lp * torch.linspace(-1, 1, rows)).sum().backward()
+            outs.append((lp, ent, top1, h.grad, weight.grad))
+        assert (outs[0][4] is None) == (outs[1][4] is None) == frozen  # a frozen head gets no gradient
+        for ref, got in zip(*outs, strict=True):
+            if ref is not None:
+                assert torch.equal(ref, got)
+
+
+def test_buffered_label_head_refuses_a_backward_after_another_forward():
+    """Two forwards, then the first one's backward: its saved probabilities were overwritten,
+    so autograd's in-place check raises instead of giving wrong gradients."""
+    import torch
+
+    from cotshape.sft.cpu_kernels import HeadBuffers, _label_head_function
+
+    _, LabelHead = _label_head_function()
+    buffers = HeadBuffers()
+    weight, labels = torch.randn(50, 8), torch.tensor([1, 2, 3])
+    first = LabelHead.apply(torch.randn(3, 8, requires_grad=True), weight, labels, buffers)[0]
+    LabelHead.apply(torch.randn(3, 8, requires_grad=True), weight, labels, buffers)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        first.sum().backward()
+
+
 def test_frozen_linears_in_bf16_give_the_same_autocast_outputs_and_adapter_grads(tiny_model_dir):
     """LoRA under bf16 autocast: storing the frozen Linear weights in bf16 (what autocast casts them
     to on every forward) and handing the adapters their input uncast change nothing, bit for bit;

@@ -72,6 +72,9 @@ DYNAMIC_IMPORTS: dict[str, tuple[str, ...]] = {
     "cotshape/execution/sandbox/host.py": (),
     # the bwrap probe runs `sys.executable -I -c` with a one-line stdlib program
     "cotshape/execution/sandbox/isolation.py": (),
+    # exec_with_jemalloc re-executes the running stage's own command line (sys.executable,
+    # sys.orig_argv): the same script, already in the closure
+    "cotshape/core/allocator.py": (),
     # launch_command reruns the stage's own script (plain python or `accelerate launch`)
     "cotshape/sft/train.py": (),
     # runs `python -m dvc exp show` (DVC, not package code) and asks find_spec whether dvc exists

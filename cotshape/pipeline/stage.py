@@ -29,10 +29,17 @@ from cotshape.core.artifacts import SKIPPED  # noqa: E402  (re-exported for the 
 
 
 def stage_main(fn: Callable[[list[str] | None], Any]) -> Callable[[list[str] | None], int]:
-    """Wrap a stage's ``main(argv)``: user errors -> ``error: ...`` on stderr, exit 2."""
+    """Wrap a stage's ``main(argv)``: user errors -> ``error: ...`` on stderr, exit 2. Started as
+    a program (``argv`` None), the stage first re-executes itself with jemalloc preloaded where
+    one is installed (:func:`cotshape.core.allocator.exec_with_jemalloc`; ``COTSHAPE_ALLOCATOR=glibc``
+    keeps glibc)."""
 
     @functools.wraps(fn)
     def wrapper(argv: list[str] | None = None) -> int:
+        if argv is None:
+            from cotshape.core.allocator import exec_with_jemalloc
+
+            exec_with_jemalloc()
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         configure_logging()
         t0 = time.time()

@@ -98,28 +98,73 @@ def use_varlen_sdpa(model) -> str | None:
 LABEL_HEAD_CHUNK = 2048
 
 
-def _label_scores_function():
+def _scores(logits, labels, probs):
+    """``log p(label)``, entropy, top-1 hit of each row of fp32 ``logits`` [N, V], writing the
+    probabilities into ``probs`` (a fresh tensor when None) with one pass of ``exp`` over the
+    vocabulary (``log_softmax`` followed by ``exp`` for the entropy makes two: on 2 cores each is
+    ~0.2 s of a SmolLM2-135M step). Returns ``(label_logp, entropy, top1, probs)``."""
+    import torch
+
+    top, top_index = logits.max(dim=-1, keepdim=True)
+    probs = torch.sub(logits, top, out=probs) if probs is not None else logits - top
+    probs.exp_()
+    total = probs.sum(dim=-1, keepdim=True)
+    probs.div_(total)
+    log_z = (top + total.log()).squeeze(1)
+    label_logp = logits.gather(1, labels[:, None]).squeeze(1) - log_z
+    # H = -sum p log p = log Z - sum p * logits (a float32 product: not autocast's bf16)
+    with torch.autocast(logits.device.type, enabled=False):
+        entropy = log_z - torch.bmm(probs[:, None, :], logits[:, :, None]).view(-1)
+    return label_logp, entropy, top_index.squeeze(1) == labels, probs
+
+
+def _logits_grad(probs, labels, grad_logp, out):
+    """``d log p(label) / d logits = g * (onehot(label) - p)`` (into ``out`` when given)."""
+    import torch
+
+    neg = grad_logp.neg()[:, None]
+    grad = torch.mul(probs, neg, out=out) if out is not None else probs * neg
+    return grad.scatter_add_(1, labels[:, None], grad_logp[:, None])
+
+
+class HeadBuffers:
+    """Memory the loss head reuses for its (positions x vocabulary) tensors, step after step.
+
+    Each step scores a different number of positions, so glibc (even with
+    :func:`reuse_freed_memory`) often serves the new logits from fresh pages, and a page fault on
+    these VMs costs ~1.7 ms/MB: measured in a Gemma-3-270M LoRA step (400 positions x 262,144),
+    ``logits - max`` took 0.35-0.74 s on fresh memory and 0.03 s on memory written before. A
+    buffer here grows to the largest chunk seen (rounded up to :data:`ROWS` rows) and is only
+    ever rewritten. A backward that finds a later forward ran first (its saved probabilities
+    overwritten in place) raises autograd's in-place error instead of giving wrong gradients."""
+
+    ROWS = 256
+
+    def __init__(self) -> None:
+        self._buffers: dict = {}
+
+    def take(self, name: str, rows: int, cols: int, dtype):
+        import torch
+
+        buf = self._buffers.get(name)
+        if buf is None or buf.shape[0] < rows or buf.shape[1] != cols or buf.dtype != dtype:
+            self._buffers.pop(name, None)  # free the old one first: peak memory stays one buffer
+            capacity = -(-max(rows, 1) // self.ROWS) * self.ROWS
+            buf = self._buffers[name] = torch.empty(capacity, cols, dtype=dtype)
+        return buf[:rows]
+
+
+def _label_head_function():
     import torch
 
     class LabelScores(torch.autograd.Function):
-        """``log p(label)``, entropy and top-1 hit of each row of fp32 ``logits`` [N, V] from one
-        pass of ``exp`` over the vocabulary (``log_softmax`` followed by ``exp`` for the entropy
-        makes two: on 2 cores each is ~0.2 s of a SmolLM2-135M step). Only ``log p(label)`` has a
-        gradient: ``d/dlogits = g * (onehot(label) - p)``, from the probabilities kept for backward
-        (as ``log_softmax`` keeps its output)."""
+        """:func:`_scores` of fp32 ``logits`` that autograd computed (the soft-capped path). Only
+        ``log p(label)`` has a gradient, from the probabilities kept for backward (as
+        ``log_softmax`` keeps its output)."""
 
         @staticmethod
         def forward(ctx, logits, labels):
-            top, top_index = logits.max(dim=-1, keepdim=True)
-            probs = (logits - top).exp_()
-            total = probs.sum(dim=-1, keepdim=True)
-            probs.div_(total)
-            log_z = (top + total.log()).squeeze(1)
-            label_logp = logits.gather(1, labels[:, None]).squeeze(1) - log_z
-            # H = -sum p log p = log Z - sum p * logits (a float32 product: not autocast's bf16)
-            with torch.autocast(logits.device.type, enabled=False):
-                entropy = log_z - torch.bmm(probs[:, None, :], logits[:, :, None]).view(-1)
-            top1 = top_index.squeeze(1) == labels
+            label_logp, entropy, top1, probs = _scores(logits, labels, None)
             ctx.save_for_backward(probs, labels)
             ctx.mark_non_differentiable(entropy, top1)
             return label_logp, entropy, top1
@@ -127,11 +172,46 @@ def _label_scores_function():
         @staticmethod
         def backward(ctx, grad_logp, _grad_entropy, _grad_top1):
             probs, labels = ctx.saved_tensors
-            grad = probs * grad_logp.neg()[:, None]
-            grad.scatter_add_(1, labels[:, None], grad_logp[:, None])
-            return grad, None
+            return _logits_grad(probs, labels, grad_logp, None), None
 
-    return LabelScores
+    class LabelHead(torch.autograd.Function):
+        """The head's product and :func:`_scores` in one function, its (positions x vocabulary)
+        tensors in :class:`HeadBuffers`: ``hidden`` [N, D] x ``weight`` [V, D] in the autocast
+        dtype (as ``F.linear`` under autocast: the same ``mm`` kernel, the same bits), fp32
+        scores. Backward: ``d hidden = grad_logits @ weight`` and, when the weight trains,
+        ``d weight = hidden^T @ grad_logits``, as autograd's ``mm`` backward computes them."""
+
+        @staticmethod
+        def forward(ctx, hidden, weight, labels, buffers):
+            device = hidden.device.type
+            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
+            rows, vocab = hidden.shape[0], weight.shape[0]
+            with torch.autocast(device, enabled=False):
+                h, w = hidden.to(dtype), weight.to(dtype)
+                product = torch.mm(h, w.t(), out=buffers.take("product", rows, vocab, dtype))
+                logits = product if dtype == torch.float32 else \
+                    buffers.take("logits", rows, vocab, torch.float32).copy_(product)
+                label_logp, entropy, top1, probs = _scores(
+                    logits, labels, buffers.take("probs", rows, vocab, torch.float32))
+            ctx.buffers, ctx.dtypes = buffers, (hidden.dtype, weight.dtype)
+            ctx.save_for_backward(h, w, labels, probs)
+            ctx.mark_non_differentiable(entropy, top1)
+            return label_logp, entropy, top1
+
+        @staticmethod
+        def backward(ctx, grad_logp, _grad_entropy, _grad_top1):
+            buffers = ctx.buffers
+            h, w, labels, probs = ctx.saved_tensors  # autograd checks probs was not rewritten since
+            rows, vocab = probs.shape
+            grad = _logits_grad(probs, labels, grad_logp, buffers.take("logits", rows, vocab, torch.float32))
+            if w.dtype != torch.float32:
+                grad = buffers.take("product", rows, vocab, w.dtype).copy_(grad)
+            hidden_dtype, weight_dtype = ctx.dtypes
+            grad_hidden = torch.mm(grad, w).to(hidden_dtype) if ctx.needs_input_grad[0] else None
+            grad_weight = torch.mm(h.t(), grad).t().to(weight_dtype) if ctx.needs_input_grad[1] else None
+            return grad_hidden, grad_weight, None, None
+
+    return LabelScores, LabelHead
 
 
 def use_cpu_label_head(model) -> bool:
@@ -155,7 +235,8 @@ def use_cpu_label_head(model) -> bool:
     from torch.utils.checkpoint import checkpoint
     from trl.trainer.utils import FusedCausalLMOutput
 
-    _LabelScores = _label_scores_function()
+    _LabelScores, _LabelHead = _label_head_function()
+    buffers = HeadBuffers()
     trl_forward = model.forward
     text_config = model.config.get_text_config()
     if getattr(text_config, "output_router_logits", False) or any(
@@ -165,11 +246,30 @@ def use_cpu_label_head(model) -> bool:
         return False
     softcap = getattr(text_config, "final_logit_softcapping", None)
 
+    frozen_copy: dict = {}
+
+    def autocast_weight(weight):
+        """The head weight as autocast would multiply with it: under CPU autocast a frozen fp32
+        weight (LoRA: the head is the tied embedding, which stays fp32) is cast once and the copy
+        kept, instead of once per step (a [vocabulary, hidden] cast: ~0.5 s a step for Gemma-3's
+        262k rows on 2 cores). The cast is the same rounding, so the product is the same bits; a
+        weight that trains, or was changed in place (its version counter), is cast afresh."""
+        dtype = torch.get_autocast_dtype("cpu")
+        if (weight.requires_grad or not torch.is_autocast_enabled("cpu") or weight.dtype == dtype
+                or weight.dtype != torch.float32):
+            return weight
+        key = (weight.data_ptr(), weight._version, dtype)
+        if frozen_copy.get("key") != key:
+            frozen_copy.clear()
+            frozen_copy.update(key=key, weight=weight.detach().to(dtype))
+        return frozen_copy["weight"]
+
     def score(hidden, weight, labels):
         """log p(label), entropy and top-1 hit of each position (fp32)."""
+        if not softcap:
+            return _LabelHead.apply(hidden, weight, labels, buffers)
         logits = torch.nn.functional.linear(hidden, weight).float()
-        if softcap:
-            logits = torch.tanh(logits / softcap) * softcap
+        logits = torch.tanh(logits / softcap) * softcap
         return _LabelScores.apply(logits, labels)
 
     @functools.wraps(type(model).forward)
@@ -188,13 +288,14 @@ def use_cpu_label_head(model) -> bool:
         hidden, labels = hidden.to(head.weight.device), labels.to(head.weight.device)
         mask = labels != -100
         h, y = hidden[mask], labels[mask]
+        weight = autocast_weight(head.weight)
         parts = []
         for a in range(0, max(len(y), 1), LABEL_HEAD_CHUNK):
             hc, yc = h[a:a + LABEL_HEAD_CHUNK], y[a:a + LABEL_HEAD_CHUNK]
             if len(y) > LABEL_HEAD_CHUNK and torch.is_grad_enabled():
-                parts.append(checkpoint(score, hc, head.weight, yc, use_reentrant=False))
+                parts.append(checkpoint(score, hc, weight, yc, use_reentrant=False))
             else:
-                parts.append(score(hc, head.weight, yc))
+                parts.append(score(hc, weight, yc))
         lp, entropy, top1 = (torch.cat(x) for x in zip(*parts, strict=True))
 
         def full(x):  # back to the (batch, seq - 1) shape TRL expects, zero off the labels
