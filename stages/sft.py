@@ -1,5 +1,5 @@
 """sft@TASK-SET / sft_mix@TASK-p: fine-tune the student on one training set with TRL, ``sft.runs``
-times.
+times (``sft.runs_by_set`` where it names the set).
 
 Run R trains with SFT seed ``base.sft_seed + R`` (adapter init, data order) into ``OUT/run-R``; all
 runs share one process (imports and the tokenizer once), so R runs cost R trainings,
@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     first_seed = p.base.seed_of("sft")  # base.sft_seed, else base.seed
-    seeds = [first_seed + r for r in range(sft.runs)]
+    runs = sft.runs_for(args.set)  # sft.runs_by_set, else sft.runs
+    seeds = [first_seed + r for r in range(runs)]
     from cotshape.core.artifacts import run_dir
     from cotshape.sft.tokenize import prompt_format_kwargs
 
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
         PartialState().wait_for_everyone()
     # under accelerate every rank trains; only the main one writes metrics and talks to MLflow
     if rank != 0:
-        for seed, r in zip(seeds, range(sft.runs), strict=True):
+        for seed, r in zip(seeds, range(runs), strict=True):
             train_sft(args.student, records, run_dir(out, r), dataclasses.replace(sft, seed=seed), **train_kw)
         return
 

@@ -126,9 +126,22 @@ def test_claim_inconclusive_on_a_tie():
     assert by_id(claims, "C3")["verdict"] == "inconclusive"
 
 
-def test_paired_runs_refuses_arms_of_different_sizes():
-    with pytest.raises(RecordError, match="2 against 3 training runs"):
-        paired_runs(runs(1, 2), runs(1, 2, 3))
+def test_arms_with_unequal_runs_pair_the_runs_both_have():
+    """sft.runs_by_set: G and H trained 3 times, the others twice. A comparison pairs runs 0..K-1
+    of both arms (K the fewer) and records what each arm trained; the mixture slope likewise."""
+    two, three = paired_runs(runs(100, 110), runs(120, 118, 40)), paired_runs(runs(100, 110), runs(120, 118))
+    for key in ("per_run", "ci95", "diff", "sd"):
+        assert two[key] == three[key]  # the third run of B is in neither
+    assert two["runs"] == 2 and (two["runs_a"], two["runs_b"]) == (2, 3) and "runs_a" not in three
+    evals = {"base": runs(10), "H": runs(60, 62, 58), "G": runs(120, 116, 124), "W": runs(60, 61),
+             "P": runs(60, 60), "mix-0.25": runs(110, 112)}
+    claims, _ = judge_task("t", evals, closeness(), [0.25], "G", margin=0.1, n_boot=2000)
+    assert by_id(claims, "C2")["evidence"]["runs"] == 3 and "runs_a" not in by_id(claims, "C2")["evidence"]
+    c3 = by_id(claims, "C3")["evidence"]  # W - H: H's runs 0 and 1
+    assert c3["runs"] == 2 and (c3["runs_a"], c3["runs_b"]) == (3, 2)
+    assert c3["per_run"] == pytest.approx([0.0, -0.005])
+    c6 = by_id(claims, "C6")["evidence"]
+    assert c6["runs"] == 2 and c6["runs_by_set"] == {"G": 3, "mix-0.25": 2}
 
 
 def test_correctness_by_run_groups_records_by_run():

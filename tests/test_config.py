@@ -53,12 +53,22 @@ def test_default_params_validate():
         ("degrade.step_k", [0], r"degrade\.step_k\[0\]: must be >= 1"),
         ("degrade.step_k", "2", r"degrade\.step_k: must be a list"),
         ("select.allow_truncated", "no", r"select\.allow_truncated: must be true or false"),
+        ("sft.runs_by_set", {"mix-0.2": 7}, r"sft\.runs_by_set\.mix-0\.2: no training set of that name \(did you mean 'mix-0\.25'\?\); "
+                                      r"the sets: H, G, W, P, mix-0\.25, mix-1\.0"),
+        ("sft.runs_by_set", {"G": 0}, r"sft\.runs_by_set\.G: must be >= 1"),
+        ("sft.runs_by_set", {"G": "7"}, r"sft\.runs_by_set\.G: must be an integer"),
+        ("sft.runs_by_set", [7], r"sft\.runs_by_set: must be a mapping"),
     ],
 )
 def test_bad_values_name_the_key(path, value, match):
     with pytest.raises(ParamsError, match=match) as exc:
         validate_params(with_change(path, value), "params.yaml")
     assert str(exc.value).startswith("params.yaml: ")
+
+
+def test_runs_by_set_overrides_sft_runs_for_the_named_sets():
+    sft = validate_params(with_change("sft.runs_by_set", {"G": 7, "mix-1.0": 2})).sft
+    assert (sft.runs_for("G"), sft.runs_for("mix-1.0"), sft.runs_for("H")) == (7, 2, sft.runs)
 
 
 def test_step_k_bare_int_is_one_set_and_backend_is_one_key():

@@ -39,8 +39,9 @@ TINY_PARAMS = {
     "paraphrase": {"max_new_tokens": 12, "retries": 0},
     # fractions in (0, 1]: 0 % is the base set itself
     "degrade": {"flawed_fractions": [1.0], "base_set": "H", "step_k": [1, 2]},  # the step_k sweep: two sets
-    # 6 examples, batch 4: 2 optimizer steps; a checkpoint after step 1, scored by evaluate_ckpt
-    "sft": {"runs": 2, "epochs": 1, "batch_size": 4, "max_length": 256, "save_steps": [1]},
+    # 6 examples, batch 4: 2 optimizer steps; a checkpoint after step 1, scored by evaluate_ckpt;
+    # H trained 3 times (sft.runs_by_set), every other set twice: its comparisons pair 2 runs
+    "sft": {"runs": 2, "runs_by_set": {"H": 3}, "epochs": 1, "batch_size": 4, "max_length": 256, "save_steps": [1]},
     "evaluate": {"max_new_tokens": 12, "batch_size": 8},
     "closeness": {"batch_size": 4},
     "report": {"margin": 0.1, "n_boot": 200},
@@ -120,7 +121,7 @@ def test_repro_builds_everything(repo):
     # sft.save_steps: the checkpoint inside the SFT out, evaluated by its own stage, in the report
     assert (repo / "models" / "sft" / "countdown-H" / "run-1" / "checkpoints" / "step-1").is_dir()
     ckpt = json.loads((repo / "metrics" / "stages" / "eval" / "checkpoints" / "countdown-H-step-1.json").read_text())
-    assert ckpt["n"] == 4 and ckpt["runs"] == 2 and "Running stage 'evaluate_ckpt@countdown-H-1'" in proc.stdout
+    assert ckpt["n"] == 4 and ckpt["runs"] == 3 and "Running stage 'evaluate_ckpt@countdown-H-1'" in proc.stdout
     assert "## Intermediate checkpoints" in summary
     base = json.loads((repo / "metrics" / "stages" / "eval" / "countdown-base.json").read_text())
     assert base["n"] == 4 and 0.0 <= base["accuracy"] <= 1.0
@@ -130,11 +131,12 @@ def test_repro_builds_everything(repo):
     assert ids["n"] == len(ids["problem_ids"]) == 6  # select.balance: false keeps every training problem
     h = json.loads((repo / "metrics" / "stages" / "sft" / "countdown-H.json").read_text())
     assert h["examples"] == 6 and h["steps"] >= 1
-    # sft.runs: 2 -> two training runs per set, seeds base.sft_seed + 0 and + 1, each evaluated
-    assert h["runs"] == 2 and h["seeds"] == [0, 1] and len(h["per_run"]) == 2
-    assert sorted(p.name for p in (repo / "models" / "sft" / "countdown-H").iterdir()) == ["run-0", "run-1"]
+    # sft.runs_by_set H: 3 -> three training runs of H, seeds base.sft_seed + 0, 1, 2, each evaluated
+    assert h["runs"] == 3 and h["seeds"] == [0, 1, 2] and len(h["per_run"]) == 3
+    assert sorted(p.name for p in (repo / "models" / "sft" / "countdown-H").iterdir()) == ["run-0", "run-1", "run-2"]
     ev_h = json.loads((repo / "metrics" / "stages" / "eval" / "countdown-H.json").read_text())
-    assert ev_h["runs"] == 2 and len(ev_h["per_run"]) == 2
+    assert ev_h["runs"] == 3 and len(ev_h["per_run"]) == 3
+    assert json.loads((repo / "metrics" / "stages" / "sft" / "countdown-P.json").read_text())["runs"] == 2  # sft.runs
     mix = json.loads((repo / "metrics" / "stages" / "sft" / "countdown-mix-1.0.json").read_text())
     assert mix["examples"] == 6
     assert not (repo / "data" / "sets" / "countdown" / "mix" / "mix-0.0.jsonl").exists()
@@ -159,9 +161,11 @@ def test_repro_builds_everything(repo):
     assert claims["margin"] == 0.1
     assert [c["id"] for c in claims["claims"]] == CLAIM_IDS  # 6 claims per task, one task
     assert all(c["task"] == "countdown" and c["verdict"] in VERDICTS for c in claims["claims"])
-    for c in claims["claims"]:  # every accuracy claim: the runs per arm and the run-level differences
+    for c in claims["claims"]:  # every accuracy claim: the runs paired and the run-level differences
         if c["id"] != "C1" and "missing" not in c["evidence"]:
             assert c["evidence"]["runs"] == 2 and len(c["evidence"]["per_run"]) == 2, c
+    c4 = next(c for c in claims["claims"] if c["id"] == "C4")["evidence"]  # P - H: H's runs 0 and 1 of 3
+    assert (c4["runs_a"], c4["runs_b"]) == (3, 2)
     assert "countdown" in claims["variance"]
     summary_metrics = json.loads((repo / "metrics" / "summary.json").read_text())
     entry = summary_metrics["countdown"]

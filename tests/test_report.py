@@ -537,3 +537,18 @@ def test_runs_are_reported_one_row_each_with_the_variance_and_power(tree):
     assert f"C2 (G − H) is ±{half:.1f} points wide with 3 training runs per arm" in section
     loss = (tree / "plots" / "summary" / "loss.csv").read_text(encoding="utf-8").splitlines()
     assert loss[0] == "task,set,run,step,loss" and "gsm8k,G,1,2,0.6" in loss
+
+
+def test_evidence_names_what_each_arm_trained_when_the_runs_differ():
+    """sft.runs_by_set: a comparison of H (7 runs) and W (4) pairs 4 runs and says so; so does the
+    mixture slope over sets trained a different number of times."""
+    from cotshape.reporting.sections import _evidence_text
+
+    ev = {"a": "H", "b": "W", "diff": -0.25, "ci95": [-0.3, -0.2], "runs": 4, "runs_a": 7, "runs_b": 4, "n": 200,
+          "per_run": [-0.3, -0.2, -0.25, -0.25]}
+    text = _evidence_text({"id": "C3", "kind": "greater", "evidence": ev})
+    assert "W − H = -25.0 pts [-30.0, -20.0], 4 paired runs (trained: H 7, W 4), n = 200" in text
+    slope = {"diff": -0.3, "ci95": [-0.4, -0.2], "runs": 4, "n": 200, "fractions": [0.0, 0.25, 1.0],
+             "per_run": [-0.3] * 4, "runs_by_set": {"G": 7, "mix-0.25": 4, "mix-1.0": 4}}
+    assert "4 run(s) per set (runs 0..3 of each; trained: G 7, mix-0.25 4, mix-1.0 4)" in _evidence_text(
+        {"id": "C6", "kind": "less", "evidence": slope})

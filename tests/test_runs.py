@@ -45,7 +45,8 @@ def trained(tiny_model_dir, tmp_path_factory):
                                   for p in train])
     base = {"device": "cpu", "dtype": "float32", "student": str(tiny_model_dir), "teacher": str(tiny_model_dir),
             "sft_seed": 5}
-    sft = {"runs": 2, "max_steps": 2, "batch_size": 2, "dtype": "float32", "max_length": 128}
+    # sft.runs_by_set names G: its two runs, not sft.runs' one
+    sft = {"runs": 1, "runs_by_set": {"G": 2}, "max_steps": 2, "batch_size": 2, "dtype": "float32", "max_length": 128}
     out = tmp / "sft"
     _run("sft.py", ["--task", "gsm8k", "--set", "G", "--data", tmp / "G.jsonl", "--student", tiny_model_dir,
                     "--out", out, "--metrics", tmp / "sft.json", "--loss-plot", tmp / "loss.csv"], tmp,

@@ -375,7 +375,7 @@ def stage_runs(mlflow_server, tiny_model_dir, tmp_path_factory):
     params["paraphrase"].update(max_new_tokens=8, retries=0)
     params["sample"].update(batch_size=8, k=2, max_new_tokens=8, shots=0, shards=[0])
     params["degrade"].update(flawed_source="corrupt", flawed_fractions=[0.5], step_k=[1])
-    params["sft"].update(runs=2, epochs=1, batch_size=2, max_steps=2, method="lora", dtype="float32")
+    params["sft"].update(runs=2, runs_by_set={}, epochs=1, batch_size=2, max_steps=2, method="lora", dtype="float32")
     params["evaluate"].update(max_new_tokens=8, batch_size=8)
     params["select"].update(max_verifier_errors=1.0)
     params["tracking"].update(experiment=experiment)

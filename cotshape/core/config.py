@@ -238,6 +238,12 @@ def _check_value(value: Any, typ: Any, key: str, meta: dict, where: str) -> Any:
             raise ParamsError(f"{at}: must be an integer or auto, got {value!r}")
         typ = next(t for t in get_args(typ) if t is not str)
     origin = get_origin(typ)
+    if origin is dict:
+        key_t, item_t = get_args(typ)
+        if not isinstance(value, dict):
+            raise ParamsError(f"{at}: must be a mapping, got {value!r}")
+        return {_check_value(k, key_t, f"{key} (a key)", {}, where): _check_value(v, item_t, f"{key}.{k}", meta, where)
+                for k, v in value.items()}
     if origin is list:
         (item_t,) = get_args(typ)
         if not isinstance(value, list):
@@ -318,6 +324,12 @@ def _cross_checks(p: Params, where: str) -> None:
         raise ParamsError(f"{where}: degrade.flawed_fractions: lists a fraction twice")
     if len(set(p.degrade.step_k)) != len(p.degrade.step_k):
         raise ParamsError(f"{where}: degrade.step_k: lists a step count twice: {p.degrade.step_k}")
+    sets = ["H", "G", "W", "P", *(f"mix-{f}" for f in p.degrade.flawed_fractions), *(f"step-{k}" for k in p.degrade.step_k)]
+    for name in p.sft.runs_by_set:
+        if name not in sets:
+            hint = did_you_mean(name, sets, n=1, cutoff=0.6)
+            raise ParamsError(f"{where}: sft.runs_by_set.{name}: no training set of that name"
+                              f"{' (' + hint + ')' if hint else ''}; the sets: {', '.join(sets)}")
     if not p.sample.shards:
         raise ParamsError(f"{where}: sample.shards: must list at least one shard, e.g. [0]")
     if p.sample.shards != list(range(len(p.sample.shards))):

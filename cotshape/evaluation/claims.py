@@ -12,8 +12,9 @@ Inputs (all written by earlier stages; nothing here knows about DVC paths):
 Every comparison of two sets is *paired*: both students answered the same test problems, and the
 difference of their accuracies gets Newcombe's paired score 95 % interval and an exact McNemar
 p-value (:mod:`cotshape.core.paired_tests`); closeness differences and the mixture slope get seeded bootstrap
-intervals. Each set is trained ``sft.runs`` times; a comparison pairs run R of one set with run R
-of the other (the same SFT seed; the untrained student is one run, paired with every run), and
+intervals. Each set is trained ``sft.runs`` times (``sft.runs_by_set`` may give a set more); a
+comparison pairs run R of one set with run R of the other (the same SFT seed; the untrained
+student is one run, paired with every run; of two sets with unequal runs, the runs both have), and
 its ``ci95`` takes the training run as the unit, with the runs and the test problems both random
 draws (:func:`cotshape.core.random_effects.runs_by_problems_interval`: the runs share the test problems,
 so that noise does not shrink with more runs; never narrower than the t-interval over the runs). With one run per arm there
@@ -87,7 +88,9 @@ def correctness_by_run(records: Sequence[Mapping[str, Any]], where: str = "evalu
 def paired_runs(a: Sequence[Mapping[str, bool]], b: Sequence[Mapping[str, bool]], seed: int = 0,
                 n_boot: int = 10000) -> dict[str, Any]:
     """B - A over training runs: run R of A paired with run R of B (a single run, e.g. the
-    untrained student, is paired with every run of the other). Each run's :func:`paired` result is
+    untrained student, is paired with every run of the other; when both arms have several runs
+    but not as many, ``sft.runs_by_set``, the runs 0..K-1 both have are paired and the
+    ``runs_a`` / ``runs_b`` trained are recorded). Each run's :func:`paired` result is
     in ``per_run_detail``; ``per_run`` / ``per_run_ci95`` are its differences and intervals;
     ``diff``, ``ci95`` (None for one run, with ``reason``), ``se_test``, ``se_runs``, ``df``, ``sd``
     and ``t_ci95`` are :func:`cotshape.core.random_effects.runs_by_problems_interval` of the runs x problems
@@ -95,10 +98,7 @@ def paired_runs(a: Sequence[Mapping[str, bool]], b: Sequence[Mapping[str, bool]]
     the mean accuracies."""
     if not a or not b:
         raise ValueError("paired_runs needs at least one run on each side")
-    if len(a) != len(b) and 1 not in (len(a), len(b)):
-        raise RecordError(f"paired comparison of {len(a)} against {len(b)} training runs: "
-                          "the arms must have the same number of runs (sft.runs)")
-    k = max(len(a), len(b))
+    k = max(len(a), len(b)) if 1 in (len(a), len(b)) else min(len(a), len(b))
     runs_a = [a[r if len(a) > 1 else 0] for r in range(k)]
     runs_b = [b[r if len(b) > 1 else 0] for r in range(k)]
     detail = [paired(x, y, seed=seed + r, n_boot=n_boot) for r, (x, y) in enumerate(zip(runs_a, runs_b, strict=True))]
@@ -108,8 +108,9 @@ def paired_runs(a: Sequence[Mapping[str, bool]], b: Sequence[Mapping[str, bool]]
             raise RecordError("paired comparison on different test problems: the runs of a set answered other problems")
     iv = random_effects.runs_by_problems_interval([[int(y[i]) - int(x[i]) for i in ids]
                                           for x, y in zip(runs_a, runs_b, strict=True)])
+    trained = {"runs_a": len(a), "runs_b": len(b)} if 1 not in (len(a), len(b)) and len(a) != len(b) else {}
     return _with_interval({
-        "runs": k, "n": detail[0]["n"], "diff": iv["mean"],
+        "runs": k, **trained, "n": detail[0]["n"], "diff": iv["mean"],
         "acc_a": sum(d["acc_a"] for d in detail) / k, "acc_b": sum(d["acc_b"] for d in detail) / k,
         "per_run": [d["diff"] for d in detail], "per_run_ci95": [d["ci95"] for d in detail],
         "per_run_p": [d["p_mcnemar"] for d in detail],
@@ -238,9 +239,9 @@ def mixture_slope(task: str, evals: Mapping[str, Sequence[Mapping[str, bool]] | 
     of the mean slope with runs and problems as random draws (each problem's contrast
     ``sum_j w_j correct_j``, :func:`cotshape.core.random_effects.runs_by_problems_interval`)."""
     names = [name for _, name in curve]
-    k = max(len(evals[n]) for n in names)  # type: ignore[arg-type]
-    if any(len(evals[n]) not in (1, k) for n in names):  # type: ignore[arg-type]
-        raise RecordError(f"{task}: the sets of the mixture curve have different numbers of training runs")
+    counts = [len(evals[n]) for n in names]  # type: ignore[arg-type]
+    several = [c for c in counts if c > 1]
+    k = min(several) if several else 1  # runs 0..k-1 of every set (sft.runs_by_set may give some more)
     ids = sorted(evals[names[0]][0])  # type: ignore[index]
     xs = [float(p) for p, _ in curve]
     centred = [x - sum(xs) / len(xs) for x in xs]
@@ -258,6 +259,7 @@ def mixture_slope(task: str, evals: Mapping[str, Sequence[Mapping[str, bool]] | 
     iv = random_effects.runs_by_problems_interval(contrasts)  # the mean of each problem's contrast is the slope
     return _with_interval({
         "diff": iv["mean"], "n": per[0]["n"], "runs": k, "diff_is": "OLS slope of accuracy over p",
+        **({"runs_by_set": dict(zip(names, counts, strict=True))} if len(set(several)) > 1 else {}),
         "per_run": [sl["slope"] for sl in per], "per_run_ci95": [sl["ci95"] for sl in per],
         "fractions": per[0]["xs"], "sets": names,
         "accuracies": [sum(sl["accuracies"][j] for sl in per) / k for j in range(len(names))]}, iv, "slopes")

@@ -122,11 +122,13 @@ def accuracy_section(m: Metrics, tasks: Sequence[str], sets: Sequence[str],
     parts = [
         "## Accuracy (greedy decoding on the test problems)",
         "",
-        "Each set was trained several times (`sft.runs`, SFT seeds base.sft_seed + R) and every run was "
+        "Each set was trained several times (`sft.runs`, or `sft.runs_by_set` for the sets it names; SFT "
+        "seeds base.sft_seed + R) and every run was "
         "evaluated on the same test problems. *accuracy* is the mean over the runs; its 95 % interval "
         "covers another training run on another draw of test problems (random effects over the runs, "
         "Wilson se per run; the untrained base student is one run: Wilson). A Δ is paired: run R of one "
-        "set against run R of the other on the same problems; its interval covers another pair of "
+        "set against run R of the other on the same problems (of two sets trained a different number of "
+        "times, the runs both have); its interval covers another pair of "
         "training runs (random effects over the run-level Newcombe differences). The per-run table "
         "below lists every run.",
         "",
@@ -208,8 +210,13 @@ def _evidence_text(c: dict[str, Any]) -> str:
     spread = f"; per run: {per_run}{se}" if runs > 1 else ""
     if c["id"] == "C6":
         return (f"slope {100 * ev['diff']:+.1f} pts per unit fraction {interval} over "
-                f"{', '.join(f'{100 * p:g} %' for p in ev['fractions'])}, {runs} run(s) per set, n = {ev['n']}{spread}")
-    text = f"{ev['b']} − {ev['a']} = {100 * ev['diff']:+.1f} pts {interval}, {runs} run(s) per arm, n = {ev['n']}{spread}"
+                f"{', '.join(f'{100 * p:g} %' for p in ev['fractions'])}, {runs} run(s) per set"
+                + (" (runs 0.." + str(runs - 1) + " of each; trained: "
+                   + ", ".join(f"{k} {v}" for k, v in ev["runs_by_set"].items()) + ")" if ev.get("runs_by_set") else "")
+                + f", n = {ev['n']}{spread}")
+    arms = (f"{runs} paired runs (trained: {ev['a']} {ev['runs_a']}, {ev['b']} {ev['runs_b']})" if "runs_a" in ev
+            else f"{runs} run(s) per arm")
+    text = f"{ev['b']} − {ev['a']} = {100 * ev['diff']:+.1f} pts {interval}, {arms}, n = {ev['n']}{spread}"
     if c["kind"] == "equivalent":
         text += f", margin ±{100 * ev['margin']:g} pts"
     return text

@@ -30,6 +30,12 @@ class SFTParams:
                    "with SFT seed base.sft_seed + R into <out>/run-R, all in one process; every run is evaluated "
                    "and a claim's interval is taken over the runs (1: no run-level interval, so no accuracy "
                    "claim can hold or be contradicted)", min=1, max=1000)
+    runs_by_set: dict[str, int] = _f(None, "training runs of the named sets instead of sft.runs: more runs where a "
+                                     "claim needs the power ({G: 7, H: 7}: C2, G - H, the claim with the smallest "
+                                     "effect against the spread of runs; README: Power). A comparison pairs run R "
+                                     "with run R, so it uses the runs both of its sets have (the fewer); {} trains "
+                                     "every set sft.runs times", min=1, max=1000,
+                                     default_factory=lambda: {"G": 7, "H": 7})
     method: str = _f("lora", "lora (peft adapters on attention + MLP projections) | full (all weights)")
     epochs: float = _f(2.0, "passes over the training set (fractions allowed)", max=10_000)
     learning_rate: float = _f(2e-4, "peak AdamW learning rate (linear decay after warmup)")
@@ -62,6 +68,10 @@ class SFTParams:
     logging_steps: int = _f(1, "optimizer steps between two loss log entries")
     max_steps: int = _f(-1, "stop after this many optimizer steps (-1: run the full epochs)")
     seed: int = _f(0, "seed of the data order and of the LoRA initialisation")
+
+    def runs_for(self, set_name: str) -> int:
+        """Training runs of ``set_name``: ``runs_by_set`` when it names the set, else ``runs``."""
+        return self.runs_by_set.get(set_name, self.runs)
 
     def __post_init__(self) -> None:
         def bad(key: str, allowed: str) -> ValueError:
@@ -107,6 +117,10 @@ class SFTParams:
         if self.precision == "bf16" and self.dtype == "float32":
             raise ValueError("sft.precision: bf16 keeps the weights in bfloat16, but sft.dtype is float32; "
                              "set sft.dtype: bfloat16 (or auto), or sft.precision: amp")
+        if not isinstance(self.runs_by_set, dict) or any(
+                not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, int) or v < 1
+                for k, v in self.runs_by_set.items()):
+            raise bad("runs_by_set", "a mapping of set names to integers >= 1, e.g. {G: 7, H: 7}")
         if not isinstance(self.save_steps, list) or any(
                 isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.save_steps):
             raise bad("save_steps", "a list of optimizer steps (integers >= 1), e.g. [100, 200]")
