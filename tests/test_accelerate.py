@@ -230,7 +230,7 @@ def test_a_killed_rank_fails_the_stage_with_one_line_and_no_model_folder(tmp_pat
     data = _stage_workdir(tmp_path)
     # 8 examples x 100 epochs / 4 per optimizer step: 200 steps, far more than the kill needs
     cmd, env = _stage_command(tmp_path, "two", {
-        "runs": 1, "epochs": 100, "batch_size": 2, "grad_accum": 1, "learning_rate": 1e-2, "warmup_ratio": 0.0,
+        "runs": 1, "runs_by_set": {}, "epochs": 100, "batch_size": 2, "grad_accum": 1, "learning_rate": 1e-2, "warmup_ratio": 0.0,
         "save_steps": [], "max_length": 128, "logging_steps": 1, "launcher": "ddp", "num_processes": 2,
     }, tiny_model_dir, data)
     env["PYTHONUNBUFFERED"] = "1"  # rank 0's step log reaches the pipe as it is written
@@ -292,7 +292,7 @@ def test_ddp_two_cpu_processes_train_like_one_with_the_same_effective_batch(tmp_
     from safetensors.torch import load_file
 
     data = _stage_workdir(tmp_path)
-    common = {"runs": 1, "epochs": 3, "batch_size": 2, "learning_rate": 1e-2, "warmup_ratio": 0.0,
+    common = {"runs": 1, "runs_by_set": {}, "epochs": 3, "batch_size": 2, "learning_rate": 1e-2, "warmup_ratio": 0.0,
               "save_steps": [], "max_length": 128}
     _sft_stage(tmp_path, "one", {**common, "grad_accum": 2}, tiny_model_dir, data)
     two = _sft_stage(tmp_path, "two", {**common, "launcher": "ddp", "num_processes": 2, "grad_accum": 1},
