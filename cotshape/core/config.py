@@ -324,7 +324,9 @@ def _cross_checks(p: Params, where: str) -> None:
         raise ParamsError(f"{where}: degrade.flawed_fractions: lists a fraction twice")
     if len(set(p.degrade.step_k)) != len(p.degrade.step_k):
         raise ParamsError(f"{where}: degrade.step_k: lists a step count twice: {p.degrade.step_k}")
-    sets = ["H", "G", "W", "P", *(f"mix-{f}" for f in p.degrade.flawed_fractions), *(f"step-{k}" for k in p.degrade.step_k)]
+    from cotshape.core.artifacts import mix_set_name, step_set_name
+
+    sets = ["H", "G", "W", "P", *map(mix_set_name, p.degrade.flawed_fractions), *map(step_set_name, p.degrade.step_k)]
     for name in p.sft.runs_by_set:
         if name not in sets:
             hint = did_you_mean(name, sets, n=1, cutoff=0.6)
