@@ -154,8 +154,8 @@ def _backend(p, model_dir: Path, shared: dict):
             shared["base"] = LoraBase(base, dtype=p.base.dtype)
         kw["model"] = load_trained(model_dir, device=device, dtype=p.base.dtype, shared_base=shared.get("base"))
         # SFT does not change the tokenizer; a LoRA folder has no config.json, so take the base's
-        if shared.get("tokenizer_of") != base:
-            shared["tokenizer"], shared["tokenizer_of"] = load_tokenizer(base), base
+        if "tokenizer" not in shared:  # every run of the set has the same base
+            shared["tokenizer"] = load_tokenizer(base)
         kw["tokenizer"] = shared["tokenizer"]
     return load_backend(p, model_dir, p.evaluate.batch_size, **kw)
 

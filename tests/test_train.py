@@ -439,6 +439,21 @@ def test_shared_lora_base_gives_each_run_the_weights_of_a_fresh_load(tiny_model_
     assert not torch.equal(got["model.layers.0.self_attn.q_proj.weight"], first_q)  # the runs differ
 
 
+def test_a_missing_lora_base_is_one_clear_error_offline(tiny_model_dir, tmp_path, monkeypatch):
+    """Offline, an adapter whose recorded base folder is gone names the checkpoint and the base,
+    whether the base is loaded per run (load_trained) or once for the set (LoraBase)."""
+    from cotshape.sft.checkpoints import LoraBase
+
+    out = tmp_path / "lora"
+    train_sft(tiny_model_dir, RECORDS, out, SFTParams(method="lora", lora_r=4, lora_alpha=8, **FAST))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    gone = str(tmp_path / "gone")
+    with pytest.raises(FileNotFoundError, match=r"cotshape_sft\.json: base model .*gone.* not found"):
+        load_trained(out, base_model=gone)
+    with pytest.raises(FileNotFoundError, match=r"base model .*gone.* not found"):
+        LoraBase(gone)
+
+
 def test_runs_sharing_one_tokenizer_train_as_with_their_own(tiny_model_dir, tmp_path):
     from cotshape.sft.train import sft_tokenizer
 

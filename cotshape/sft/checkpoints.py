@@ -99,6 +99,17 @@ def replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _load_base(base: str, torch_dtype, marker_path: Path | None = None):
+    """The base model of a LoRA adapter, from a folder or (online) a hub id; offline, a missing
+    folder is one FileNotFoundError naming the checkpoint that recorded it."""
+    from transformers import AutoModelForCausalLM
+
+    if not Path(base).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        where = f"{marker_path}: " if marker_path is not None else ""
+        raise FileNotFoundError(f"{where}base model {base!r} not found (pass base_model=...)")
+    return AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
+
+
 def load_trained(out_dir: str | os.PathLike, device: str = "cpu", dtype: str = "float32",
                  base_model: str | os.PathLike | None = None, shared_base: LoraBase | None = None):
     """The model in a train_sft folder, ready for generation/evaluation (eval mode, on
@@ -110,7 +121,6 @@ def load_trained(out_dir: str | os.PathLike, device: str = "cpu", dtype: str = "
     it instead of a fresh load, so several runs of a set load their base once. The returned model
     is then the shared base's own object, valid until the next ``load_trained`` with it."""
     import torch
-    from transformers import AutoModelForCausalLM
 
     out_dir = Path(out_dir)
     marker_path = out_dir / MARKER
@@ -119,6 +129,8 @@ def load_trained(out_dir: str | os.PathLike, device: str = "cpu", dtype: str = "
     marker = json.loads(marker_path.read_text(encoding="utf-8"))
     torch_dtype = getattr(torch, training_dtype(dtype))
     if marker["method"] == "full":
+        from transformers import AutoModelForCausalLM
+
         model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch_dtype)
     else:
         from peft import PeftModel
@@ -127,9 +139,7 @@ def load_trained(out_dir: str | os.PathLike, device: str = "cpu", dtype: str = "
         if shared_base is not None and (shared_base.path, shared_base.dtype) == (base, torch_dtype) and device == "cpu":
             model = shared_base.restored()
         else:
-            if not Path(base).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
-                raise FileNotFoundError(f"{marker_path}: base model {base!r} not found (pass base_model=...)")
-            model = AutoModelForCausalLM.from_pretrained(base, dtype=torch_dtype)
+            model = _load_base(base, torch_dtype, marker_path)
         model = PeftModel.from_pretrained(model, out_dir).merge_and_unload()
     return model.to(device).eval()
 
@@ -143,11 +153,10 @@ class LoraBase:
 
     def __init__(self, path: str | os.PathLike, dtype: str = "float32") -> None:
         import torch
-        from transformers import AutoModelForCausalLM
 
         self.path = str(path)
         self.dtype = getattr(torch, training_dtype(dtype))
-        self.model = AutoModelForCausalLM.from_pretrained(self.path, dtype=self.dtype)
+        self.model = _load_base(self.path, self.dtype)
         self._weights = {name: t.detach().clone() for name, t in self._tensors()}
 
     def _tensors(self):

@@ -171,7 +171,8 @@ def train_sft(model_path: str | os.PathLike, records: list[dict[str, Any]], out_
 
     ``tokenizer``: the one of ``model_path`` from :func:`sft_tokenizer`, when the caller trains
     several runs (the sft stage: one load for ``sft.runs`` runs; Gemma-3's 262k-token tokenizer
-    takes ~3 s to load). TRL sets its pad and EOS tokens to the same values on every run.
+    takes ~3 s to load). TRL changes the tokenizer only where SFTConfig names a pad or EOS token
+    (sft_config names neither, and sft_tokenizer has set the pad token), so a reused one equals a fresh load.
 
     ``tracker`` is an active run from :meth:`cotshape.tracking.tracker.Tracker.run` (or anything with a
     ``callback()`` returning a ``TrainerCallback``): the step-wise loss goes to it.
