@@ -31,11 +31,12 @@ class SFTParams:
                    "and a claim's interval is taken over the runs (1: no run-level interval, so no accuracy "
                    "claim can hold or be contradicted)", min=1, max=1000)
     runs_by_set: dict[str, int] = _f(None, "training runs of the named sets instead of sft.runs: more runs where a "
-                                     "claim needs the power ({G: 7, H: 7}: C2, G - H, the claim with the smallest "
-                                     "effect against the spread of runs; README: Power). A comparison pairs run R "
+                                     "claim needs the power and fewer where it does not ({G: 6, H: 6, W: 3}: C2, G - H, "
+                                     "has the smallest effect against the spread of runs; C3's W - H is about four "
+                                     "times its interval; README: Power). A comparison pairs run R "
                                      "with run R, so it uses the runs both of its sets have (the fewer); {} trains "
                                      "every set sft.runs times", min=1, max=1000,
-                                     default_factory=lambda: {"G": 7, "H": 7})
+                                     default_factory=lambda: {"G": 6, "H": 6, "W": 3})
     method: str = _f("lora", "lora (peft adapters on attention + MLP projections) | full (all weights)")
     epochs: float = _f(2.0, "passes over the training set (fractions allowed)", max=10_000)
     learning_rate: float = _f(2e-4, "peak AdamW learning rate (linear decay after warmup)")
@@ -120,7 +121,7 @@ class SFTParams:
         if not isinstance(self.runs_by_set, dict) or any(
                 not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, int) or v < 1
                 for k, v in self.runs_by_set.items()):
-            raise bad("runs_by_set", "a mapping of set names to integers >= 1, e.g. {G: 7, H: 7}")
+            raise bad("runs_by_set", "a mapping of set names to integers >= 1, e.g. {G: 6, H: 6}")
         if not isinstance(self.save_steps, list) or any(
                 isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in self.save_steps):
             raise bad("save_steps", "a list of optimizer steps (integers >= 1), e.g. [100, 200]")
