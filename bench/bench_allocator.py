@@ -40,11 +40,12 @@ def child(model: str, steps: int, task: str, set_name: str) -> None:
 
     p = params()
     sets, ids = Path("data/sets") / task / f"{set_name}.jsonl", Path("data/train_ids") / f"{task}.json"
-    for path in (sets, ids):
+    problems = Path("data/prepared") / task / "train.jsonl"
+    for path in (sets, ids, problems):
         if not path.exists():
             raise SystemExit(f"{path}: missing (run `dvc repro` or `dvc pull` first)")
     records = restrict_to_ids(read_jsonl(sets), read_ids(ids))
-    kw = prompt_format_kwargs(p.base.prompt_format, task, f"data/prepared/{task}/train.jsonl")
+    kw = prompt_format_kwargs(p.base.prompt_format, task, problems)
     kw["tokenizer"] = sft_tokenizer(model)
     sft = dataclasses.replace(p.sft, seed=p.base.seed_of("sft"), max_steps=steps)
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,7 +59,8 @@ def child(model: str, steps: int, task: str, set_name: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", default=str(ROOT / "models" / "student"), help="a local student folder")
+    ap.add_argument("--model", default=str(ROOT / "models" / "student"),
+                    help="a local student folder (a relative path is taken from the repository root)")
     ap.add_argument("--steps", type=int, default=18, help="optimizer steps (the default's run has 18)")
     ap.add_argument("--task", default="gsm8k")
     ap.add_argument("--set", default="G", help="the training set whose records are trained on")
