@@ -5,7 +5,7 @@ Each allocator trains the same LoRA run in its own process, glibc first, the way
 trains run 0 of G: params.yaml's ``sft`` and ``base.prompt_format`` (plain prompts for the
 default's base student), the default's G records on its training problems, ``--steps`` optimizer
 steps (18 is the whole run). Needs the pipeline's outputs (``dvc repro``, or ``dvc pull``). Prints
-each wall time of ``trainer.train()``, the ratio, and whether the per-step losses are identical
+each time of ``trainer.train()``, the ratio, and whether the per-step losses are identical
 (the allocator must change no result).
 
     .venv/bin/python bench/bench_allocator.py --model models/student --steps 18
@@ -19,7 +19,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,6 +32,7 @@ def child(model: str, steps: int, task: str, set_name: str) -> None:
     sys.path.insert(0, str(ROOT))
     os.chdir(ROOT)
     from cotshape.core.allocator import active_allocator
+    from cotshape.core.artifacts import TRAIN_LOG
     from cotshape.core.records import read_ids, read_jsonl, restrict_to_ids
     from cotshape.pipeline.stage import params
     from cotshape.sft.tokenize import prompt_format_kwargs
@@ -49,11 +49,9 @@ def child(model: str, steps: int, task: str, set_name: str) -> None:
     kw["tokenizer"] = sft_tokenizer(model)
     sft = dataclasses.replace(p.sft, seed=p.base.seed_of("sft"), max_steps=steps)
     with tempfile.TemporaryDirectory() as tmp:
-        t = time.perf_counter()
         metrics = train_sft(model, records, Path(tmp) / "out", sft, **kw)
-        wall = time.perf_counter() - t
-        log = json.loads((Path(tmp) / "out" / "train_log.json").read_text())
-    print(json.dumps({"allocator": active_allocator(), "wall_s": wall, "train_s": log["train_time_s"],
+        log = json.loads((Path(tmp) / "out" / TRAIN_LOG).read_text())
+    print(json.dumps({"allocator": active_allocator(), "train_s": log["train_time_s"],
                       "tokens_per_second": metrics["tokens_per_second"], "losses": [e["loss"] for e in log["log"]]}))
 
 
