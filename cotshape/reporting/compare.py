@@ -68,6 +68,7 @@ CLAIMS_PATH = "metrics/claims.json"
 #: what produced a row's numbers (versions, commit, hardware, batch sizes): read from git like the
 #: claims; pooled experiments that differ in any field get a warning naming it
 PROVENANCE_PATH = "metrics/provenance.json"
+CODE_DIR = "code/"  # the stage-code fingerprints every stage depends on (dvc.yaml's code stage)
 PARAMS_FILE = "params.yaml"
 SEED_PARAM = "base.seed"
 #: the seeds a group of replicates may differ in: base.seed and the per-source seeds (a data
@@ -96,6 +97,7 @@ class Experiment:
     summary: dict[str, Any]
     claims: dict[str, Any] | None = None
     provenance: dict[str, Any] | None = None  # metrics/provenance.json: what produced the numbers
+    code: dict[str, str] | None = None  # code/X.txt -> its md5: the code each stage ran (dvc.lock deps)
     baseline: str | None = None  # the baseline commit of an experiment
     timestamp: str | None = None
 
@@ -215,6 +217,14 @@ def _metric(data: dict[str, Any], path: str, label: str) -> Any | None:
             return None
         raise CompareError(f"{label}: {path} is unreadable ({err.get('type')}: {err.get('msg')})")
     return entry.get("data")
+
+
+def code_fingerprints(data: dict[str, Any]) -> dict[str, str] | None:
+    """``code/X.txt`` -> md5 of a row's stage-code fingerprints (its deps in ``dvc exp show``:
+    cotshape.pipeline.depgraph writes one per stage script); None when the row has none."""
+    out = {path: str(entry["hash"]) for path, entry in (data.get("deps") or {}).items()
+           if path.startswith(CODE_DIR) and isinstance(entry, dict) and entry.get("hash")}
+    return out or None
 
 
 def is_number(x: Any) -> bool:
@@ -342,7 +352,7 @@ def collect(
             continue
         validate_summary(summary, f"{label}: {SUMMARY_PATH}")
         exp = Experiment(name=name, rev=rev, kind=kind, params=_params(rdata), summary=summary,
-                         baseline=baseline, timestamp=rdata.get("timestamp"))
+                         baseline=baseline, timestamp=rdata.get("timestamp"), code=code_fingerprints(rdata))
         exp.claims = _read_claims(repo, exp, _metric(rdata, CLAIMS_PATH, label))
         exp.provenance = _read_provenance(repo, exp)
         out.append(exp)

@@ -68,12 +68,36 @@ POOLING_NOTE = (
 
 # ---- comparing -------------------------------------------------------------------------------
 
+def code_differences(members: Sequence[Experiment]) -> list[str] | None:
+    """The stage-code fingerprints (``code/X.txt``) that are not the same in all ``members``, or
+    None when some member records none (rows of ``dvc exp show`` without a code stage)."""
+    if not members or any(m.code is None for m in members):
+        return None
+    paths = sorted({p for m in members for p in m.code})
+    return [p for p in paths if len({m.code.get(p) for m in members}) > 1]
+
+
+def code_warning(members: Sequence[Experiment]) -> list[str]:
+    """One warning naming every stage whose code fingerprint differs between the pooled
+    experiments, with each experiment's md5 (first 7 characters); nothing when they agree."""
+    differ = code_differences(members)
+    if not differ:
+        return []
+    shown = "; ".join(
+        f"{p} ({', '.join(f'{m.name}: ' + (m.code[p][:7] if p in m.code else 'absent') for m in members)})"
+        for p in differ)
+    return [f"pooled experiments ran different stage code: {shown}. Those stages' results can differ "
+            "because of the code alone; pool them only if the code change is part of the spread you want "
+            "to measure"]
+
+
 def provenance_warnings(members: Sequence[Experiment]) -> list[str]:
     """What the pooled experiments of a group differ in outside params.yaml: one warning naming
     every field of ``metrics/provenance.json`` (package versions, cotshape commit, hardware,
     batch sizes) whose value is not the same in all of them, with each experiment's value; one
     naming the experiments that record no provenance when others do. Nothing when all agree or
-    none records it."""
+    none records it. When only commits differ in the code and every stage-code fingerprint is
+    the same (:func:`code_differences`), the warning says so."""
     recorded = [m for m in members if m.provenance is not None]
     if not recorded:
         return []
@@ -91,7 +115,11 @@ def provenance_warnings(members: Sequence[Experiment]) -> list[str]:
             shown = ", ".join(f"{name}: {v if v is not None else 'absent'}" for name, v in values)
             differ.append(f"{k} ({shown})")
     if differ:
-        warnings.append("pooled experiments differ in what produced them: " + "; ".join(differ)
+        same_code = ""
+        if any("cotshape_commit" in d.split(" (", 1)[0] for d in differ) and code_differences(members) == []:
+            same_code = (f" (the commits differ, but every stage's code fingerprint, {len(members[0].code)} "
+                         "code/*.txt files, is the same in all of them)")
+        warnings.append("pooled experiments differ in what produced them: " + "; ".join(differ) + same_code
                         + ". Scores can move with versions, hardware and batch sizes; pool them "
                         "only if these differences are part of the spread you want to measure")
     return warnings
@@ -333,6 +361,7 @@ def compare(groups: Sequence[Group], skipped: Sequence[str] = ()) -> dict[str, A
                 warnings.append(f"seed {s} appears in {n} experiments ({names}): identical runs count "
                                 "more than once in the mean")
         warnings.extend(provenance_warnings(g.members))
+        warnings.extend(code_warning(g.members))
         tasks = []
         for m in g.members:
             tasks.extend(t for t in m.summary if t not in tasks)
