@@ -16,7 +16,8 @@ draws that share their test problems (the same ``base.seed``, from each experime
 are pooled as draws x problems.
 
     python scripts/repool_compare.py compare/compare.json --base-set G --fractions 0.25 0.5 0.75 1.0
-    python scripts/repool_compare.py compare/compare.json --claims compare/seed-0-claims.json compare/data-seed-1/claims.json
+    python scripts/repool_compare.py compare/compare.json --claims compare/seed-0-claims.json \\
+        compare/data-seed-1/claims.json compare/data-seed-2/claims.json
 """
 
 from __future__ import annotations

@@ -14,8 +14,11 @@ The data draw's part is the spread between seeds minus the other two (truncated 
 params except the seeds and ``sft.runs``; the script says which commits they are from. Writes a
 Markdown table (``--out``) and prints it.
 
-    python scripts/variance_breakdown.py --claims metrics/claims.json --compare compare/compare.json \\
-        --out compare/variance.md
+    python scripts/variance_breakdown.py --claims metrics/claims.json --compare compare/seeds-0-1-2-one-run/compare.json \\
+        --out compare/seeds-0-1-2-one-run/variance.md
+
+(``cotshape compare`` over ``-S base.data_seed=N`` experiments, each with several runs, gives the
+same breakdown directly: ``compare/compare.md``.)
 """
 
 from __future__ import annotations

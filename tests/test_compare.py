@@ -336,6 +336,50 @@ def test_provenance_that_differs_is_warned_naming_each_field_and_value():
     assert any("versions.math_verify" in w for w in g["warnings"])
 
 
+def test_stage_code_fingerprints_are_read_from_the_rows_deps():
+    row = _row("master", "c" * 40, 0, {"gsm8k": {"n_test": 200}})
+    row["data"]["deps"] = {"code/sft.txt": {"hash": "a" * 32, "size": 10, "nfiles": None},
+                           "data/prepared/gsm8k/train.jsonl": {"hash": "b" * 32}, "code/evaluate.txt": {"hash": None}}
+    assert cmp.code_fingerprints(row["data"]) == {"code/sft.txt": "a" * 32}
+    assert cmp.code_fingerprints({"deps": {}}) is None
+    (e,) = cmp.collect(Path("."), [row])
+    assert e.code == {"code/sft.txt": "a" * 32}
+
+
+def _with_code(e, **fingerprints):
+    e.code = {f"code/{k}.txt": v for k, v in fingerprints.items()}
+    return e
+
+
+def test_different_stage_code_is_warned_naming_each_stage_and_hash():
+    a = _with_code(_exp("a", 0, 0.4), sft="1111111aaa", evaluate="2222222bbb")
+    b = _with_code(_exp("b", 1, 0.4), sft="3333333ccc", evaluate="2222222bbb")
+    (w,) = pooling.code_warning([a, b])
+    assert w.startswith("pooled experiments ran different stage code: code/sft.txt (a: 1111111, b: 3333333)")
+    assert "evaluate" not in w
+    c = _with_code(_exp("c", 2, 0.4), evaluate="2222222bbb")  # a stage only some of them have
+    assert "code/sft.txt (a: 1111111, b: 3333333, c: absent)" in pooling.code_warning([a, b, c])[0]
+    assert pooling.code_warning([a, _with_code(_exp("d", 3, 0.4), sft="1111111aaa", evaluate="2222222bbb")]) == []
+    assert pooling.code_warning([a, _exp("e", 4, 0.4)]) == []  # a row without fingerprints: nothing to compare
+    (g,) = pooling.compare(cmp.group([a, b]))["groups"]
+    assert any("ran different stage code" in w for w in g["warnings"])
+
+
+def test_commits_that_differ_with_the_same_stage_code_say_so():
+    prov = {"cotshape_commit": "1" * 40, "cpu": "Intel Xeon (AMX)"}
+    a = _with_code(_with_provenance(_exp("a", 0, 0.4), dict(prov)), sft="s", evaluate="e")
+    b = _with_code(_with_provenance(_exp("b", 1, 0.4), {**prov, "cotshape_commit": "2" * 40}), sft="s", evaluate="e")
+    (w,) = pooling.provenance_warnings([a, b])
+    assert "cotshape_commit (a: 1111" in w and "every stage's code fingerprint, 2 code/*.txt files, is the same" in w
+    b.code["code/sft.txt"] = "other"
+    (w,) = pooling.provenance_warnings([a, b])
+    assert "is the same" not in w  # code_warning names the stage instead
+    b.provenance["cotshape_commit"] = "1" * 40
+    b.provenance["cpu"] = "AMD EPYC"
+    (w,) = pooling.provenance_warnings([a, _with_code(b, sft="s", evaluate="e")])
+    assert "cpu (a: Intel Xeon (AMX), b: AMD EPYC)" in w and "code fingerprint" not in w  # no commit differs
+
+
 def test_duplicate_seed_is_warned():
     res = pooling.compare(cmp.group([_exp("a", 0, 0.4), _exp("b", 0, 0.4)]))
     assert "seed 0 appears in 2 experiments (a, b)" in res["groups"][0]["warnings"][0]
@@ -668,6 +712,27 @@ def test_repool_script_pools_again_from_each_experiments_claims(tmp_path):
     assert repool.main([str(path), "--claims", str(files[0])]) == 2  # one file for two experiments
 
 
+def test_the_committed_comparison_is_what_its_committed_claims_pool_to(tmp_path):
+    """compare/compare.json (three data draws of the default) is rebuilt unchanged from the three
+    experiments' committed metrics/claims.json: the README's pooled verdicts follow from them."""
+    import importlib.util
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("repool", root / "scripts/repool_compare.py")
+    repool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(repool)
+    committed = json.loads((root / "compare/compare.json").read_text())
+    copy = tmp_path / "compare.json"
+    copy.write_text(json.dumps(committed))
+    claims = [root / "compare" / f for f in ("seed-0-claims.json", "data-seed-1/claims.json", "data-seed-2/claims.json")]
+    assert repool.main([str(copy), "--claims", *map(str, claims)]) == 0
+    rebuilt = json.loads(copy.read_text())
+    assert rebuilt.pop("pooling").startswith(committed.pop("pooling"))  # + "Re-pooled by scripts/..."
+    assert rebuilt == committed
+    # the committed run's claims are the ones kept beside the comparison
+    assert json.loads((root / "metrics/claims.json").read_text()) == json.loads(claims[0].read_text())
+
+
 def test_seeds_with_several_runs_pool_their_run_level_intervals_and_split_the_variance():
     """Each seed (data draw) trained three runs per arm: the pooled interval combines the seeds'
     run-level intervals, and the variance splits into data draw, SFT seed and test problems."""
@@ -757,7 +822,8 @@ def test_markdown_orders_set_rows_as_pooling_does_also_from_saved_json():
 
     from cotshape.reporting.compare_markdown import render_markdown
 
-    result = json.loads((REPO_ROOT / "compare" / "compare.json").read_text())
+    # the committed comparison with a step set and four mixtures (the previous default's data draws)
+    result = json.loads((REPO_ROOT / "compare" / "smollm2-own-student-data-draws" / "compare.json").read_text())
     for g in result["groups"]:
         for t in g["tasks"].values():
             t["sets"] = dict(sorted(t["sets"].items()))
