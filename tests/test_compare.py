@@ -354,13 +354,13 @@ def _with_code(e, **fingerprints):
 def test_different_stage_code_is_warned_naming_each_stage_and_hash():
     a = _with_code(_exp("a", 0, 0.4), sft="1111111aaa", evaluate="2222222bbb")
     b = _with_code(_exp("b", 1, 0.4), sft="3333333ccc", evaluate="2222222bbb")
-    (w,) = pooling.code_warning([a, b])
+    (w,) = pooling.code_warnings([a, b])
     assert w.startswith("pooled experiments ran different stage code: code/sft.txt (a: 1111111, b: 3333333)")
     assert "evaluate" not in w
     c = _with_code(_exp("c", 2, 0.4), evaluate="2222222bbb")  # a stage only some of them have
-    assert "code/sft.txt (a: 1111111, b: 3333333, c: absent)" in pooling.code_warning([a, b, c])[0]
-    assert pooling.code_warning([a, _with_code(_exp("d", 3, 0.4), sft="1111111aaa", evaluate="2222222bbb")]) == []
-    assert pooling.code_warning([a, _exp("e", 4, 0.4)]) == []  # a row without fingerprints: nothing to compare
+    assert "code/sft.txt (a: 1111111, b: 3333333, c: absent)" in pooling.code_warnings([a, b, c])[0]
+    assert pooling.code_warnings([a, _with_code(_exp("d", 3, 0.4), sft="1111111aaa", evaluate="2222222bbb")]) == []
+    assert pooling.code_warnings([a, _exp("e", 4, 0.4)]) == []  # a row without fingerprints: nothing to compare
     (g,) = pooling.compare(cmp.group([a, b]))["groups"]
     assert any("ran different stage code" in w for w in g["warnings"])
 
@@ -370,10 +370,10 @@ def test_commits_that_differ_with_the_same_stage_code_say_so():
     a = _with_code(_with_provenance(_exp("a", 0, 0.4), dict(prov)), sft="s", evaluate="e")
     b = _with_code(_with_provenance(_exp("b", 1, 0.4), {**prov, "cotshape_commit": "2" * 40}), sft="s", evaluate="e")
     (w,) = pooling.provenance_warnings([a, b])
-    assert "cotshape_commit (a: 1111" in w and "every stage's code fingerprint, 2 code/*.txt files, is the same" in w
+    assert "cotshape_commit (a: 1111" in w and "The commits differ, but all 2 stage-code fingerprints (code/*.txt) are equal" in w
     b.code["code/sft.txt"] = "other"
     (w,) = pooling.provenance_warnings([a, b])
-    assert "is the same" not in w  # code_warning names the stage instead
+    assert "are equal" not in w  # code_warnings names the stage instead
     b.provenance["cotshape_commit"] = "1" * 40
     b.provenance["cpu"] = "AMD EPYC"
     (w,) = pooling.provenance_warnings([a, _with_code(b, sft="s", evaluate="e")])

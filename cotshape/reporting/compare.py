@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from cotshape.core.errors import InputError
+from cotshape.pipeline.depgraph import CODE_DIR  # code/X.txt: the stage-code fingerprints
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,6 @@ CLAIMS_PATH = "metrics/claims.json"
 #: what produced a row's numbers (versions, commit, hardware, batch sizes): read from git like the
 #: claims; pooled experiments that differ in any field get a warning naming it
 PROVENANCE_PATH = "metrics/provenance.json"
-CODE_DIR = "code/"  # the stage-code fingerprints every stage depends on (dvc.yaml's code stage)
 PARAMS_FILE = "params.yaml"
 SEED_PARAM = "base.seed"
 #: the seeds a group of replicates may differ in: base.seed and the per-source seeds (a data
@@ -223,7 +223,7 @@ def code_fingerprints(data: dict[str, Any]) -> dict[str, str] | None:
     """``code/X.txt`` -> md5 of a row's stage-code fingerprints (its deps in ``dvc exp show``:
     cotshape.pipeline.depgraph writes one per stage script); None when the row has none."""
     out = {path: str(entry["hash"]) for path, entry in (data.get("deps") or {}).items()
-           if path.startswith(CODE_DIR) and isinstance(entry, dict) and entry.get("hash")}
+           if path.startswith(f"{CODE_DIR}/") and isinstance(entry, dict) and entry.get("hash")}
     return out or None
 
 

@@ -77,7 +77,7 @@ def code_differences(members: Sequence[Experiment]) -> list[str] | None:
     return [p for p in paths if len({m.code.get(p) for m in members}) > 1]
 
 
-def code_warning(members: Sequence[Experiment]) -> list[str]:
+def code_warnings(members: Sequence[Experiment]) -> list[str]:
     """One warning naming every stage whose code fingerprint differs between the pooled
     experiments, with each experiment's md5 (first 7 characters); nothing when they agree."""
     differ = code_differences(members)
@@ -108,17 +108,18 @@ def provenance_warnings(members: Sequence[Experiment]) -> list[str]:
                         "their numbers cannot be compared with the others")
     flats = [(m.name, flatten(m.provenance)) for m in recorded]
     fields = sorted({k for _, f in flats for k in f})
-    differ = []
+    differ, differ_fields = [], []
     for k in fields:
         values = [(name, f.get(k)) for name, f in flats]
         if len({param_key(v) for _, v in values}) > 1:
             shown = ", ".join(f"{name}: {v if v is not None else 'absent'}" for name, v in values)
             differ.append(f"{k} ({shown})")
+            differ_fields.append(k)
     if differ:
         same_code = ""
-        if any("cotshape_commit" in d.split(" (", 1)[0] for d in differ) and code_differences(members) == []:
-            same_code = (f" (the commits differ, but every stage's code fingerprint, {len(members[0].code)} "
-                         "code/*.txt files, is the same in all of them)")
+        if any("cotshape_commit" in k for k in differ_fields) and code_differences(members) == []:
+            same_code = (f". The commits differ, but all {len(members[0].code)} stage-code fingerprints "
+                         "(code/*.txt) are equal: every stage ran the same code")
         warnings.append("pooled experiments differ in what produced them: " + "; ".join(differ) + same_code
                         + ". Scores can move with versions, hardware and batch sizes; pool them "
                         "only if these differences are part of the spread you want to measure")
@@ -361,7 +362,7 @@ def compare(groups: Sequence[Group], skipped: Sequence[str] = ()) -> dict[str, A
                 warnings.append(f"seed {s} appears in {n} experiments ({names}): identical runs count "
                                 "more than once in the mean")
         warnings.extend(provenance_warnings(g.members))
-        warnings.extend(code_warning(g.members))
+        warnings.extend(code_warnings(g.members))
         tasks = []
         for m in g.members:
             tasks.extend(t for t in m.summary if t not in tasks)
