@@ -664,14 +664,20 @@ def test_step_sets_sort_by_k_before_the_mixtures():
     assert sorted(sets, key=pooling.set_order) == ["base", "P", "step-1", "step-2", "step-10", "mix-0.25", "mix-0.5"]
 
 
-def test_repool_script_rebuilds_per_seed_differences_from_a_committed_comparison(tmp_path):
-    """scripts/repool_compare.py: the comparison keeps per-seed accuracies; the run-level interval
-    is rebuilt from them (t-interval: the per-seed intervals are not in an old compare.json)."""
+def _repool_module():
+    """scripts/repool_compare.py, imported (scripts/ is not a package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("repool", Path(__file__).resolve().parents[1] / "scripts/repool_compare.py")
     repool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(repool)
+    return repool
+
+
+def test_repool_script_rebuilds_per_seed_differences_from_a_committed_comparison(tmp_path):
+    """scripts/repool_compare.py: the comparison keeps per-seed accuracies; the run-level interval
+    is rebuilt from them (t-interval: the per-seed intervals are not in an old compare.json)."""
+    repool = _repool_module()
     g_diffs = [0.17, 0.125, 0.015]
     exps = [_exp(f"e{i}", i, 0.5, G={"acc": 0.5 + d}, claims={"claims": [_claim("C2", "greater", d, 0.06)]})
             for i, d in enumerate(g_diffs)]
@@ -693,11 +699,7 @@ def test_repool_script_rebuilds_per_seed_differences_from_a_committed_comparison
 def test_repool_script_pools_again_from_each_experiments_claims(tmp_path):
     """--claims: the claims are pooled from each experiment's claims.json by compare's own code;
     two draws of one base.seed share their problems (draws x problems); a missing file: exit 2."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("repool", Path(__file__).resolve().parents[1] / "scripts/repool_compare.py")
-    repool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(repool)
+    repool = _repool_module()
     members = _draws_of_one_problem_set([0.05, 0.06], 0.0588, 0.03)
     res = pooling.compare(cmp.group(members))
     path = tmp_path / "compare.json"
@@ -715,12 +717,8 @@ def test_repool_script_pools_again_from_each_experiments_claims(tmp_path):
 def test_the_committed_comparison_is_what_its_committed_claims_pool_to(tmp_path):
     """compare/compare.json (three data draws of the default) is rebuilt unchanged from the three
     experiments' committed metrics/claims.json: the README's pooled verdicts follow from them."""
-    import importlib.util
-
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("repool", root / "scripts/repool_compare.py")
-    repool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(repool)
+    repool = _repool_module()
     committed = json.loads((root / "compare/compare.json").read_text())
     copy = tmp_path / "compare.json"
     copy.write_text(json.dumps(committed))

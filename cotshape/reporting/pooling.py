@@ -68,6 +68,11 @@ POOLING_NOTE = (
 
 # ---- comparing -------------------------------------------------------------------------------
 
+def _each(values: Sequence[tuple[str, Any]]) -> str:
+    """``name: value, ...`` of one field across experiments (``absent`` where one lacks it)."""
+    return ", ".join(f"{name}: {v if v is not None else 'absent'}" for name, v in values)
+
+
 def code_differences(members: Sequence[Experiment]) -> list[str] | None:
     """The stage-code fingerprints (``code/X.txt``) that are not the same in all ``members``, or
     None when some member records none (rows of ``dvc exp show`` without a code stage)."""
@@ -83,9 +88,8 @@ def code_warnings(members: Sequence[Experiment]) -> list[str]:
     differ = code_differences(members)
     if not differ:
         return []
-    shown = "; ".join(
-        f"{p} ({', '.join(f'{m.name}: ' + (m.code[p][:7] if p in m.code else 'absent') for m in members)})"
-        for p in differ)
+    shown = "; ".join(f"{p} ({_each([(m.name, m.code[p][:7] if p in m.code else None) for m in members])})"
+                      for p in differ)
     return [f"pooled experiments ran different stage code: {shown}. Those stages' results can differ "
             "because of the code alone; pool them only if the code change is part of the spread you want "
             "to measure"]
@@ -108,19 +112,18 @@ def provenance_warnings(members: Sequence[Experiment]) -> list[str]:
                         "their numbers cannot be compared with the others")
     flats = [(m.name, flatten(m.provenance)) for m in recorded]
     fields = sorted({k for _, f in flats for k in f})
-    differ, differ_fields = [], []
+    differ = {}  # field -> its values, where they are not all the same
     for k in fields:
         values = [(name, f.get(k)) for name, f in flats]
         if len({param_key(v) for _, v in values}) > 1:
-            shown = ", ".join(f"{name}: {v if v is not None else 'absent'}" for name, v in values)
-            differ.append(f"{k} ({shown})")
-            differ_fields.append(k)
+            differ[k] = values
     if differ:
         same_code = ""
-        if any("cotshape_commit" in k for k in differ_fields) and code_differences(members) == []:
+        if any("cotshape_commit" in k for k in differ) and code_differences(members) == []:
             same_code = (f". The commits differ, but all {len(members[0].code)} stage-code fingerprints "
                          "(code/*.txt) are equal: every stage ran the same code")
-        warnings.append("pooled experiments differ in what produced them: " + "; ".join(differ) + same_code
+        shown = "; ".join(f"{k} ({_each(values)})" for k, values in differ.items())
+        warnings.append("pooled experiments differ in what produced them: " + shown + same_code
                         + ". Scores can move with versions, hardware and batch sizes; pool them "
                         "only if these differences are part of the spread you want to measure")
     return warnings
